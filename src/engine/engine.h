@@ -1,0 +1,75 @@
+// The CPU-engine interface. An engine runs vCPUs over guest RAM and answers every port-I/O and
+// MMIO access through the IoHandler it is given (the VM's buses) — engines know nothing about
+// devices. run() returns only for events the VMM must act on; everything else is handled inside.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "arch/x86/cpu_state.h"
+#include "base/result.h"
+
+namespace vessel {
+
+class GuestMemory;
+
+// The VM side of the engine contract (Cloud Hypervisor's VmOps): called on vCPU threads.
+class IoHandler {
+public:
+    virtual ~IoHandler() = default;
+    virtual void pio_read(uint16_t port, std::span<uint8_t> data) = 0;
+    virtual void pio_write(uint16_t port, std::span<const uint8_t> data) = 0;
+    virtual void mmio_read(uint64_t gpa, std::span<uint8_t> data) = 0;
+    virtual void mmio_write(uint64_t gpa, std::span<const uint8_t> data) = 0;
+};
+
+enum class VcpuExitKind {
+    Kicked,        // kick() was called (or a signal interrupted the run): the VMM checks its flags
+    Shutdown,      // triple fault / shutdown
+    Reset,         // the guest asked for a reset through the CPU (e.g. KVM system event)
+    PowerOff,      // the guest powered off through the CPU (e.g. KVM system event)
+    Halted,        // HLT with interrupts disabled and nothing to wake it (engine has no irqchip)
+    InternalError, // the engine cannot continue; `message` says why
+};
+
+struct VcpuExit {
+    VcpuExitKind kind { VcpuExitKind::Kicked };
+    std::string message;
+};
+
+class Vcpu {
+public:
+    virtual ~Vcpu() = default;
+    virtual uint32_t id() const = 0;
+    // Runs guest code on the calling thread until an exit the VMM must see.
+    virtual Result<VcpuExit> run() = 0;
+    // Makes run() return promptly (Kicked), from any thread; sticky until run() returns.
+    virtual void kick() = 0;
+    virtual Result<CpuState> get_state() = 0;
+    virtual Result<void> set_state(const CpuState& state) = 0;
+    // Queues an external interrupt vector for delivery (used without an interrupt controller).
+    virtual Result<void> inject_interrupt(uint8_t vector) = 0;
+};
+
+struct EngineConfig {
+    uint32_t vcpus { 1 };
+};
+
+class Engine {
+public:
+    virtual ~Engine() = default;
+    virtual std::string_view name() const = 0;
+    // Makes guest RAM visible to the engine (called once per region before vCPUs run).
+    virtual Result<void> map_memory(const GuestMemory& memory) = 0;
+    // Creates vCPU `id`; `io` must outlive it. Call from the thread that will run it.
+    virtual Result<std::unique_ptr<Vcpu>> create_vcpu(uint32_t id, IoHandler& io) = 0;
+    // Drives a GSI of the interrupt controller (IOAPIC pin / PIC line).
+    virtual Result<void> set_irq_line(uint32_t gsi, bool level) = 0;
+    // Largest number of vCPUs this engine supports on this host.
+    virtual uint32_t max_vcpus() const = 0;
+};
+
+} // namespace vessel

@@ -1,0 +1,78 @@
+// Guest RAM: one memfd mapped once into the VMM, carved into guest-physical regions that skip
+// the 32-bit MMIO hole. Every access by the VMM goes through the bounds-checked accessors here:
+// an address outside guest RAM is an error value, never a host access.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "base/result.h"
+
+namespace vessel {
+
+struct MemoryRegion {
+    uint64_t guest_base;  // guest-physical start
+    uint64_t size;        // bytes
+    uint8_t* host;        // host mapping of the region
+    uint64_t file_offset; // offset of the region in the backing memfd
+};
+
+enum class HugePages { No, Yes };
+
+class GuestMemory {
+public:
+    // Creates guest RAM of `size` bytes (laid out around the MMIO hole).
+    static Result<GuestMemory> create(uint64_t size, HugePages huge = HugePages::No);
+
+    GuestMemory(GuestMemory&&) noexcept;
+    GuestMemory& operator=(GuestMemory&&) noexcept;
+    GuestMemory(const GuestMemory&) = delete;
+    GuestMemory& operator=(const GuestMemory&) = delete;
+    ~GuestMemory();
+
+    uint64_t size() const { return m_size; }
+    int fd() const { return m_fd; }
+    const std::vector<MemoryRegion>& regions() const { return m_regions; }
+
+    // Host pointer for [gpa, gpa+len) if the whole range lies in one RAM region, else nullptr.
+    uint8_t* host_ptr(uint64_t gpa, uint64_t len) const;
+    bool contains(uint64_t gpa, uint64_t len) const { return host_ptr(gpa, len) != nullptr; }
+
+    Result<void> read(uint64_t gpa, std::span<uint8_t> out) const;
+    Result<void> write(uint64_t gpa, std::span<const uint8_t> in);
+    Result<void> fill(uint64_t gpa, uint8_t value, uint64_t len);
+
+    template<typename T>
+    Result<T> read_obj(uint64_t gpa) const
+    {
+        static_assert(std::is_trivially_copyable_v<T>);
+        T value {};
+        TRY(read(gpa, std::span(reinterpret_cast<uint8_t*>(&value), sizeof(T))));
+        return value;
+    }
+
+    template<typename T>
+    Result<void> write_obj(uint64_t gpa, const T& value)
+    {
+        static_assert(std::is_trivially_copyable_v<T>);
+        return write(gpa, std::span(reinterpret_cast<const uint8_t*>(&value), sizeof(T)));
+    }
+
+    // Highest guest-physical address + 1 of RAM.
+    uint64_t end_address() const;
+
+private:
+    GuestMemory() = default;
+    void release();
+
+    int m_fd { -1 };
+    uint8_t* m_base { nullptr };
+    uint64_t m_size { 0 };
+    std::vector<MemoryRegion> m_regions;
+};
+
+} // namespace vessel
