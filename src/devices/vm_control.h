@@ -13,6 +13,8 @@ enum class StopReason {
     DebugExit,   // port 0xf4: exit status (value << 1) | 1
     TripleFault, // a vCPU shut down
     Error,       // internal error (a message is logged)
+    UserQuit,    // the user asked the VMM to quit (Ctrl-A x)
+    Signal,      // the VMM received SIGTERM/SIGINT/SIGHUP; exit_status is 128 + signal
 };
 
 struct StopRequest {

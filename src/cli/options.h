@@ -1,0 +1,40 @@
+// Command-line and JSON-config parsing into a VmConfig. Flags override the config file; every
+// error names the flag (or the config key and file) that caused it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+#include "vmm/vm_config.h"
+
+namespace vessel {
+
+enum class Command { Run, Probe, Version, Help };
+
+struct CliOptions {
+    Command command { Command::Help };
+    VmConfig vm;
+    std::string log_level { "warn" };
+    std::string help_text; // filled for Command::Help
+};
+
+// Parses argv (without running anything). `--help` yields Command::Help with the text.
+Result<CliOptions> parse_command_line(int argc, const char* const* argv);
+
+// Applies a JSON config document to `config`. `origin` names the file in errors; relative
+// paths in the document are resolved against `base_dir` (empty: left as they are).
+Result<void> apply_json_config(VmConfig& config, const std::string& json_text, const std::string& origin,
+                               const std::string& base_dir);
+
+// Range checks that need no engine: --mem against the minimum and the host's RAM, --cpus
+// against the VM model's and the chosen engine's limit.
+Result<void> validate_config(const VmConfig& config, uint32_t engine_max_vcpus);
+
+// Host RAM in bytes (what --mem may not exceed).
+uint64_t host_memory_bytes();
+
+Result<EngineKind> parse_engine(const std::string& text);
+Result<BootPath> parse_boot_path(const std::string& text);
+
+} // namespace vessel

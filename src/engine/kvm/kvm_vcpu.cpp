@@ -1,0 +1,236 @@
+#include "engine/kvm/kvm_vcpu.h"
+
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <mutex>
+
+#include <spdlog/spdlog.h>
+
+#include "engine/kvm/kvm_cpuid.h"
+#include "engine/kvm/kvm_engine.h"
+#include "engine/kvm/kvm_state.h"
+
+namespace vessel {
+
+namespace {
+
+int kick_signal() { return SIGRTMIN + 1; }
+
+void kick_handler(int) { }
+
+const char* exit_reason_name(uint32_t reason)
+{
+    switch (reason) {
+    case KVM_EXIT_UNKNOWN: return "unknown";
+    case KVM_EXIT_EXCEPTION: return "exception";
+    case KVM_EXIT_HYPERCALL: return "hypercall";
+    case KVM_EXIT_DEBUG: return "debug";
+    case KVM_EXIT_FAIL_ENTRY: return "fail entry";
+    case KVM_EXIT_INTERNAL_ERROR: return "internal error";
+    case KVM_EXIT_NMI: return "nmi";
+    default: return "unhandled";
+    }
+}
+
+} // namespace
+
+void KvmVcpu::install_kick_signal()
+{
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_handler = kick_handler;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = 0; // no SA_RESTART: KVM_RUN must return EINTR
+        ::sigaction(kick_signal(), &sa, nullptr);
+    });
+}
+
+KvmVcpu::KvmVcpu(KvmEngine& engine, uint32_t id, IoHandler& io)
+    : m_engine(engine)
+    , m_id(id)
+    , m_io(io)
+{
+}
+
+Result<std::unique_ptr<KvmVcpu>> KvmVcpu::create(KvmEngine& engine, uint32_t id, IoHandler& io)
+{
+    install_kick_signal();
+    std::unique_ptr<KvmVcpu> vcpu(new KvmVcpu(engine, id, io));
+    vcpu->m_fd = ::ioctl(engine.vm_fd(), KVM_CREATE_VCPU, static_cast<unsigned long>(id));
+    if (vcpu->m_fd < 0)
+        return Error::from_errno(fmt::format("KVM_CREATE_VCPU({})", id));
+    void* run = ::mmap(nullptr, engine.run_mmap_size(), PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->m_fd, 0);
+    if (run == MAP_FAILED)
+        return Error::from_errno(fmt::format("mmap of vCPU {} run area", id));
+    vcpu->m_run = static_cast<kvm_run*>(run);
+    TRY_CTX(vcpu->setup_cpuid(), fmt::format("vCPU {}", id));
+    TRY_CTX(vcpu->setup_lapic_lints(), fmt::format("vCPU {}", id));
+    if (engine.has_sync_regs())
+        vcpu->m_run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
+    return vcpu;
+}
+
+KvmVcpu::~KvmVcpu()
+{
+    if (m_run)
+        ::munmap(m_run, m_engine.run_mmap_size());
+    if (m_fd >= 0)
+        ::close(m_fd);
+}
+
+Result<void> KvmVcpu::setup_cpuid()
+{
+    auto entries = build_guest_cpuid(m_engine.supported_cpuid().entries, m_id, m_engine.vcpu_count());
+    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
+    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buf.data());
+    cpuid->nent = static_cast<uint32_t>(entries.size());
+    std::copy(entries.begin(), entries.end(), cpuid->entries);
+    if (::ioctl(m_fd, KVM_SET_CPUID2, cpuid) < 0)
+        return Error::from_errno("KVM_SET_CPUID2");
+    return {};
+}
+
+// LINT0 as ExtINT (the 8259 feeds the BSP before the guest switches to the IOAPIC) and LINT1 as
+// NMI, as a PC BIOS leaves them.
+Result<void> KvmVcpu::setup_lapic_lints()
+{
+    kvm_lapic_state lapic {};
+    if (::ioctl(m_fd, KVM_GET_LAPIC, &lapic) < 0)
+        return Error::from_errno("KVM_GET_LAPIC");
+    auto set_lvt = [&](size_t offset, uint32_t mode) {
+        uint32_t value;
+        std::memcpy(&value, lapic.regs + offset, 4);
+        value = (value & ~0x700u) | mode;
+        std::memcpy(lapic.regs + offset, &value, 4);
+    };
+    set_lvt(0x350, 0x700); // LVT LINT0: ExtINT
+    set_lvt(0x360, 0x400); // LVT LINT1: NMI
+    if (::ioctl(m_fd, KVM_SET_LAPIC, &lapic) < 0)
+        return Error::from_errno("KVM_SET_LAPIC");
+    return {};
+}
+
+void KvmVcpu::kick()
+{
+    // SAFETY: immediate_exit lives in the shared run page for the vCPU's lifetime; KVM reads it
+    // on entry to KVM_RUN, the signal interrupts a KVM_RUN already in progress.
+    __atomic_store_n(&m_run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    if (m_running.load(std::memory_order_seq_cst))
+        ::pthread_kill(m_thread.load(), kick_signal());
+}
+
+Result<VcpuExit> KvmVcpu::run()
+{
+    m_thread.store(::pthread_self());
+    m_running.store(true, std::memory_order_seq_cst);
+    struct RunningGuard {
+        std::atomic<bool>& flag;
+        ~RunningGuard() { flag.store(false); }
+    } guard { m_running };
+
+    for (;;) {
+        int r = ::ioctl(m_fd, KVM_RUN, 0);
+        m_sync_valid = m_engine.has_sync_regs();
+        m_run->kvm_dirty_regs = 0;
+        if (r < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                __atomic_store_n(&m_run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+                return VcpuExit { VcpuExitKind::Kicked, {} };
+            }
+            return Error::from_errno(fmt::format("KVM_RUN on vCPU {}", m_id));
+        }
+        switch (m_run->exit_reason) {
+        case KVM_EXIT_IO:
+            handle_io();
+            break;
+        case KVM_EXIT_MMIO:
+            handle_mmio();
+            break;
+        case KVM_EXIT_INTR:
+            __atomic_store_n(&m_run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+            return VcpuExit { VcpuExitKind::Kicked, {} };
+        case KVM_EXIT_HLT:
+            return VcpuExit { VcpuExitKind::Halted, {} };
+        case KVM_EXIT_SHUTDOWN:
+            return VcpuExit { VcpuExitKind::Shutdown, fmt::format("vCPU {} shut down (triple fault)", m_id) };
+        case KVM_EXIT_SYSTEM_EVENT:
+            switch (m_run->system_event.type) {
+            case KVM_SYSTEM_EVENT_SHUTDOWN:
+                return VcpuExit { VcpuExitKind::PowerOff, {} };
+            case KVM_SYSTEM_EVENT_RESET:
+                return VcpuExit { VcpuExitKind::Reset, {} };
+            default:
+                return VcpuExit { VcpuExitKind::InternalError,
+                                  fmt::format("vCPU {}: system event {}", m_id, m_run->system_event.type) };
+            }
+        case KVM_EXIT_FAIL_ENTRY:
+            return VcpuExit { VcpuExitKind::InternalError,
+                              fmt::format("vCPU {}: VM entry failed (hardware reason {:#x})", m_id,
+                                          m_run->fail_entry.hardware_entry_failure_reason) };
+        case KVM_EXIT_INTERNAL_ERROR:
+            return VcpuExit { VcpuExitKind::InternalError,
+                              fmt::format("vCPU {}: KVM internal error, suberror {}", m_id,
+                                          m_run->internal.suberror) };
+        default:
+            return VcpuExit { VcpuExitKind::InternalError,
+                              fmt::format("vCPU {}: {} KVM exit (reason {})", m_id,
+                                          exit_reason_name(m_run->exit_reason), m_run->exit_reason) };
+        }
+    }
+}
+
+void KvmVcpu::handle_io()
+{
+    auto& io = m_run->io;
+    // SAFETY: KVM guarantees data_offset + size * count lies within the run mapping.
+    uint8_t* data = reinterpret_cast<uint8_t*>(m_run) + io.data_offset;
+    for (uint32_t i = 0; i < io.count; ++i) {
+        std::span<uint8_t> bytes(data + i * io.size, io.size);
+        if (io.direction == KVM_EXIT_IO_OUT)
+            m_io.pio_write(io.port, bytes);
+        else
+            m_io.pio_read(io.port, bytes);
+    }
+}
+
+void KvmVcpu::handle_mmio()
+{
+    auto& mmio = m_run->mmio;
+    uint32_t len = std::min<uint32_t>(mmio.len, sizeof(mmio.data));
+    if (mmio.is_write)
+        m_io.mmio_write(mmio.phys_addr, std::span<const uint8_t>(mmio.data, len));
+    else
+        m_io.mmio_read(mmio.phys_addr, std::span<uint8_t>(mmio.data, len));
+}
+
+Result<CpuState> KvmVcpu::get_state()
+{
+    KvmStateIo io { m_fd, m_engine.xsave_size() };
+    const kvm_sync_regs* sync = m_sync_valid ? &m_run->s.regs : nullptr;
+    return read_kvm_state(io, sync);
+}
+
+Result<void> KvmVcpu::set_state(const CpuState& state)
+{
+    KvmStateIo io { m_fd, m_engine.xsave_size() };
+    TRY(write_kvm_state(io, state));
+    // The kernel's copies are now authoritative; the sync area is stale until the next exit.
+    m_sync_valid = false;
+    return {};
+}
+
+Result<void> KvmVcpu::inject_interrupt(uint8_t vector)
+{
+    kvm_interrupt irq {};
+    irq.irq = vector;
+    if (::ioctl(m_fd, KVM_INTERRUPT, &irq) < 0)
+        return Error::from_errno(fmt::format("KVM_INTERRUPT vector {} on vCPU {}", vector, m_id));
+    return {};
+}
+
+} // namespace vessel

@@ -1,0 +1,49 @@
+#pragma once
+
+#include <linux/kvm.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <memory>
+
+#include "engine/engine.h"
+
+namespace vessel {
+
+class KvmEngine;
+
+class KvmVcpu final : public Vcpu {
+public:
+    static Result<std::unique_ptr<KvmVcpu>> create(KvmEngine& engine, uint32_t id, IoHandler& io);
+    ~KvmVcpu() override;
+
+    uint32_t id() const override { return m_id; }
+    Result<VcpuExit> run() override;
+    void kick() override;
+    Result<CpuState> get_state() override;
+    Result<void> set_state(const CpuState& state) override;
+    Result<void> inject_interrupt(uint8_t vector) override;
+
+    // Installs the no-op signal handler used by kick(); idempotent, called by create().
+    static void install_kick_signal();
+
+private:
+    KvmVcpu(KvmEngine& engine, uint32_t id, IoHandler& io);
+    Result<void> setup_cpuid();
+    Result<void> setup_lapic_lints();
+    void handle_io();
+    void handle_mmio();
+
+    KvmEngine& m_engine;
+    uint32_t m_id;
+    IoHandler& m_io;
+    int m_fd { -1 };
+    kvm_run* m_run { nullptr };
+    std::atomic<pthread_t> m_thread {};
+    std::atomic<bool> m_running { false };
+    // With KVM_CAP_SYNC_REGS: after an exit, run->s.regs holds regs/sregs/events, so get_state
+    // reads them without ioctls, and set_state stages them for the next KVM_RUN.
+    bool m_sync_valid { false };
+};
+
+} // namespace vessel
