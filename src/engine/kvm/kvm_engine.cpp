@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "arch/x86/layout.h"
+#include "engine/kvm/kvm_sys.h"
 #include "engine/kvm/kvm_vcpu.h"
 #include "memory/guest_memory.h"
 
@@ -83,11 +84,9 @@ Result<std::unique_ptr<KvmEngine>> KvmEngine::create(const EngineConfig& config)
 
     // The host's supported CPUID: grow the buffer until KVM stops returning E2BIG.
     for (uint32_t n = 128; n <= 4096; n *= 2) {
-        std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
-        auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buf.data());
-        cpuid->nent = n;
-        if (::ioctl(fd, KVM_GET_SUPPORTED_CPUID, cpuid) == 0) {
-            engine->m_supported_cpuid.entries.assign(cpuid->entries, cpuid->entries + cpuid->nent);
+        kvm_sys::FlexBuffer<kvm_sys::CpuidHeader, kvm_cpuid_entry2> cpuid(n);
+        if (::ioctl(fd, kvm_sys::kGetSupportedCpuid, cpuid.data()) == 0) {
+            engine->m_supported_cpuid.entries.assign(cpuid.entries(), cpuid.entries() + cpuid.count());
             break;
         }
         if (errno != E2BIG)
@@ -144,11 +143,9 @@ Result<void> KvmEngine::setup_irq_routing()
         e.u.irqchip.pin = gsi == 0 ? 2 : gsi;
         routes.push_back(e);
     }
-    std::vector<uint8_t> buf(sizeof(kvm_irq_routing) + routes.size() * sizeof(kvm_irq_routing_entry));
-    auto* table = reinterpret_cast<kvm_irq_routing*>(buf.data());
-    table->nr = static_cast<uint32_t>(routes.size());
-    std::copy(routes.begin(), routes.end(), table->entries);
-    if (::ioctl(m_vm_fd, KVM_SET_GSI_ROUTING, table) < 0)
+    kvm_sys::FlexBuffer<kvm_sys::RoutingHeader, kvm_irq_routing_entry> table(routes.size());
+    std::copy(routes.begin(), routes.end(), table.entries());
+    if (::ioctl(m_vm_fd, kvm_sys::kSetGsiRouting, table.data()) < 0)
         return Error::from_errno("KVM_SET_GSI_ROUTING");
     return {};
 }

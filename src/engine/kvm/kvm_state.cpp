@@ -1,4 +1,5 @@
 #include "engine/kvm/kvm_state.h"
+#include "engine/kvm/kvm_sys.h"
 
 #include <sys/ioctl.h>
 
@@ -53,13 +54,12 @@ constexpr MsrBinding kMsrBindings[] = {
 // Buffer for KVM_GET_MSRS / KVM_SET_MSRS.
 struct MsrBuffer {
     explicit MsrBuffer(size_t n)
-        : bytes(sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry))
+        : buffer(n)
     {
-        header()->nmsrs = static_cast<uint32_t>(n);
     }
-    kvm_msrs* header() { return reinterpret_cast<kvm_msrs*>(bytes.data()); }
-    kvm_msr_entry& entry(size_t i) { return header()->entries[i]; }
-    std::vector<uint8_t> bytes;
+    void* header() { return buffer.data(); }
+    kvm_msr_entry& entry(size_t i) { return buffer.entries()[i]; }
+    kvm_sys::FlexBuffer<kvm_sys::MsrsHeader, kvm_msr_entry> buffer;
 };
 
 void regs_from_kvm(CpuState& s, const kvm_regs& r)
@@ -248,9 +248,9 @@ Result<CpuState> read_kvm_state(const KvmStateIo& io, const kvm_sync_regs* sync)
         events_from_kvm(s, events);
     }
 
-    kvm_xsave xsave {};
+    kvm_sys::Xsave xsave {};
     static_assert(sizeof(xsave.region) == sizeof(s.xsave));
-    TRY(vcpu_ioctl(fd, KVM_GET_XSAVE, &xsave, "KVM_GET_XSAVE"));
+    TRY(vcpu_ioctl(fd, kvm_sys::kGetXsave, &xsave, "KVM_GET_XSAVE"));
     std::memcpy(s.xsave.data(), xsave.region, sizeof(xsave.region));
 
     kvm_xcrs xcrs {};
@@ -276,7 +276,7 @@ Result<CpuState> read_kvm_state(const KvmStateIo& io, const kvm_sync_regs* sync)
     for (size_t i = 0; i < std::size(kMsrBindings); ++i)
         msrs.entry(i).index = kMsrBindings[i].index;
     msrs.entry(kCount - 1).index = msr::kTsc;
-    int got = ::ioctl(fd, KVM_GET_MSRS, msrs.header());
+    int got = ::ioctl(fd, kvm_sys::kGetMsrs, msrs.header());
     if (got < 0)
         return Error::from_errno("KVM_GET_MSRS");
     // KVM stops at the first MSR it does not know; the ones after it keep their defaults.
@@ -313,9 +313,9 @@ Result<void> write_kvm_state(const KvmStateIo& io, const CpuState& s)
     kvm_sregs sregs = sregs_to_kvm(s);
     TRY(vcpu_ioctl(fd, KVM_SET_SREGS, &sregs, "KVM_SET_SREGS"));
 
-    kvm_xsave xsave {};
+    kvm_sys::Xsave xsave {};
     std::memcpy(xsave.region, s.xsave.data(), sizeof(xsave.region));
-    TRY(vcpu_ioctl(fd, KVM_SET_XSAVE, &xsave, "KVM_SET_XSAVE"));
+    TRY(vcpu_ioctl(fd, kvm_sys::kSetXsave, &xsave, "KVM_SET_XSAVE"));
     kvm_xcrs xcrs {};
     xcrs.nr_xcrs = 1;
     xcrs.xcrs[0].xcr = 0;
@@ -342,7 +342,7 @@ Result<void> write_kvm_state(const KvmStateIo& io, const CpuState& s)
         msrs.entry(i + 1).index = kMsrBindings[i].index;
         msrs.entry(i + 1).data = s.msrs.*(kMsrBindings[i].field);
     }
-    int set = ::ioctl(fd, KVM_SET_MSRS, msrs.header());
+    int set = ::ioctl(fd, kvm_sys::kSetMsrs, msrs.header());
     if (set < 0)
         return Error::from_errno("KVM_SET_MSRS");
     if (static_cast<size_t>(set) != kCount)

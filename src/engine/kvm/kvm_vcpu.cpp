@@ -13,6 +13,7 @@
 #include "engine/kvm/kvm_cpuid.h"
 #include "engine/kvm/kvm_engine.h"
 #include "engine/kvm/kvm_state.h"
+#include "engine/kvm/kvm_sys.h"
 
 namespace vessel {
 
@@ -86,11 +87,9 @@ KvmVcpu::~KvmVcpu()
 Result<void> KvmVcpu::setup_cpuid()
 {
     auto entries = build_guest_cpuid(m_engine.supported_cpuid().entries, m_id, m_engine.vcpu_count());
-    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
-    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buf.data());
-    cpuid->nent = static_cast<uint32_t>(entries.size());
-    std::copy(entries.begin(), entries.end(), cpuid->entries);
-    if (::ioctl(m_fd, KVM_SET_CPUID2, cpuid) < 0)
+    kvm_sys::FlexBuffer<kvm_sys::CpuidHeader, kvm_cpuid_entry2> cpuid(entries.size());
+    std::copy(entries.begin(), entries.end(), cpuid.entries());
+    if (::ioctl(m_fd, kvm_sys::kSetCpuid2, cpuid.data()) < 0)
         return Error::from_errno("KVM_SET_CPUID2");
     return {};
 }
