@@ -1,1 +1,144 @@
-int main() { return 0; }
+// vessel: the command-line edge. Parses intent into a VmConfig, resolves the engine, runs the VM
+// (rebuilding it when the guest reboots) and turns the way it stopped into an exit status.
+#include <unistd.h>
+
+#include <cstdio>
+
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "cli/options.h"
+#include "engine/kvm/kvm_engine.h"
+#include "engine/probe.h"
+#include "vmm/vm.h"
+
+using namespace vessel;
+
+namespace {
+
+constexpr int kExitError = 1;
+
+void setup_logging(const std::string& level)
+{
+    auto logger = spdlog::stderr_logger_mt("vessel");
+    logger->set_pattern("vessel: %l: %v");
+    spdlog::set_default_logger(logger);
+    spdlog::set_level(spdlog::level::from_str(level));
+}
+
+int fail(const std::string& message)
+{
+    std::fprintf(stderr, "vessel: error: %s\n", message.c_str());
+    return kExitError;
+}
+
+int command_probe()
+{
+    HostProbe p = probe_host();
+    std::printf("engine: %s\nreason: %s\n/dev/kvm usable: %s\nhardware virtualization (VT-x/AMD-V): %s\n"
+                "kvm_pvm loaded: %s\n",
+                engine_name(p.choice), p.reason.c_str(), p.kvm_device ? "yes" : "no", p.hw_virt ? "yes" : "no",
+                p.kvm_pvm ? "yes" : "no");
+    return 0;
+}
+
+// Picks the engine and its vCPU limit, or explains why the guest cannot run.
+Result<std::pair<EngineKind, uint32_t>> resolve_engine(EngineKind requested)
+{
+    if (requested == EngineKind::Auto) {
+        HostProbe p = probe_host();
+        if (p.choice == EngineKind::Soft)
+            return make_error("--engine auto: this host needs the software engine ({}), which is not implemented "
+                              "yet; use --engine kvm to force KVM anyway",
+                              p.reason);
+        requested = EngineKind::Kvm;
+    }
+    if (requested == EngineKind::Soft)
+        return make_error("--engine soft: the software engine is not implemented yet");
+    HostProbe p = probe_host();
+    if (!p.kvm_device)
+        return make_error("--engine kvm: {}", p.reason);
+    if (p.kvm_pvm || !p.hw_virt)
+        spdlog::warn("KVM here cannot run guest kernel code natively ({}); guest kernel mode will be slow", p.reason);
+    return std::pair { EngineKind::Kvm, KvmEngine::host_max_vcpus() };
+}
+
+int command_run(const VmConfig& config)
+{
+    // Engine-independent checks first, then the engine's own vCPU limit where KVM is usable.
+    if (auto valid = validate_config(config, UINT32_MAX); !valid.ok())
+        return fail(valid.error().message());
+    if (config.engine != EngineKind::Soft) {
+        if (uint32_t max = KvmEngine::host_max_vcpus(); max != 0) {
+            if (auto valid = validate_config(config, max); !valid.ok())
+                return fail(valid.error().message());
+        }
+    }
+    // The engine is resolved after the guest is loaded, so a bad kernel is reported first.
+    auto make_engine = [&]() -> Result<std::unique_ptr<Engine>> {
+        auto [kind, max_vcpus] = TRY(resolve_engine(config.engine));
+        (void)max_vcpus;
+        if (kind != EngineKind::Kvm)
+            return make_error("--engine {}: not available", engine_name(kind));
+        auto engine = TRY_CTX(KvmEngine::create(EngineConfig { config.cpus }), "KVM engine");
+        return std::unique_ptr<Engine>(std::move(engine));
+    };
+
+    for (;;) {
+        auto vm = Vm::create(config, make_engine);
+        if (!vm.ok())
+            return fail(vm.error().message());
+        auto result = vm.value()->run();
+        if (!result.ok())
+            return fail(result.error().message());
+        const VmExitInfo& exit = result.value();
+        switch (exit.stop.reason) {
+        case StopReason::PowerOff:
+            spdlog::info("guest powered off");
+            return 0;
+        case StopReason::DebugExit:
+            return exit.stop.exit_status & 0xff;
+        case StopReason::Reset:
+            if (config.on_reset == ResetAction::Exit) {
+                spdlog::info("guest reset; exiting (--no-reboot)");
+                return 0;
+            }
+            spdlog::info("guest reset; rebooting");
+            continue;
+        case StopReason::TripleFault:
+            std::fprintf(stderr, "vessel: guest stopped: %s\n", exit.message.c_str());
+            return 2;
+        case StopReason::UserQuit:
+            return 0;
+        case StopReason::Signal:
+            spdlog::info("{}", exit.message);
+            return exit.stop.exit_status;
+        case StopReason::Error:
+        case StopReason::None:
+            return fail(exit.message.empty() ? "the VM stopped for an unknown reason" : exit.message);
+        }
+    }
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    auto options = parse_command_line(argc, argv);
+    if (!options.ok())
+        return fail(options.error().message());
+    setup_logging(options->log_level);
+    switch (options->command) {
+    case Command::Help:
+        std::fputs(options->help_text.c_str(), stdout);
+        return 0;
+    case Command::Version:
+        std::puts("vessel 0.1.0");
+        return 0;
+    case Command::Probe:
+        return command_probe();
+    case Command::Run:
+        return command_run(options->vm);
+    }
+    return kExitError;
+}

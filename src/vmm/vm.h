@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -26,8 +27,11 @@ struct VmExitInfo {
 
 class Vm final : private IoHandler {
 public:
-    // Builds the machine and loads the guest; nothing runs yet.
-    static Result<std::unique_ptr<Vm>> create(const VmConfig& config, EngineKind engine);
+    using EngineFactory = std::function<Result<std::unique_ptr<Engine>>()>;
+
+    // Builds the machine and loads the guest, then creates the engine with `make_engine` (so a
+    // bad kernel is reported before any engine is touched); nothing runs yet.
+    static Result<std::unique_ptr<Vm>> create(const VmConfig& config, const EngineFactory& make_engine);
     ~Vm() override;
 
     // Runs vCPU threads and the event loop on the calling thread until the VM stops.
@@ -59,6 +63,8 @@ private:
     void mmio_read(uint64_t gpa, std::span<uint8_t> data) override;
     void mmio_write(uint64_t gpa, std::span<const uint8_t> data) override;
     void log_unclaimed(const char* kind, uint64_t addr, size_t len, bool write);
+    void set_irq(uint32_t gsi, bool level);
+    void wake_event_loop();
 
     VmConfig m_config;
     GuestMemory m_memory;
@@ -73,7 +79,7 @@ private:
     std::mutex m_stop_mutex;
     std::atomic<bool> m_stopping { false };
     VmExitInfo m_exit;
-    int m_stop_event { -1 }; // eventfd: wakes the event loop
+    int m_wake_event { -1 }; // eventfd: wakes the event loop (stop requests, UART input space)
 
     std::mutex m_pause_mutex;
     std::condition_variable m_pause_cv;

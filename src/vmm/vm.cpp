@@ -14,8 +14,13 @@
 #include "arch/x86/boot_cpu.h"
 #include "arch/x86/e820.h"
 #include "arch/x86/mptable.h"
+#include "devices/acpi_pm.h"
+#include "devices/debug_exit.h"
+#include "devices/i8042.h"
+#include "devices/post_port.h"
+#include "devices/rtc.h"
 #include "devices/serial.h"
-#include "engine/kvm/kvm_engine.h"
+#include "arch/x86/layout.h"
 #include "loader/boot.h"
 #include "vmm/console.h"
 
@@ -37,30 +42,21 @@ Vm::~Vm()
             if (t.joinable())
                 t.join();
     }
-    if (m_stop_event >= 0)
-        ::close(m_stop_event);
+    if (m_wake_event >= 0)
+        ::close(m_wake_event);
 }
 
-Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, EngineKind engine)
+Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFactory& make_engine)
 {
     auto memory = TRY(GuestMemory::create(config.mem_bytes, config.hugepages ? HugePages::Yes : HugePages::No));
     std::unique_ptr<Vm> vm(new Vm(config, std::move(memory)));
-    vm->m_stop_event = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (vm->m_stop_event < 0)
+    vm->m_wake_event = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (vm->m_wake_event < 0)
         return Error::from_errno("eventfd");
-
-    switch (engine) {
-    case EngineKind::Kvm:
-        vm->m_engine = TRY_CTX(KvmEngine::create(EngineConfig { config.cpus }), "KVM engine");
-        break;
-    case EngineKind::Soft:
-        return make_error("the software engine is not implemented yet");
-    case EngineKind::Auto:
-        return make_error("internal error: engine not resolved");
-    }
 
     TRY(vm->build_devices());
     TRY(vm->load_guest());
+    vm->m_engine = TRY(make_engine());
     // Map RAM only after every boot structure is written: some KVM implementations (PVM) do not
     // see page-table writes made from outside the guest after the slot is registered.
     TRY(vm->m_engine->map_memory(vm->m_memory));
@@ -109,10 +105,42 @@ void Vm::request_stop(StopRequest request, std::string message)
         m_exit.message = std::move(message);
         m_stopping.store(true);
     }
-    uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(m_stop_event, &one, sizeof(one));
+    wake_event_loop();
     for (auto& v : m_vcpus)
         v->kick();
+}
+
+void Vm::wake_event_loop()
+{
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(m_wake_event, &one, sizeof(one));
+}
+
+void Vm::set_irq(uint32_t gsi, bool level)
+{
+    // Devices are built before the engine; they do not raise interrupts before the guest runs.
+    if (!m_engine)
+        return;
+    if (auto r = m_engine->set_irq_line(gsi, level); !r.ok())
+        spdlog::warn("interrupt line {}: {}", gsi, r.error().message());
+}
+
+Result<void> Vm::build_devices()
+{
+    auto irq = [this](uint32_t gsi) { return IrqLine(gsi, [this](uint32_t g, bool level) { set_irq(g, level); }); };
+    StopFn stop = [this](StopRequest request) { request_stop(request); };
+
+    m_serial = std::make_shared<Serial>(irq(layout::kCom1Irq), [](std::span<const uint8_t> bytes) {
+        Console::write_output(bytes);
+    });
+    m_serial->set_input_space_notifier([this] { wake_event_loop(); });
+    TRY(m_pio_bus.insert(m_serial, layout::kCom1Port, 8));
+    TRY(m_pio_bus.insert(std::make_shared<I8042>(irq(1), stop), layout::kI8042Port, 5));
+    TRY(m_pio_bus.insert(std::make_shared<Rtc>(m_config.mem_bytes), layout::kRtcPort, 2));
+    TRY(m_pio_bus.insert(std::make_shared<DebugExit>(stop), layout::kDebugExitPort, 4));
+    TRY(m_pio_bus.insert(std::make_shared<AcpiPm>(stop), layout::kAcpiSleepControlPort, 3));
+    TRY(m_pio_bus.insert(std::make_shared<PostPort>(), 0x80, 1));
+    return {};
 }
 
 void Vm::pause()
@@ -233,7 +261,7 @@ Result<void> Vm::event_loop()
             return Error::from_errno("epoll_ctl");
         return {};
     };
-    TRY(add(m_stop_event, kStop));
+    TRY(add(m_wake_event, kStop));
     TRY(add(sfd, kSignal));
 
     // stdin feeds the serial port. Pipes and terminals are polled; a regular file (which epoll
@@ -255,7 +283,10 @@ Result<void> Vm::event_loop()
 
     auto read_stdin = [&]() {
         uint8_t buf[256];
-        ssize_t n = ::read(STDIN_FILENO, buf, sizeof(buf));
+        size_t space = m_serial ? std::min(sizeof(buf), m_serial->input_space()) : sizeof(buf);
+        if (space == 0)
+            return;
+        ssize_t n = ::read(STDIN_FILENO, buf, space);
         if (n < 0 && (errno == EINTR || errno == EAGAIN))
             return;
         if (n <= 0) {
@@ -277,12 +308,13 @@ Result<void> Vm::event_loop()
         if (stdin_open && stdin_polled && room != stdin_armed) {
             // Back-pressure: stop polling stdin while the UART's receive buffer is full.
             epoll_event ev {};
-            ev.events = room ? EPOLLIN : 0;
+            ev.events = room ? static_cast<uint32_t>(EPOLLIN) : 0u;
             ev.data.u64 = kStdin;
             ::epoll_ctl(epoll, EPOLL_CTL_MOD, STDIN_FILENO, &ev);
             stdin_armed = room;
         }
-        int timeout = (stdin_open && (!stdin_polled ? room : !room)) ? 10 : -1;
+        // A regular file on stdin cannot be polled: read it whenever the UART has room.
+        int timeout = (stdin_open && !stdin_polled && room) ? 0 : -1;
         epoll_event events[8];
         int n = ::epoll_wait(epoll, events, 8, timeout);
         if (n < 0) {
@@ -292,10 +324,15 @@ Result<void> Vm::event_loop()
         }
         if (stdin_open && !stdin_polled && room)
             read_stdin();
+        if (timeout == 0 && n == 0)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
         for (int i = 0; i < n; ++i) {
             switch (events[i].data.u64) {
-            case kStop:
+            case kStop: {
+                uint64_t value;
+                [[maybe_unused]] auto r = ::read(m_wake_event, &value, sizeof(value));
                 break;
+            }
             case kSignal: {
                 signalfd_siginfo info {};
                 if (::read(sfd, &info, sizeof(info)) == sizeof(info))

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds Vessel (release + ASan/UBSan unit tests, test guests) and runs every test through ctest.
+# The last lines printed are ctest's summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVESSEL_ASAN_TESTS=ON >/dev/null
+cmake --build build -j"$(nproc)"
+cd build
+ctest --output-on-failure -j"$(nproc)"
