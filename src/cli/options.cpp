@@ -161,6 +161,7 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
         ->check(CLI::IsMember({ "error", "warn", "info", "debug", "trace" }));
 
     CLI::App* run = app.add_subcommand("run", "Boot a VM and run it until the guest powers off");
+    run->fallthrough(); // --log-level may follow the subcommand
     std::string kernel, initrd, cmdline, mem, engine, boot, config_path;
     uint32_t cpus = 0;
     bool no_reboot = false, hugepages = false;

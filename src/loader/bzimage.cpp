@@ -19,7 +19,6 @@ namespace {
 constexpr uint16_t kProtocol64BitEntry = 0x020c; // 2.12: xloadflags / XLF_KERNEL_64
 constexpr uint16_t kProtocolPayload = 0x0208;    // 2.08: payload_offset / payload_length
 constexpr uint16_t kProtocolSyssize32 = 0x0204;  // 2.04: syssize is 32 bits
-constexpr uint32_t kDefaultCmdlineSize = 255;    // before 2.06
 
 struct BzImage {
     SetupHeader hdr {};              // as in the file; fields past its header length are zero
@@ -116,8 +115,8 @@ Result<BootEntry> load_decompressor_path(GuestMemory& memory, const std::vector<
                           e820.size(), kZeroPageE820Max);
     TRY_CTX(memory.write(place.load_addr, bz.kernel), context);
 
-    uint32_t cmdline_size = hdr.version >= 0x0206 ? hdr.cmdline_size : kDefaultCmdlineSize;
-    TRY(write_cmdline(memory, request, cmdline_size));
+    // cmdline_size (protocol >= 2.06) is the longest command line without its NUL.
+    TRY(write_cmdline(memory, request, hdr.cmdline_size));
     uint64_t initrd_limit = uint64_t { hdr.initrd_addr_max } + 1;
     auto initrd = TRY(load_initrd(memory, request, place.end, initrd_limit));
 

@@ -321,7 +321,7 @@ TEST(I8042, SaveRestoreIdenticalBehaviour)
     a.command(0x7f);  // pending controller RAM write
     ASSERT_TRUE(a.irq());
 
-    const I8042::State state = a.save();
+    const I8042::State state = a.kbc.save();
     I8042Harness b;
     b.kbc.restore(state);
     EXPECT_EQ(b.kbc.save(), state);

@@ -136,7 +136,8 @@ inline std::string read_guest_string(const GuestMemory& mem, uint64_t gpa, size_
     return std::string(reinterpret_cast<const char*>(raw.data()), strnlen(reinterpret_cast<const char*>(raw.data()), max));
 }
 
-// ---- compressors (kernel-style: all but gzip get the le32 uncompressed size appended) ----
+// ---- compressors (kernel-style: all but gzip get the le32 uncompressed size appended; fast
+// presets, the decoders do not care) ----
 
 inline Bytes gzip_compress(std::span<const uint8_t> in)
 {
@@ -158,7 +159,7 @@ inline Bytes xz_compress(std::span<const uint8_t> in)
     Bytes out(lzma_stream_buffer_bound(in.size()));
     size_t pos = 0;
     // The kernel's xz payloads use CRC32 checks.
-    EXPECT_EQ(lzma_easy_buffer_encode(6, LZMA_CHECK_CRC32, nullptr, in.data(), in.size(), out.data(), &pos, out.size()),
+    EXPECT_EQ(lzma_easy_buffer_encode(1, LZMA_CHECK_CRC32, nullptr, in.data(), in.size(), out.data(), &pos, out.size()),
               LZMA_OK);
     out.resize(pos);
     append32(out, static_cast<uint32_t>(in.size()));
@@ -168,7 +169,7 @@ inline Bytes xz_compress(std::span<const uint8_t> in)
 inline Bytes lzma_compress(std::span<const uint8_t> in)
 {
     lzma_options_lzma opts {};
-    lzma_lzma_preset(&opts, 6);
+    lzma_lzma_preset(&opts, 1);
     lzma_stream strm {};
     EXPECT_EQ(lzma_alone_encoder(&strm, &opts), LZMA_OK);
     Bytes out(in.size() + in.size() / 2 + 4096);

@@ -387,7 +387,7 @@ TEST(Serial, SaveRestoreIdenticalBehaviour)
     a.out(Serial::kIer, 0x05);
     ASSERT_TRUE(a.irq());
 
-    const Serial::State state = a.save();
+    const Serial::State state = a.uart.save();
     SerialHarness b;
     b.uart.restore(state);
     EXPECT_EQ(b.uart.save(), state);

@@ -44,6 +44,7 @@ private:
     // With KVM_CAP_SYNC_REGS: after an exit, run->s.regs holds regs/sregs/events, so get_state
     // reads them without ioctls, and set_state stages them for the next KVM_RUN.
     bool m_sync_valid { false };
+    bool m_ran_once { false };
 };
 
 } // namespace vessel
