@@ -133,6 +133,18 @@ TEST(LoaderDecompressFormats, DetectsMagic)
     EXPECT_FALSE(loader::decompress_payload(Bytes {}).ok());
 }
 
+TEST(LoaderDecompressFormats, XzWithX86BcjFilter)
+{
+    // Code-like input: E8/E9 call and jump opcodes are what the BCJ filter rewrites.
+    Bytes original = pattern_bytes(200000, 31);
+    for (size_t i = 0; i + 5 < original.size(); i += 37)
+        original[i] = (i & 1) ? 0xe8 : 0xe9;
+    Bytes compressed = xz_x86_compress(original);
+    auto out = loader::decompress_payload(compressed);
+    ASSERT_TRUE(out.ok()) << out.error().message();
+    EXPECT_EQ(*out, original);
+}
+
 TEST(LoaderDecompressFormats, Lz4MultipleBlocksAndFrames)
 {
     Bytes original = pattern_bytes((8u << 20) * 2 + 12345, 21); // three 8 MiB blocks

@@ -166,6 +166,26 @@ inline Bytes xz_compress(std::span<const uint8_t> in)
     return out;
 }
 
+// As the kernel's build does it: `xz --check=crc32 --x86 --lzma2=...` (BCJ x86 filter first).
+inline Bytes xz_x86_compress(std::span<const uint8_t> in)
+{
+    lzma_options_lzma opts {};
+    lzma_lzma_preset(&opts, 1);
+    lzma_filter filters[] = {
+        { LZMA_FILTER_X86, nullptr },
+        { LZMA_FILTER_LZMA2, &opts },
+        { LZMA_VLI_UNKNOWN, nullptr },
+    };
+    Bytes out(lzma_stream_buffer_bound(in.size()));
+    size_t pos = 0;
+    EXPECT_EQ(lzma_stream_buffer_encode(filters, LZMA_CHECK_CRC32, nullptr, in.data(), in.size(), out.data(), &pos,
+                                        out.size()),
+              LZMA_OK);
+    out.resize(pos);
+    append32(out, static_cast<uint32_t>(in.size()));
+    return out;
+}
+
 inline Bytes lzma_compress(std::span<const uint8_t> in)
 {
     lzma_options_lzma opts {};
