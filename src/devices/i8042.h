@@ -1,6 +1,8 @@
 // The i8042 keyboard controller with an MF2 keyboard behind it, registered as one port range
 // 0x60..0x64 (layout::kI8042Port, length 5): offset 0 is the data port, offset 4 the status
-// (read) / command (write) port; offsets 1..3 read 0xff and ignore writes.
+// (read) / command (write) port; offsets 1..3 read 0xff and ignore writes. Registering that
+// whole range hides port 0x61 from any other device; I8042CommandPort (below) lets a VMM
+// register 0x60 and 0x64 separately instead.
 //
 // What it is for: letting Linux's i8042 and atkbd drivers probe cleanly, and rebooting through
 // the controller's reset line (command 0xfe, a pulse command with bit 0 clear, or an output-port
@@ -16,6 +18,7 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -119,6 +122,28 @@ private:
     std::deque<uint8_t> m_kbd_queue;
     bool m_irq_level { false };
     uint64_t m_log_count { 0 };
+};
+
+// The controller's status/command port as a bus device of its own (its offset 0 is the i8042's
+// offset 4), for a VMM that registers port 0x60 (the I8042, length 1) and port 0x64 (this,
+// length 1) separately so that port 0x61 (PC speaker / PIT channel 2 gate, NMI status) stays
+// free for the device that owns it.
+class I8042CommandPort final : public BusDevice {
+public:
+    explicit I8042CommandPort(std::shared_ptr<I8042> controller) : m_controller(std::move(controller)) { }
+
+    std::string_view name() const override { return "i8042-command"; }
+    void read(uint64_t offset, std::span<uint8_t> data) override
+    {
+        m_controller->read(offset + I8042::kCommandOffset, data);
+    }
+    void write(uint64_t offset, std::span<const uint8_t> data) override
+    {
+        m_controller->write(offset + I8042::kCommandOffset, data);
+    }
+
+private:
+    std::shared_ptr<I8042> m_controller;
 };
 
 } // namespace vessel

@@ -52,8 +52,9 @@ constexpr int64_t kMinYear = 1900;
 constexpr int64_t kMaxYear = 2199;
 
 // Time registers in the order they are decoded when SET is cleared.
-constexpr uint8_t kTimeRegisters[] = { Rtc::kSeconds, Rtc::kMinutes,    Rtc::kHours, Rtc::kDayOfWeek,
-                                       Rtc::kDayOfMonth, Rtc::kMonth, Rtc::kYear,  Rtc::kCentury };
+constexpr uint8_t kTimeRegisters[] = {
+    Rtc::kSeconds, Rtc::kMinutes, Rtc::kHours, Rtc::kDayOfWeek, Rtc::kDayOfMonth, Rtc::kMonth, Rtc::kYear, Rtc::kCentury,
+};
 
 int64_t floor_div(int64_t a, int64_t b)
 {
@@ -358,14 +359,14 @@ int64_t Rtc::from_civil(const CivilTime& time)
 {
     using namespace std::chrono;
     // Out-of-range fields (a guest can write anything) carry arithmetically: month 13 is
-    // January of the next year, day 32 the first of the next month, and so on.
+    // January of the next year, day 32 the first of the next month, and so on. Every field
+    // but the year comes from one register byte, so only the year needs bounding.
     const int64_t month0 = time.month - 1;
     const int64_t year_number = std::clamp<int64_t>(time.year + floor_div(month0, 12), kMinYear, kMaxYear);
-    const auto first = sys_days { year { static_cast<int>(year_number) } / month { static_cast<unsigned>(floor_mod(month0, 12) + 1) } / 1 };
-    const int64_t day_number = first.time_since_epoch().count() + std::clamp<int64_t>(time.day - 1, -1000, 1000);
-    const int64_t seconds = day_number * kSecondsPerDay + std::clamp<int64_t>(time.hour, -1000, 1000) * 3600
-        + std::clamp<int64_t>(time.minute, -1000, 1000) * 60 + std::clamp<int64_t>(time.second, -1000, 1000);
-    return seconds;
+    const year_month_day first { year { static_cast<int>(year_number) },
+                                 month { static_cast<unsigned>(floor_mod(month0, 12) + 1) }, day { 1 } };
+    const int64_t day_number = sys_days { first }.time_since_epoch().count() + time.day - 1;
+    return day_number * kSecondsPerDay + time.hour * 3600 + time.minute * 60 + time.second;
 }
 
 void Rtc::update_flags(int64_t guest_ns)

@@ -6,7 +6,8 @@
 // time: while register B's SET bit is set the time registers are frozen (a snapshot taken when
 // SET was raised) and take the guest's writes; clearing SET starts the clock from them. A time
 // register written while SET is clear takes effect at once. The day of week is derived from the
-// date; the century lives in register 0x32 (point the FADT's CENTURY field there).
+// date; the century lives in register 0x32 (point the FADT's CENTURY field there). Times the
+// guest sets are bounded to the years 1900-2199.
 //
 // Register A's UIP bit is modelled: it reads 1 during the last 244 µs of each second (the
 // datasheet's warning time before an update), so guests that poll for the update edge make

@@ -126,9 +126,12 @@ uint8_t Serial::read_register(uint64_t offset, bool& notify)
             return m_rbr;
         m_rbr = m_rx_fifo.front();
         m_rx_fifo.pop_front();
-        const bool was_full = m_rx_queue.size() >= kInputQueueSize;
         fill_fifo();
-        notify = notify || (was_full && m_rx_queue.size() < kInputQueueSize);
+        // Wake a stalled producer once half the queue is free, not for every byte.
+        if (m_input_stalled && m_rx_queue.size() <= kInputQueueSize / 2) {
+            m_input_stalled = false;
+            notify = true;
+        }
         return m_rbr;
     }
     case kIer:
@@ -354,6 +357,8 @@ void Serial::enqueue_input(std::span<const uint8_t> bytes)
         else
             ++dropped;
     }
+    if (m_rx_queue.size() >= kInputQueueSize)
+        m_input_stalled = true;
     if (dropped > 0) {
         m_overrun = true;
         if (log_allowed(m_log_count))
@@ -424,6 +429,7 @@ void Serial::load(const State& state)
     m_rx_fifo.assign(state.rx_fifo.begin(), state.rx_fifo.begin() + static_cast<std::ptrdiff_t>(fifo_bytes));
     const size_t queue_bytes = std::min(state.rx_queue.size(), kInputQueueSize);
     m_rx_queue.assign(state.rx_queue.begin(), state.rx_queue.begin() + static_cast<std::ptrdiff_t>(queue_bytes));
+    m_input_stalled = m_rx_queue.size() >= kInputQueueSize;
 }
 
 } // namespace vessel

@@ -5,7 +5,8 @@
 // host-side input queue (filled by enqueue_input() from the event loop) feeds the receiver FIFO
 // the guest sees (16 bytes with FIFOs enabled, 1 without). Input arriving while the host queue is
 // full is dropped and reported to the guest as an overrun (LSR.OE); the event loop avoids that by
-// reading stdin only while wants_input() is true (at most input_space() bytes at a time).
+// reading stdin only while wants_input() is true (at most input_space() bytes at a time) and
+// resuming when the input-space notifier fires.
 //
 // Not modelled: baud rate / character timing (the divisor latch is stored only), parity, framing
 // and break conditions (PE/FE/BI never set), DMA mode, the PC's OUT2 gate on the IRQ line (like
@@ -80,8 +81,9 @@ public:
     bool wants_input() const;
     // How many bytes enqueue_input() is sure to take without dropping (room in the host queue).
     size_t input_space() const;
-    // Called (on a vCPU thread, with no device lock held) when the guest drains input from a
-    // full queue, so an event loop that stopped reading stdin can resume. Set before the VM runs.
+    // Called (on a vCPU thread, with no device lock held) once the guest has drained a full
+    // queue to half, so an event loop that stopped reading stdin can resume. Set before the VM
+    // runs.
     void set_input_space_notifier(std::function<void()> notifier);
 
     State save() const;
@@ -128,6 +130,7 @@ private:
     bool m_thr_interrupt { false };
     std::deque<uint8_t> m_rx_fifo;
     std::deque<uint8_t> m_rx_queue;
+    bool m_input_stalled { false }; // the queue filled up; notify when half of it is free
     bool m_irq_level { false };
     uint64_t m_log_count { 0 };
 };

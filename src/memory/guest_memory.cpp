@@ -25,10 +25,17 @@ Result<GuestMemory> GuestMemory::create(uint64_t size, HugePages huge)
         return Error::from_errno("memfd_create for guest RAM");
     if (::ftruncate(mem.m_fd, static_cast<off_t>(size)) != 0)
         return Error::from_errno(fmt::format("cannot size guest RAM to {} bytes", size));
-    // MAP_NORESERVE: guest RAM is populated lazily, as the guest touches it.
-    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, mem.m_fd, 0);
-    if (base == MAP_FAILED)
+    // Ordinary RAM: MAP_NORESERVE, populated lazily as the guest touches it. Huge pages are
+    // reserved at mmap time instead, so a shortage is an error now rather than SIGBUS later.
+    int map_flags = MAP_SHARED | (huge == HugePages::Yes ? 0 : MAP_NORESERVE);
+    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, map_flags, mem.m_fd, 0);
+    if (base == MAP_FAILED) {
+        if (huge == HugePages::Yes)
+            return Error::from_errno(fmt::format("cannot reserve {} MiB of guest RAM in 2 MiB huge pages (are enough "
+                                                 "reserved in /proc/sys/vm/nr_hugepages?)",
+                                                 size >> 20));
         return Error::from_errno(fmt::format("cannot map {} bytes of guest RAM", size));
+    }
     mem.m_base = static_cast<uint8_t*>(base);
     mem.m_size = size;
     // Guest RAM is not worth dumping with the VMM; keep core files small.

@@ -539,6 +539,7 @@ TEST(AcpiIasl, DisassemblesDsdt)
     const std::string& dsl = run.dsl;
     ASSERT_FALSE(dsl.empty()) << run.log;
     EXPECT_FALSE(has(run.log, "rror")) << run.log;
+    EXPECT_FALSE(has(run.log, "Warning")) << run.log;
     EXPECT_FALSE(has(dsl, "Incorrect checksum")) << dsl;
     EXPECT_TRUE(has(dsl, "Scope (\\_SB)")) << dsl;
     for (const char* needle : { "Device (COM1)", "Device (RTC)", "Device (KBD)", "Device (VR00)", "Device (VR01)",
@@ -567,6 +568,7 @@ TEST(AcpiIasl, DisassemblesDsdtWithManyDevices)
     ASSERT_GT(dsdt.size(), 4096u);
     IaslRun run = disassemble(iasl, dir, "dsdt", dsdt);
     ASSERT_EQ(run.exit_code, 0) << run.log;
+    EXPECT_FALSE(has(run.log, "Warning")) << run.log;
     EXPECT_TRUE(has(run.dsl, "Device (VRC7)")) << run.dsl;
     EXPECT_TRUE(has(run.dsl, "Name (_S5, Package (0x02)")) << run.dsl;
     auto rec = recompile(iasl, dir, "dsdt");
@@ -612,6 +614,7 @@ TEST(AcpiIasl, DisassemblesDataTables)
                 continue;
             squeezed.push_back(ch);
         }
+        EXPECT_FALSE(has(run.log, "Warning")) << run.log;
         EXPECT_FALSE(has(squeezed, "Incorrect")) << run.dsl;
         EXPECT_FALSE(has(squeezed, "Invalid")) << run.dsl;
         for (const auto& needle : c.needles)

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <vector>
 
+#include "bus/bus.h"
 #include "devices/i8042.h"
 
 using namespace vessel;
@@ -281,6 +283,26 @@ TEST(I8042, UnknownCommandsAreIgnored)
     h.command(0xc8);
     EXPECT_TRUE(h.drain().empty());
     EXPECT_TRUE(h.stops.empty());
+}
+
+TEST(I8042, SeparateCommandPortLeavesPort61Free)
+{
+    std::vector<StopRequest> stops;
+    auto kbc = std::make_shared<I8042>(IrqLine {}, [&](StopRequest request) { stops.push_back(request); });
+    Bus pio("pio");
+    ASSERT_TRUE(pio.insert(kbc, 0x60, 1).ok());
+    ASSERT_TRUE(pio.insert(std::make_shared<I8042CommandPort>(kbc), 0x64, 1).ok());
+    uint8_t value = 0xaa;
+    ASSERT_TRUE(pio.write(0x64, std::span(&value, 1)));
+    ASSERT_TRUE(pio.read(0x64, std::span(&value, 1)));
+    EXPECT_EQ(value & kStatusObf, kStatusObf);
+    ASSERT_TRUE(pio.read(0x60, std::span(&value, 1)));
+    EXPECT_EQ(value, 0x55);
+    EXPECT_FALSE(pio.read(0x61, std::span(&value, 1)));
+    value = 0xfe;
+    ASSERT_TRUE(pio.write(0x64, std::span(&value, 1)));
+    ASSERT_EQ(stops.size(), 1u);
+    EXPECT_EQ(stops[0].reason, StopReason::Reset);
 }
 
 namespace {

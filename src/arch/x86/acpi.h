@@ -57,18 +57,12 @@ struct AcpiConfig {
 // must stay below 0xff (the broadcast id, and the "all processors" UID of the LAPIC NMI entry).
 constexpr uint32_t kAcpiMaxVcpus = 254;
 
-// FADT / MADT values other code may want to agree with.
-constexpr uint8_t kAcpiSlpEn = 1u << 5;   // SLEEP_CONTROL_REG: SLP_EN
-constexpr uint8_t kAcpiSlpTypShift = 2;    // SLEEP_CONTROL_REG: SLP_TYP in bits 4:2
-constexpr uint8_t kAcpiSlpTypMask = 0x1c;
-constexpr uint8_t kAcpiWakeStatus = 1u << 7; // SLEEP_STATUS_REG: WAK_STS
-
 // COM1 (PNP0501, IO 0x3f8/8, IRQ 4), the CMOS RTC (PNP0B00, IO 0x70/2, IRQ 8) and the i8042
 // keyboard controller (PNP0303, IO 0x60/1 + 0x64/1, IRQ 1); all ISA edge, active high.
 std::vector<AcpiDevice> legacy_acpi_devices();
 
 // A virtio-mmio transport (_HID "LNRO0005", the id Linux's virtio_mmio driver matches) named
-// "VRxx" (xx = index in hex), _UID = index, Memory32Fixed(base, size) and one interrupt.
+// "VRxx" (xx = index in hex, so index <= 0xff), _UID = index, Memory32Fixed(base, size) and one interrupt.
 // Level-triggered matches the virtio-mmio InterruptStatus/InterruptACK semantics, but only if
 // the VMM holds the line until the ack (or uses a resampling irqfd); pass Edge when the
 // interrupt is injected as a pulse.
