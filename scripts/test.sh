@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+# Stock Debian kernels for the loader tests (cached in ~/.cache/vessel; tests skip without them).
+scripts/fetch-kernels.sh >/dev/null || echo "test.sh: could not fetch Debian kernels; their tests will skip"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVESSEL_ASAN_TESTS=ON >/dev/null
 cmake --build build -j"$(nproc)"
 cd build
