@@ -1,6 +1,9 @@
 // vessel: the command-line edge. Parses intent into a VmConfig, resolves the engine, runs the VM
 // (rebuilding it when the guest reboots) and turns the way it stopped into an exit status.
+#include <signal.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include <cstdio>
 
@@ -63,8 +66,31 @@ Result<std::pair<EngineKind, uint32_t>> resolve_engine(EngineKind requested)
     return std::pair { EngineKind::Kvm, KvmEngine::host_max_vcpus() };
 }
 
+// Termination signals stay blocked from here on: each VM's event loop takes them through a
+// signalfd, and between VMs (reboot) they remain pending instead of killing the process.
+void block_termination_signals()
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (int sig : { SIGTERM, SIGINT, SIGHUP, SIGQUIT })
+        sigaddset(&set, sig);
+    ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int pending_termination_signal()
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (int sig : { SIGTERM, SIGINT, SIGHUP, SIGQUIT })
+        sigaddset(&set, sig);
+    timespec zero {};
+    int signo = ::sigtimedwait(&set, nullptr, &zero);
+    return signo > 0 ? signo : 0;
+}
+
 int command_run(const VmConfig& config)
 {
+    block_termination_signals();
     // Engine-independent checks first, then the engine's own vCPU limit where KVM is usable.
     if (auto valid = validate_config(config, UINT32_MAX); !valid.ok())
         return fail(valid.error().message());
@@ -92,6 +118,10 @@ int command_run(const VmConfig& config)
         if (!result.ok())
             return fail(result.error().message());
         const VmExitInfo& exit = result.value();
+        if (exit.signal != 0) {
+            spdlog::info("received signal {}; exiting", strsignal(exit.signal));
+            return 128 + exit.signal;
+        }
         switch (exit.stop.reason) {
         case StopReason::PowerOff:
             spdlog::info("guest powered off");
@@ -102,6 +132,12 @@ int command_run(const VmConfig& config)
             if (config.on_reset == ResetAction::Exit) {
                 spdlog::info("guest reset; exiting (--no-reboot)");
                 return 0;
+            }
+            // A termination signal that arrived while the old VM was torn down is still pending
+            // (they stay blocked for the whole run): honour it instead of rebooting.
+            if (int signo = pending_termination_signal(); signo != 0) {
+                spdlog::info("received signal {} during reboot; exiting", strsignal(signo));
+                return 128 + signo;
             }
             spdlog::info("guest reset; rebooting");
             continue;

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/log_limit.h"
+
 #include "arch/x86/layout.h"
 
 namespace vessel {
@@ -70,9 +72,7 @@ void AcpiPm::write_reset(uint8_t value)
 
 void AcpiPm::log_oddity(const char* what, uint8_t value)
 {
-    // Guest-triggerable: the first 32, then one in every 4096.
-    const uint64_t count = m_log_count.fetch_add(1, std::memory_order_relaxed) + 1;
-    if (count <= 32 || count % 4096 == 0)
+    if (log_allowed(m_log_count))
         spdlog::debug("acpi-pm: {} ({:#04x})", what, value);
 }
 

@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/log_limit.h"
+
 namespace vessel {
 
 namespace {
@@ -86,12 +88,6 @@ uint8_t translate(uint8_t value)
     }
 }
 
-// Guest-triggerable log lines: the first 32, then one in every 4096.
-bool log_allowed(uint64_t& count)
-{
-    ++count;
-    return count <= 32 || count % 4096 == 0;
-}
 
 } // namespace
 

@@ -5,6 +5,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/log_limit.h"
+
 #include "arch/x86/layout.h"
 
 namespace vessel {
@@ -97,12 +99,6 @@ int64_t ticks_32k(int64_t ns)
     return floor_div(ns, kNsPerSecond) * 32768 + floor_mod(ns, kNsPerSecond) * 32768 / kNsPerSecond;
 }
 
-// Guest-triggerable log lines: the first 32, then one in every 4096.
-bool log_allowed(uint64_t& count)
-{
-    ++count;
-    return count <= 32 || count % 4096 == 0;
-}
 
 } // namespace
 

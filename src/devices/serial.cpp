@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/log_limit.h"
+
 namespace vessel {
 
 namespace {
@@ -59,12 +61,6 @@ constexpr uint8_t kMsrDcd = 0x80;
 // What the far end of the (virtual) cable presents: carrier, DSR and CTS asserted.
 constexpr uint8_t kHostModemInputs = kMsrDcd | kMsrDsr | kMsrCts;
 
-// Guest-triggerable log lines: the first 32, then one in every 4096.
-bool log_allowed(uint64_t& count)
-{
-    ++count;
-    return count <= 32 || count % 4096 == 0;
-}
 
 } // namespace
 

@@ -41,9 +41,10 @@ Result<BzImage> parse_bzimage(std::span<const uint8_t> data)
     bz.header_bytes = std::min(header_end, kSetupHeaderOffset + sizeof(SetupHeader)) - kSetupHeaderOffset;
     std::memcpy(&bz.hdr, data.data() + kSetupHeaderOffset, bz.header_bytes);
 
-    if (bz.hdr.boot_flag != kBootFlag)
-        return make_error("not a bzImage (boot sector signature at 0x1fe is {:#06x}, expected 0xaa55)",
-                          bz.hdr.boot_flag);
+    // Packed fields are copied to locals before anything takes a reference to them.
+    const uint16_t boot_flag = bz.hdr.boot_flag;
+    if (boot_flag != kBootFlag)
+        return make_error("not a bzImage (boot sector signature at 0x1fe is {:#06x}, expected 0xaa55)", boot_flag);
     if (bz.hdr.version < 0x0200)
         return make_error("boot protocol {} is too old", protocol_text(bz.hdr.version));
 
@@ -78,25 +79,27 @@ Result<KernelPlacement> place_kernel(const GuestMemory& memory, const BzImage& b
     if (!(hdr.xloadflags & kXlfKernel64))
         return make_error("the kernel has no 64-bit entry point (XLF_KERNEL_64 is not set)");
 
+    const uint64_t pref_address = hdr.pref_address;
+    const uint32_t kernel_alignment = hdr.kernel_alignment;
+    const uint32_t init_size = hdr.init_size;
+    if (pref_address >= layout::kMmioHoleStart)
+        return make_error("pref_address {:#x} is not below the MMIO hole", pref_address);
+
     KernelPlacement place;
     uint64_t buffer_start = 0; // where the kernel decompresses itself to (init_size bytes)
     if (hdr.relocatable_kernel) {
-        if (!is_power_of_two(hdr.kernel_alignment))
-            return make_error("invalid kernel_alignment {:#x}", hdr.kernel_alignment);
-        if (hdr.pref_address >= layout::kMmioHoleStart)
-            return make_error("pref_address {:#x} is not below the MMIO hole", hdr.pref_address);
-        place.load_addr = align_up(std::max<uint64_t>(hdr.pref_address, layout::kHighMemStart), hdr.kernel_alignment);
+        if (!is_power_of_two(kernel_alignment))
+            return make_error("invalid kernel_alignment {:#x}", kernel_alignment);
+        place.load_addr = align_up(std::max(pref_address, layout::kHighMemStart), kernel_alignment);
         buffer_start = place.load_addr;
     } else {
         // A non-relocatable kernel runs its decompressor from 1 MiB and decompresses to the
         // address it was linked at (pref_address).
-        if (hdr.pref_address >= layout::kMmioHoleStart)
-            return make_error("pref_address {:#x} is not below the MMIO hole", hdr.pref_address);
         place.load_addr = layout::kHighMemStart;
-        buffer_start = std::max<uint64_t>(place.load_addr, hdr.pref_address);
+        buffer_start = std::max(place.load_addr, pref_address);
     }
-    uint64_t init_size = std::max<uint64_t>(hdr.init_size, bz.kernel.size());
-    place.end = std::max(place.load_addr + bz.kernel.size(), buffer_start + init_size);
+    uint64_t needed = std::max<uint64_t>(init_size, bz.kernel.size());
+    place.end = std::max(place.load_addr + bz.kernel.size(), buffer_start + needed);
     if (place.end > low_ram_end(memory))
         return make_error("needs {} MiB but guest RAM is {} MiB", mib_ceil(place.end), memory.size() >> 20);
     return place;
@@ -161,11 +164,13 @@ Result<std::optional<BootEntry>> try_pvh_path(GuestMemory& memory, const std::ve
                              protocol_text(hdr.version));
         return Maybe {};
     }
-    if (!range_in(hdr.payload_offset, hdr.payload_length, bz.kernel.size()))
+    const uint32_t payload_offset = hdr.payload_offset;
+    const uint32_t payload_length = hdr.payload_length;
+    if (!range_in(payload_offset, payload_length, bz.kernel.size()))
         return make_error("{}: truncated (setup header says the payload is {} bytes at offset {:#x} of the "
                           "protected-mode kernel, but that part of the file has {} bytes)",
-                          context, hdr.payload_length, hdr.payload_offset, bz.kernel.size());
-    auto payload = bz.kernel.subspan(hdr.payload_offset, hdr.payload_length);
+                          context, payload_length, payload_offset, bz.kernel.size());
+    auto payload = bz.kernel.subspan(payload_offset, payload_length);
     PayloadFormat format = detect_payload_format(payload);
     if (!payload_format_supported(format)) {
         reason = fmt::format("the payload is {}-compressed, which Vessel cannot decompress",

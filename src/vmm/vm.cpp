@@ -135,7 +135,11 @@ Result<void> Vm::build_devices()
     });
     m_serial->set_input_space_notifier([this] { wake_event_loop(); });
     TRY(m_pio_bus.insert(m_serial, layout::kCom1Port, 8));
-    TRY(m_pio_bus.insert(std::make_shared<I8042>(irq(1), stop), layout::kI8042Port, 5));
+    // The i8042 answers at 0x60 and 0x64 only: 0x61 (PIT channel 2 gate, NMI status) belongs to
+    // the PIT model (in-kernel with KVM), and a 5-port range would shadow it.
+    auto i8042 = std::make_shared<I8042>(irq(1), stop);
+    TRY(m_pio_bus.insert(i8042, layout::kI8042Port, 1));
+    TRY(m_pio_bus.insert(std::make_shared<I8042CommandPort>(i8042), layout::kI8042Port + 4, 1));
     TRY(m_pio_bus.insert(std::make_shared<Rtc>(m_config.mem_bytes), layout::kRtcPort, 2));
     TRY(m_pio_bus.insert(std::make_shared<DebugExit>(stop), layout::kDebugExitPort, 4));
     TRY(m_pio_bus.insert(std::make_shared<AcpiPm>(stop), layout::kAcpiSleepControlPort, 3));
@@ -291,8 +295,9 @@ Result<void> Vm::event_loop()
             return;
         if (n <= 0) {
             stdin_open = false;
-            if (stdin_polled)
+            if (stdin_polled && stdin_armed)
                 ::epoll_ctl(epoll, EPOLL_CTL_DEL, STDIN_FILENO, nullptr);
+            stdin_armed = false;
             return;
         }
         bool quit = false;
@@ -306,11 +311,12 @@ Result<void> Vm::event_loop()
     while (!m_stopping.load()) {
         bool room = m_serial && m_serial->wants_input();
         if (stdin_open && stdin_polled && room != stdin_armed) {
-            // Back-pressure: stop polling stdin while the UART's receive buffer is full.
+            // Back-pressure: stop polling stdin while the UART's receive buffer is full. The fd
+            // leaves the epoll set (events=0 would still report EPOLLHUP of a closed pipe).
             epoll_event ev {};
-            ev.events = room ? static_cast<uint32_t>(EPOLLIN) : 0u;
+            ev.events = EPOLLIN;
             ev.data.u64 = kStdin;
-            ::epoll_ctl(epoll, EPOLL_CTL_MOD, STDIN_FILENO, &ev);
+            ::epoll_ctl(epoll, room ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, STDIN_FILENO, &ev);
             stdin_armed = room;
         }
         // A regular file on stdin cannot be polled: read it whenever the UART has room.
@@ -335,9 +341,16 @@ Result<void> Vm::event_loop()
             }
             case kSignal: {
                 signalfd_siginfo info {};
-                if (::read(sfd, &info, sizeof(info)) == sizeof(info))
-                    request_stop({ StopReason::Signal, 128 + static_cast<int>(info.ssi_signo) },
-                                 fmt::format("received signal {}", strsignal(static_cast<int>(info.ssi_signo))));
+                if (::read(sfd, &info, sizeof(info)) == sizeof(info)) {
+                    int signo = static_cast<int>(info.ssi_signo);
+                    // Recorded even when another stop (e.g. a guest reset) is already under way:
+                    // the user's request to terminate must not be lost to a reboot.
+                    {
+                        std::lock_guard lock(m_stop_mutex);
+                        m_exit.signal = signo;
+                    }
+                    request_stop({ StopReason::Signal, 128 + signo }, fmt::format("received signal {}", strsignal(signo)));
+                }
                 break;
             }
             case kStdin:

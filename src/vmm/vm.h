@@ -23,6 +23,7 @@ class Serial;
 struct VmExitInfo {
     StopRequest stop;
     std::string message; // for errors and triple faults
+    int signal { 0 };    // a termination signal received while running (wins over any stop reason)
 };
 
 class Vm final : private IoHandler {

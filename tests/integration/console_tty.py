@@ -90,7 +90,7 @@ def type_and_quit(pid, fd):
     time.sleep(0.3)
     check(wait_status_nohang(pid), "Ctrl-C did not stop the VMM")
     os.write(fd, b"quit\r")
-    out += read_until(fd, b"bye after")
+    out += read_until(fd, b" bytes")
     check(b"HELLO TTY" in out, "typed text reached the guest and came back")
     # 'hello tty\r' (10) + Ctrl-C '\r' (2) + 'quit\r' (5) = 17 bytes
     check(b"\x03" in out and b"bye after 17 bytes" in out, f"the guest counted every byte incl. Ctrl-C ({out[-80:]!r})")

@@ -52,7 +52,8 @@ for _ in $(seq 50); do
 done
 if kill -0 "$pid" 2>/dev/null; then
   kill -KILL "$pid" 2>/dev/null
-  echo "FAIL: vessel did not exit within 5 s of SIGTERM"
+  echo "FAIL: vessel did not exit within 5 s of SIGTERM (if stderr shows it kept rebooting, the"
+  echo "      signal was lost: a SIGTERM read while a reset is already stopping the VM is dropped)"
   fail=1
 fi
 wait "$pid"
@@ -62,8 +63,8 @@ count=$(banners)
 echo "--- command: vessel $*"
 echo "--- exit status: $rc"
 echo "--- banner /$banner/ seen $count time(s)"
-echo "--- stdout (first 4000 bytes):"; head -c 4000 "$out"
-echo "--- stderr (first 4000 bytes):"; head -c 4000 "$err"
+echo "--- stdout (last 2000 bytes):"; tail -c 2000 "$out"
+echo "--- stderr (last 2000 bytes):"; tail -c 2000 "$err"
 if [ "$running" != 1 ]; then
   echo "FAIL: vessel exited by itself before SIGTERM"; fail=1
 fi

@@ -69,33 +69,33 @@ TEST_F(LoaderBzImage, BootParamsFields)
     ASSERT_TRUE(entry.ok()) << entry.error().message();
     BootParams bp = boot_params();
 
-    EXPECT_EQ(bp.hdr.boot_flag, 0xaa55);
-    EXPECT_EQ(bp.hdr.header, 0x53726448u);
-    EXPECT_EQ(bp.hdr.version, 0x020f);
-    EXPECT_EQ(bp.hdr.type_of_loader, 0xff);
+    EXPECT_EQ(val(bp.hdr.boot_flag), 0xaa55);
+    EXPECT_EQ(val(bp.hdr.header), 0x53726448u);
+    EXPECT_EQ(val(bp.hdr.version), 0x020f);
+    EXPECT_EQ(val(bp.hdr.type_of_loader), 0xff);
     EXPECT_TRUE(bp.hdr.loadflags & loader::kCanUseHeap);
     EXPECT_TRUE(bp.hdr.loadflags & loader::kLoadedHigh);
-    EXPECT_EQ(bp.hdr.heap_end_ptr, 0xde00);
-    EXPECT_EQ(bp.hdr.init_size, 8u << 20);
-    EXPECT_EQ(bp.hdr.kernel_alignment, 0x200000u);
-    EXPECT_EQ(bp.hdr.cmd_line_ptr, layout::kCmdline);
+    EXPECT_EQ(val(bp.hdr.heap_end_ptr), 0xde00);
+    EXPECT_EQ(val(bp.hdr.init_size), 8u << 20);
+    EXPECT_EQ(val(bp.hdr.kernel_alignment), 0x200000u);
+    EXPECT_EQ(val(bp.hdr.cmd_line_ptr), layout::kCmdline);
     EXPECT_EQ(read_guest_string(mem, layout::kCmdline), "console=ttyS0 root=/dev/vda");
-    EXPECT_EQ(bp.acpi_rsdp_addr, 0xe0000u);
-    EXPECT_EQ(bp.sentinel, 0);
+    EXPECT_EQ(val(bp.acpi_rsdp_addr), 0xe0000u);
+    EXPECT_EQ(val(bp.sentinel), 0);
 
     // The initrd: page-aligned, as high as possible, above the kernel's init_size.
-    EXPECT_EQ(bp.hdr.ramdisk_size, initrd.size());
-    EXPECT_EQ(bp.hdr.ramdisk_image % 4096, 0u);
-    EXPECT_GE(bp.hdr.ramdisk_image, 0x1000000u + (8u << 20));
-    EXPECT_LE(bp.hdr.ramdisk_image + initrd.size(), mem.size());
-    EXPECT_GT(bp.hdr.ramdisk_image + initrd.size() + 4096, mem.size());
+    EXPECT_EQ(val(bp.hdr.ramdisk_size), initrd.size());
+    EXPECT_EQ(val(bp.hdr.ramdisk_image) % 4096, 0u);
+    EXPECT_GE(val(bp.hdr.ramdisk_image), 0x1000000u + (8u << 20));
+    EXPECT_LE(val(bp.hdr.ramdisk_image) + initrd.size(), mem.size());
+    EXPECT_GT(val(bp.hdr.ramdisk_image) + initrd.size() + 4096, mem.size());
     EXPECT_EQ(read_guest(mem, bp.hdr.ramdisk_image, initrd.size()), initrd);
 
-    ASSERT_EQ(bp.e820_entries, e820.size());
+    ASSERT_EQ(val(bp.e820_entries), e820.size());
     for (size_t i = 0; i < e820.size(); i++) {
-        EXPECT_EQ(bp.e820_table[i].addr, e820[i].addr) << i;
-        EXPECT_EQ(bp.e820_table[i].size, e820[i].size) << i;
-        EXPECT_EQ(bp.e820_table[i].type, static_cast<uint32_t>(e820[i].type)) << i;
+        EXPECT_EQ(val(bp.e820_table[i].addr), e820[i].addr) << i;
+        EXPECT_EQ(val(bp.e820_table[i].size), e820[i].size) << i;
+        EXPECT_EQ(val(bp.e820_table[i].type), static_cast<uint32_t>(e820[i].type)) << i;
     }
 }
 
@@ -104,9 +104,9 @@ TEST_F(LoaderBzImage, NoInitrdNoRsdp)
     auto entry = load(default_spec());
     ASSERT_TRUE(entry.ok()) << entry.error().message();
     BootParams bp = boot_params();
-    EXPECT_EQ(bp.hdr.ramdisk_image, 0u);
-    EXPECT_EQ(bp.hdr.ramdisk_size, 0u);
-    EXPECT_EQ(bp.acpi_rsdp_addr, 0u);
+    EXPECT_EQ(val(bp.hdr.ramdisk_image), 0u);
+    EXPECT_EQ(val(bp.hdr.ramdisk_size), 0u);
+    EXPECT_EQ(val(bp.acpi_rsdp_addr), 0u);
 }
 
 TEST_F(LoaderBzImage, InitrdRespectsInitrdAddrMax)
@@ -117,8 +117,8 @@ TEST_F(LoaderBzImage, InitrdRespectsInitrdAddrMax)
     auto entry = load(spec, "", dir.write("initrd", initrd));
     ASSERT_TRUE(entry.ok()) << entry.error().message();
     BootParams bp = boot_params();
-    EXPECT_LE(bp.hdr.ramdisk_image + bp.hdr.ramdisk_size, 0x3000000u);
-    EXPECT_EQ(bp.hdr.ramdisk_image, 0x3000000u - 8192);
+    EXPECT_LE(val(bp.hdr.ramdisk_image) + bp.hdr.ramdisk_size, 0x3000000u);
+    EXPECT_EQ(val(bp.hdr.ramdisk_image), 0x3000000u - 8192);
 }
 
 TEST_F(LoaderBzImage, RelocatableKernelAlignsPrefAddress)

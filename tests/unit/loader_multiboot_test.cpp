@@ -104,17 +104,17 @@ TEST_F(LoaderMultiboot, Elf32KernelAndInfo)
     EXPECT_EQ(read_guest(mem, 0x100000, spec.segments[0].data.size()), spec.segments[0].data);
 
     MultibootInfo mbi = info();
-    EXPECT_EQ(mbi.flags & loader::kMbInfoMemory, loader::kMbInfoMemory);
-    EXPECT_EQ(mbi.flags & loader::kMbInfoCmdline, loader::kMbInfoCmdline);
-    EXPECT_EQ(mbi.flags & loader::kMbInfoMods, loader::kMbInfoMods);
-    EXPECT_EQ(mbi.flags & loader::kMbInfoMmap, loader::kMbInfoMmap);
-    EXPECT_EQ(mbi.mem_lower, 639u);                  // 0..0x9fc00
-    EXPECT_EQ(mbi.mem_upper, (64u - 1) * 1024);      // 1 MiB..64 MiB
-    EXPECT_EQ(mbi.cmdline, layout::kCmdline);
+    EXPECT_EQ(val(mbi.flags) & loader::kMbInfoMemory, loader::kMbInfoMemory);
+    EXPECT_EQ(val(mbi.flags) & loader::kMbInfoCmdline, loader::kMbInfoCmdline);
+    EXPECT_EQ(val(mbi.flags) & loader::kMbInfoMods, loader::kMbInfoMods);
+    EXPECT_EQ(val(mbi.flags) & loader::kMbInfoMmap, loader::kMbInfoMmap);
+    EXPECT_EQ(val(mbi.mem_lower), 639u);                  // 0..0x9fc00
+    EXPECT_EQ(val(mbi.mem_upper), (64u - 1) * 1024);      // 1 MiB..64 MiB
+    EXPECT_EQ(val(mbi.cmdline), layout::kCmdline);
     EXPECT_EQ(read_guest_string(mem, mbi.cmdline), "hello world");
     EXPECT_EQ(read_guest_string(mem, mbi.boot_loader_name), "Vessel");
 
-    ASSERT_EQ(mbi.mods_count, 1u);
+    ASSERT_EQ(val(mbi.mods_count), 1u);
     auto module = mem.read_obj<MultibootModule>(mbi.mods_addr);
     ASSERT_TRUE(module.ok());
     EXPECT_EQ(module->mod_start % 4096, 0u);
@@ -123,14 +123,14 @@ TEST_F(LoaderMultiboot, Elf32KernelAndInfo)
     EXPECT_EQ(read_guest(mem, module->mod_start, initrd.size()), initrd);
     EXPECT_EQ(read_guest_string(mem, module->string), initrd_path);
 
-    ASSERT_EQ(mbi.mmap_length, e820.size() * 24);
+    ASSERT_EQ(val(mbi.mmap_length), e820.size() * 24);
     for (size_t i = 0; i < e820.size(); i++) {
         auto map = mem.read_obj<MultibootMmapEntry>(mbi.mmap_addr + i * 24);
         ASSERT_TRUE(map.ok());
-        EXPECT_EQ(map->size, 20u);
-        EXPECT_EQ(map->base_addr, e820[i].addr) << i;
-        EXPECT_EQ(map->length, e820[i].size) << i;
-        EXPECT_EQ(map->type, static_cast<uint32_t>(e820[i].type)) << i;
+        EXPECT_EQ(val(map->size), 20u);
+        EXPECT_EQ(val(map->base_addr), e820[i].addr) << i;
+        EXPECT_EQ(val(map->length), e820[i].size) << i;
+        EXPECT_EQ(val(map->type), static_cast<uint32_t>(e820[i].type)) << i;
     }
 }
 
@@ -139,8 +139,8 @@ TEST_F(LoaderMultiboot, NoModuleWithoutInitrd)
     auto entry = load_bytes(build_elf(multiboot_elf()));
     ASSERT_TRUE(entry.ok()) << entry.error().message();
     MultibootInfo mbi = info();
-    EXPECT_EQ(mbi.flags & loader::kMbInfoMods, 0u);
-    EXPECT_EQ(mbi.mods_count, 0u);
+    EXPECT_EQ(val(mbi.flags) & loader::kMbInfoMods, 0u);
+    EXPECT_EQ(val(mbi.mods_count), 0u);
     EXPECT_EQ(read_guest_string(mem, mbi.cmdline), "");
 }
 

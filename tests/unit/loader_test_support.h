@@ -437,6 +437,14 @@ inline Bytes build_bzimage(const BzSpec& spec)
 
 inline std::vector<E820Entry> e820_for(const GuestMemory& mem) { return build_e820(mem); }
 
+// Copies a (possibly packed, misaligned) field into a prvalue: gtest's assertions take their
+// arguments by reference, and binding a reference to a misaligned packed member is UB.
+template<typename T>
+T val(T value)
+{
+    return value;
+}
+
 inline bool mentions(const Error& error, const std::string& text)
 {
     return error.message().find(text) != std::string::npos;

@@ -6,6 +6,7 @@
 #include <span>
 
 #include "arch/x86/layout.h"
+#include "arch/x86/table_bytes.h"
 
 namespace vessel {
 
@@ -200,21 +201,6 @@ struct [[gnu::packed]] MadtLocalApicNmi {
 };
 static_assert(sizeof(MadtLocalApicNmi) == 6);
 
-template<typename T>
-void append_obj(Bytes& out, const T& value)
-{
-    static_assert(std::is_trivially_copyable_v<T>);
-    auto bytes = reinterpret_cast<const uint8_t*>(&value);
-    out.insert(out.end(), bytes, bytes + sizeof(T));
-}
-
-uint8_t checksum_of(std::span<const uint8_t> bytes)
-{
-    uint8_t sum = 0;
-    for (uint8_t b : bytes)
-        sum = static_cast<uint8_t>(sum + b);
-    return static_cast<uint8_t>(-sum);
-}
 
 TableHeader make_header(const char (&signature)[5], uint8_t revision)
 {
@@ -299,6 +285,7 @@ Bytes build_fadt(uint64_t dsdt_address)
     fadt.x_dsdt = dsdt_address;
     fadt.sci_int = 0; // hardware-reduced: no SCI, no PM1/GPE blocks, no FACS
     fadt.iapc_boot_arch = kBootArch8042 | kBootArchVgaNotPresent;
+    fadt.century = 0x32; // the CMOS RTC keeps the century in register 0x32
     fadt.flags = kFadtWbinvd | kFadtPwrButton | kFadtSlpButton | kFadtResetRegSup | kFadtHwReducedAcpi;
     fadt.reset_reg = io_port8(layout::kAcpiResetPort);
     fadt.reset_value = layout::kAcpiResetValue;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "arch/x86/layout.h"
+#include "arch/x86/table_bytes.h"
 
 namespace vessel {
 
@@ -98,21 +99,6 @@ constexpr uint64_t kIoInterruptEntries = kIsaIrqs - 1; // every ISA IRQ but the 
 constexpr uint64_t kFixedEntriesSize = sizeof(MpConfigHeader) + sizeof(MpBus) + sizeof(MpIoApic)
     + kIoInterruptEntries * sizeof(MpInterrupt) + 2 * sizeof(MpInterrupt);
 
-template<typename T>
-void append_obj(std::vector<uint8_t>& out, const T& value)
-{
-    static_assert(std::is_trivially_copyable_v<T>);
-    auto bytes = reinterpret_cast<const uint8_t*>(&value);
-    out.insert(out.end(), bytes, bytes + sizeof(T));
-}
-
-uint8_t checksum_of(std::span<const uint8_t> bytes)
-{
-    uint8_t sum = 0;
-    for (uint8_t b : bytes)
-        sum = static_cast<uint8_t>(sum + b);
-    return static_cast<uint8_t>(-sum);
-}
 
 } // namespace
 
