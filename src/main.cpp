@@ -7,8 +7,7 @@
 
 #include <cstdio>
 
-#include <spdlog/sinks/stdout_sinks.h>
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "cli/options.h"
 #include "engine/kvm/kvm_engine.h"
@@ -23,10 +22,9 @@ constexpr int kExitError = 1;
 
 void setup_logging(const std::string& level)
 {
-    auto logger = spdlog::stderr_logger_mt("vessel");
-    logger->set_pattern("vessel: %l: %v");
-    spdlog::set_default_logger(logger);
-    spdlog::set_level(spdlog::level::from_str(level));
+    // The CLI validated the name already; fall back to warnings if it ever does not parse.
+    auto parsed = parse_log_level(level);
+    set_log_level(parsed.ok() ? parsed.value() : LogLevel::Warn);
 }
 
 int fail(const std::string& message)
@@ -62,7 +60,7 @@ Result<std::pair<EngineKind, uint32_t>> resolve_engine(EngineKind requested)
     if (!p.kvm_device)
         return make_error("--engine kvm: {}", p.reason);
     if (p.kvm_pvm || !p.hw_virt)
-        spdlog::warn("KVM here cannot run guest kernel code natively ({}); guest kernel mode will be slow", p.reason);
+        log_warn("KVM here cannot run guest kernel code natively ({}); guest kernel mode will be slow", p.reason);
     return std::pair { EngineKind::Kvm, KvmEngine::host_max_vcpus() };
 }
 
@@ -119,27 +117,27 @@ int command_run(const VmConfig& config)
             return fail(result.error().message());
         const VmExitInfo& exit = result.value();
         if (exit.signal != 0) {
-            spdlog::info("received signal {}; exiting", strsignal(exit.signal));
+            log_info("received signal {}; exiting", strsignal(exit.signal));
             return 128 + exit.signal;
         }
         switch (exit.stop.reason) {
         case StopReason::PowerOff:
-            spdlog::info("guest powered off");
+            log_info("guest powered off");
             return 0;
         case StopReason::DebugExit:
             return exit.stop.exit_status & 0xff;
         case StopReason::Reset:
             if (config.on_reset == ResetAction::Exit) {
-                spdlog::info("guest reset; exiting (--no-reboot)");
+                log_info("guest reset; exiting (--no-reboot)");
                 return 0;
             }
             // A termination signal that arrived while the old VM was torn down is still pending
             // (they stay blocked for the whole run): honour it instead of rebooting.
             if (int signo = pending_termination_signal(); signo != 0) {
-                spdlog::info("received signal {} during reboot; exiting", strsignal(signo));
+                log_info("received signal {} during reboot; exiting", strsignal(signo));
                 return 128 + signo;
             }
-            spdlog::info("guest reset; rebooting");
+            log_info("guest reset; rebooting");
             continue;
         case StopReason::TripleFault:
             std::fprintf(stderr, "vessel: guest stopped: %s\n", exit.message.c_str());
@@ -147,7 +145,7 @@ int command_run(const VmConfig& config)
         case StopReason::UserQuit:
             return 0;
         case StopReason::Signal:
-            spdlog::info("{}", exit.message);
+            log_info("{}", exit.message);
             return exit.stop.exit_status;
         case StopReason::Error:
         case StopReason::None:

@@ -43,7 +43,8 @@ Error make_error(fmt::format_string<Args...> format, Args&&... args)
 template<typename T>
 class [[nodiscard]] Result {
 public:
-    Result(T value) : m_value(std::in_place_index<0>, std::move(value)) { }
+    Result(const T& value) : m_value(std::in_place_index<0>, value) { }
+    Result(T&& value) : m_value(std::in_place_index<0>, std::move(value)) { }
     Result(Error error) : m_value(std::in_place_index<1>, std::move(error)) { }
 
     bool ok() const { return m_value.index() == 0; }

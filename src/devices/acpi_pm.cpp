@@ -1,6 +1,6 @@
 #include "devices/acpi_pm.h"
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "base/log_limit.h"
 
@@ -54,7 +54,7 @@ void AcpiPm::write_sleep_control(uint8_t value)
         log_oddity("sleep type not supported, ignored", type);
         return;
     }
-    spdlog::debug("acpi-pm: guest entered S5 (power off)");
+    log_debug("acpi-pm: guest entered S5 (power off)");
     if (m_stop)
         m_stop(StopRequest { StopReason::PowerOff, 0 });
 }
@@ -65,7 +65,7 @@ void AcpiPm::write_reset(uint8_t value)
         log_oddity("unexpected reset register value, ignored", value);
         return;
     }
-    spdlog::debug("acpi-pm: guest wrote the reset register");
+    log_debug("acpi-pm: guest wrote the reset register");
     if (m_stop)
         m_stop(StopRequest { StopReason::Reset, 0 });
 }
@@ -73,7 +73,7 @@ void AcpiPm::write_reset(uint8_t value)
 void AcpiPm::log_oddity(const char* what, uint8_t value)
 {
     if (log_allowed(m_log_count))
-        spdlog::debug("acpi-pm: {} ({:#04x})", what, value);
+        log_debug("acpi-pm: {} ({:#04x})", what, value);
 }
 
 AcpiPm::State AcpiPm::save() const

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 namespace vessel {
 
@@ -24,7 +24,7 @@ void DebugExit::write(uint64_t, std::span<const uint8_t> data)
     for (size_t i = 0; i < width; ++i)
         value |= static_cast<uint32_t>(data[i]) << (8 * i);
     const int status = exit_status(value);
-    spdlog::debug("debug-exit: guest wrote {:#x}, exit status {}", value, status);
+    log_debug("debug-exit: guest wrote {:#x}, exit status {}", value, status);
     if (m_stop)
         m_stop(StopRequest { StopReason::DebugExit, status });
 }

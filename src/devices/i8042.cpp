@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "base/log_limit.h"
 
@@ -140,7 +140,7 @@ void I8042::run(Action action)
 {
     if (action != Action::Reset)
         return;
-    spdlog::debug("i8042: guest pulled the reset line");
+    log_debug("i8042: guest pulled the reset line");
     if (m_stop)
         m_stop(StopRequest { StopReason::Reset, 0 });
 }
@@ -422,7 +422,7 @@ void I8042::update_irq(IrqSync sync)
 void I8042::log_oddity(const char* what, uint8_t value)
 {
     if (log_allowed(m_log_count))
-        spdlog::debug("i8042: {} ({:#04x})", what, value);
+        log_debug("i8042: {} ({:#04x})", what, value);
 }
 
 I8042::State I8042::save() const

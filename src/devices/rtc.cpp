@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <limits>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "base/log_limit.h"
 
@@ -413,7 +413,7 @@ void Rtc::update_flags(int64_t guest_ns)
 void Rtc::log_oddity(const char* what, uint8_t index, uint8_t value)
 {
     if (log_allowed(m_log_count))
-        spdlog::debug("rtc: {} (register {:#04x}, value {:#04x})", what, index, value);
+        log_debug("rtc: {} (register {:#04x}, value {:#04x})", what, index, value);
 }
 
 Rtc::State Rtc::save() const

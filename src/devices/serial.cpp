@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "base/log_limit.h"
 
@@ -358,7 +358,7 @@ void Serial::enqueue_input(std::span<const uint8_t> bytes)
     if (dropped > 0) {
         m_overrun = true;
         if (log_allowed(m_log_count))
-            spdlog::debug("serial: input queue full, dropped {} byte(s) (overrun)", dropped);
+            log_debug("serial: input queue full, dropped {} byte(s) (overrun)", dropped);
     }
     update_irq();
 }
@@ -377,7 +377,7 @@ size_t Serial::input_space() const
 void Serial::log_oddity(const char* what, uint64_t offset, uint8_t value)
 {
     if (log_allowed(m_log_count))
-        spdlog::debug("serial: {} (offset {}, value {:#04x})", what, offset, value);
+        log_debug("serial: {} (offset {}, value {:#04x})", what, offset, value);
 }
 
 Serial::State Serial::save() const

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <optional>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "arch/x86/layout.h"
 #include "loader/boot_params.h"
@@ -189,7 +189,7 @@ Result<std::optional<BootEntry>> try_pvh_path(GuestMemory& memory, const std::ve
         reason = "the vmlinux has no PVH entry point note (the kernel was built without CONFIG_PVH)";
         return Maybe {};
     }
-    spdlog::debug("{}: {} payload decompressed to {} bytes, PVH entry {:#x}", context,
+    log_debug("{}: {} payload decompressed to {} bytes, PVH entry {:#x}", context,
                   payload_format_name(format), vmlinux.size(), *pvh_entry);
     return Maybe(TRY(load_pvh(memory, e820, request, vmlinux, image, *pvh_entry, elf_context,
                               "bzImage (host-decompressed, PVH)")));
@@ -213,7 +213,7 @@ Result<BootEntry> load_bzimage(GuestMemory& memory, const std::vector<E820Entry>
             return std::move(*entry);
         if (request.path == BootPath::Pvh)
             return make_error("{}: cannot boot through the PVH entry point: {}", kernel_context(request), reason);
-        spdlog::info("{}: {}; booting through the kernel's own decompressor", kernel_context(request), reason);
+        log_info("{}: {}; booting through the kernel's own decompressor", kernel_context(request), reason);
     }
     return load_decompressor_path(memory, e820, request, bz);
 }

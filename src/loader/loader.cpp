@@ -3,7 +3,7 @@
 
 #include <algorithm>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "base/file.h"
 #include "loader/bzimage.h"
@@ -37,7 +37,7 @@ Result<BootEntry> load_by_format(GuestMemory& memory, const std::vector<E820Entr
                               "bzImage, Multiboot kernel or ELF vmlinux with a PVH note",
                               context);
         if (request.path == BootPath::Decompressor)
-            spdlog::info("{}: not a bzImage, booting the ELF through its PVH entry point", context);
+            log_info("{}: not a bzImage, booting the ELF through its PVH entry point", context);
         return load_pvh(memory, e820, request, data, image, *entry, context, "ELF PVH");
     }
     return make_error("{}: not a bzImage, Multiboot kernel or ELF vmlinux with a PVH note", context);
@@ -52,7 +52,7 @@ Result<BootEntry> load_kernel(GuestMemory& memory, const std::vector<E820Entry>&
     uint64_t max_file = std::min(kMaxKernelFile, memory.size());
     auto data = TRY_CTX(read_file(request.kernel_path, max_file), "kernel");
     BootEntry entry = TRY(load_by_format(memory, e820, request, data));
-    spdlog::info("kernel '{}': {}, entry {:#x}", request.kernel_path, entry.kind, entry.rip);
+    log_info("kernel '{}': {}, entry {:#x}", request.kernel_path, entry.kind, entry.rip);
     return entry;
 }
 

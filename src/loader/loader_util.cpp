@@ -4,7 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "arch/x86/layout.h"
 
@@ -90,7 +90,7 @@ Result<std::optional<InitrdPlacement>> load_initrd(GuestMemory& memory, const Lo
             return make_error("initrd '{}': file shrank while being read ({} of {} bytes)", path, done, size);
         done += static_cast<uint64_t>(n);
     }
-    spdlog::debug("initrd '{}': {} bytes at {:#x}", path, size, addr);
+    log_debug("initrd '{}': {} bytes at {:#x}", path, size, addr);
     return std::optional<InitrdPlacement>(InitrdPlacement { addr, size });
 }
 

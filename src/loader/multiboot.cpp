@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "arch/x86/layout.h"
 #include "loader/elf.h"
@@ -129,7 +129,7 @@ Result<BootEntry> load_multiboot(GuestMemory& memory, const std::vector<E820Entr
         return make_error("{}: the Multiboot header requires features Vessel does not provide (flags {:#x})",
                           context, unsupported);
     if (header.flags & kMbVideoMode)
-        spdlog::debug("{}: ignoring the Multiboot video mode request (no framebuffer)", context);
+        log_debug("{}: ignoring the Multiboot video mode request (no framebuffer)", context);
     if (e820.size() > kMbMaxMmapEntries)
         return make_error("{}: the memory map has {} entries, more than the {} supported", context, e820.size(),
                           kMbMaxMmapEntries);

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "arch/x86/acpi.h"
 #include "arch/x86/boot_cpu.h"
@@ -81,7 +81,7 @@ Result<void> Vm::load_guest()
 
     // The MP table is only for kernels without ACPI; a VM too big for it still boots with ACPI.
     if (auto mp = build_mp_table(m_memory, m_config.cpus); !mp.ok())
-        spdlog::warn("no MP table: {}", mp.error().message());
+        log_warn("no MP table: {}", mp.error().message());
 
     LoadRequest request;
     request.kernel_path = m_config.kernel;
@@ -90,7 +90,7 @@ Result<void> Vm::load_guest()
     request.path = m_config.boot;
     request.rsdp_addr = rsdp;
     BootEntry entry = TRY(load_kernel(m_memory, e820, request));
-    spdlog::debug("kernel '{}' loaded as {}: entry {:#x}", m_config.kernel, entry.kind, entry.rip);
+    log_debug("kernel '{}' loaded as {}: entry {:#x}", m_config.kernel, entry.kind, entry.rip);
     m_boot_state = TRY(make_boot_cpu_state(m_memory, entry));
     return {};
 }
@@ -122,7 +122,7 @@ void Vm::set_irq(uint32_t gsi, bool level)
     if (!m_engine)
         return;
     if (auto r = m_engine->set_irq_line(gsi, level); !r.ok())
-        spdlog::warn("interrupt line {}: {}", gsi, r.error().message());
+        log_warn("interrupt line {}: {}", gsi, r.error().message());
 }
 
 Result<void> Vm::build_devices()
@@ -367,7 +367,7 @@ void Vm::log_unclaimed(const char* kind, uint64_t addr, size_t len, bool write)
     // A guest can hammer unclaimed addresses; log the first few and then every 100000th.
     uint64_t count = m_unclaimed_logged.fetch_add(1, std::memory_order_relaxed);
     if (count < 16 || count % 100000 == 0)
-        spdlog::debug("unclaimed {} {} of {} bytes at {:#x}", kind, write ? "write" : "read", len, addr);
+        log_debug("unclaimed {} {} of {} bytes at {:#x}", kind, write ? "write" : "read", len, addr);
 }
 
 void Vm::pio_read(uint16_t port, std::span<uint8_t> data)

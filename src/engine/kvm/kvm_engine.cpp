@@ -4,7 +4,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "arch/x86/layout.h"
 #include "engine/kvm/kvm_sys.h"
@@ -105,7 +105,7 @@ Result<std::unique_ptr<KvmEngine>> KvmEngine::create(const EngineConfig& config)
         return Error::from_errno("KVM_SET_TSS_ADDR");
     uint64_t identity = kKvmIdentityMapAddr;
     if (::ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &identity) < 0)
-        spdlog::debug("KVM_SET_IDENTITY_MAP_ADDR failed ({}); continuing", std::strerror(errno));
+        log_debug("KVM_SET_IDENTITY_MAP_ADDR failed ({}); continuing", std::strerror(errno));
 
     if (::ioctl(vm, KVM_CREATE_IRQCHIP, 0) < 0)
         return Error::from_errno("KVM_CREATE_IRQCHIP");

@@ -9,7 +9,7 @@
 #include <ctime>
 #include <mutex>
 
-#include <spdlog/spdlog.h>
+#include "base/log.h"
 
 #include "engine/kvm/kvm_cpuid.h"
 #include "engine/kvm/kvm_engine.h"
@@ -138,7 +138,7 @@ Result<VcpuExit> KvmVcpu::run()
         // Start-up benchmarks compare this with the time the process was launched.
         timespec now {};
         ::clock_gettime(CLOCK_REALTIME, &now);
-        spdlog::debug("vCPU {}: first KVM_RUN at realtime {}.{:09}", m_id, now.tv_sec, now.tv_nsec);
+        log_debug("vCPU {}: first KVM_RUN at realtime {}.{:09}", m_id, now.tv_sec, now.tv_nsec);
     }
     for (;;) {
         int r = ::ioctl(m_fd, KVM_RUN, 0);
