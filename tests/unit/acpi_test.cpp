@@ -13,41 +13,21 @@
 
 #include "arch/x86/acpi.h"
 #include "arch/x86/layout.h"
+#include "table_test_support.h"
 
 using namespace vessel;
 
 namespace {
 
-using Bytes = std::vector<uint8_t>;
+using namespace vessel::table_test;
 
-uint8_t sum_of(std::span<const uint8_t> bytes)
-{
-    uint8_t sum = 0;
-    for (uint8_t b : bytes)
-        sum = static_cast<uint8_t>(sum + b);
-    return sum;
-}
 
-template<typename T>
-T at(std::span<const uint8_t> bytes, size_t offset)
-{
-    T value;
-    EXPECT_LE(offset + sizeof(T), bytes.size());
-    std::memcpy(&value, bytes.data() + offset, sizeof(T));
-    return value;
-}
 
 std::string str_at(std::span<const uint8_t> bytes, size_t offset, size_t len)
 {
     return std::string(reinterpret_cast<const char*>(bytes.data() + offset), len);
 }
 
-Bytes read_bytes(const GuestMemory& mem, uint64_t gpa, uint64_t len)
-{
-    Bytes out(len);
-    EXPECT_TRUE(mem.read(gpa, out).ok()) << "read " << len << " at " << std::hex << gpa;
-    return out;
-}
 
 // A whole table (header length) at `gpa`, which must lie in the ACPI area.
 Bytes read_table(const GuestMemory& mem, uint64_t gpa)

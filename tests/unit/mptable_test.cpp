@@ -4,37 +4,17 @@
 #include <map>
 
 #include "arch/x86/layout.h"
+#include "table_test_support.h"
 #include "arch/x86/mptable.h"
 
 using namespace vessel;
 
 namespace {
 
-using Bytes = std::vector<uint8_t>;
+using namespace vessel::table_test;
 
-uint8_t sum_of(std::span<const uint8_t> bytes)
-{
-    uint8_t sum = 0;
-    for (uint8_t b : bytes)
-        sum = static_cast<uint8_t>(sum + b);
-    return sum;
-}
 
-template<typename T>
-T at(std::span<const uint8_t> bytes, size_t offset)
-{
-    T value;
-    EXPECT_LE(offset + sizeof(T), bytes.size());
-    std::memcpy(&value, bytes.data() + offset, sizeof(T));
-    return value;
-}
 
-Bytes read_bytes(const GuestMemory& mem, uint64_t gpa, uint64_t len)
-{
-    Bytes out(len);
-    EXPECT_TRUE(mem.read(gpa, out).ok());
-    return out;
-}
 
 GuestMemory make_mem() { return GuestMemory::create(64 * layout::MiB).release_value(); }
 
