@@ -1,5 +1,6 @@
 // vessel: the command-line edge. Parses intent into a VmConfig, resolves the engine, runs the VM
 // (rebuilding it when the guest reboots) and turns the way it stopped into an exit status.
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -154,10 +155,26 @@ int command_run(const VmConfig& config)
     }
 }
 
+// A closed stdin/stdout/stderr would let the next open() (e.g. guest RAM's memfd) take its number
+// and be mistaken for the console: point any closed one at /dev/null first.
+void ensure_standard_fds()
+{
+    for (int fd = 0; fd <= 2; ++fd) {
+        if (::fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+            int null_fd = ::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+            if (null_fd >= 0 && null_fd != fd) {
+                ::dup2(null_fd, fd);
+                ::close(null_fd);
+            }
+        }
+    }
+}
+
 } // namespace
 
 int main(int argc, char** argv)
 {
+    ensure_standard_fds();
     auto options = parse_command_line(argc, argv);
     if (!options.ok())
         return fail(options.error().message());

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs vessel and checks its exit status, stdout (guest serial) and stderr.
 # usage: run_vessel.sh [--needs-kvm] [--timeout S] --status N [--stdout REGEX]... [--stderr REGEX]...
-#                      [--not-stdout REGEX]... [--stdin FILE] -- vessel-args...
+#                      [--not-stdout REGEX]... [--stdin FILE|closed] -- vessel-args...
 # Exit 0 = pass, 1 = fail, 77 = skipped (reason printed).
 set -uo pipefail
 
@@ -36,7 +36,11 @@ fi
 
 out=$(mktemp) err=$(mktemp)
 trap 'rm -f "$out" "$err"' EXIT
-timeout --kill-after=5 "$timeout_s" "$VESSEL" "$@" <"$stdin_file" >"$out" 2>"$err"
+if [ "$stdin_file" = closed ]; then
+  timeout --kill-after=5 "$timeout_s" "$VESSEL" "$@" <&- >"$out" 2>"$err"
+else
+  timeout --kill-after=5 "$timeout_s" "$VESSEL" "$@" <"$stdin_file" >"$out" 2>"$err"
+fi
 rc=$?
 
 fail=0
