@@ -32,8 +32,6 @@
     .set PIT_TICKS_10MS,    11932
     .set PIT_TICKS_200US,   239
     .set PIT_TICKS_TIMEOUT, PIT_HZ * 5
-    .set SIG_RSDT,          0x54445352      # "RSDT"
-    .set SIG_XSDT,          0x54445358      # "XSDT"
     .set SIG_APIC,          0x43495041      # "APIC"
 
     .text
@@ -171,53 +169,12 @@ pit_delay:
 # ---- CPL3: ACPI --------------------------------------------------------------------------------
 # Returns the number of enabled processors in the MADT; FAILs (and exits) when it cannot.
 acpi_count_cpus:
-    call find_rsdp
+    mov $SIG_APIC, %edi
+    call acpi_find_table            # guests/common/acpi.S: RSDP -> XSDT/RSDT -> "APIC"
     test %rax, %rax
     jnz 1f
-    FAIL "no ACPI RSDP in the EBDA or in 0xe0000-0xfffff"
-1:  mov %rax, %rbx
-    movzbl 15(%rbx), %eax           # revision
-    cmp $2, %eax
-    jb 2f
-    mov 24(%rbx), %rsi              # XSDT
-    test %rsi, %rsi
-    jz 2f
-    mov $8, %r8d
-    mov $SIG_XSDT, %edx
-    jmp 3f
-2:  mov 16(%rbx), %esi              # RSDT
-    mov $4, %r8d
-    mov $SIG_RSDT, %edx
-3:  mov %rsi, %rax
-    shr $32, %rax
-    jz 4f
-    FAIL "the ACPI root table is above 4 GiB"
-4:  test %rsi, %rsi
-    jz 5f
-    cmp %edx, (%rsi)
-    je 6f
-5:  FAIL "bad RSDT/XSDT signature"
-6:  mov 4(%rsi), %ecx               # length
-    lea (%rsi,%rcx), %r9            # end
-    lea 36(%rsi), %r10              # first entry
-7:  lea (%r10,%r8), %rax
-    cmp %r9, %rax
-    jbe 8f
-    FAIL "no MADT (APIC) table in the RSDT/XSDT"
-8:  mov (%r10), %rdi
-    cmp $4, %r8d
-    jne 9f
-    mov %edi, %edi                  # RSDT entries are 32-bit
-9:  add %r8, %r10
-    mov %rdi, %rax
-    shr $32, %rax
-    jnz 7b
-    test %rdi, %rdi
-    jz 7b
-    cmpl $SIG_APIC, (%rdi)
-    jne 7b
-
-    mov %rdi, %rbx                  # MADT
+    FAIL "no MADT (APIC) table found through the RSDP and RSDT/XSDT"
+1:  mov %rax, %rbx                  # MADT
     mov 4(%rbx), %ecx
     lea (%rbx,%rcx), %r9            # end
     lea 44(%rbx), %r10              # first entry after the local APIC address and flags
@@ -251,45 +208,6 @@ acpi_count_cpus:
     jnz 14f
     FAIL "the MADT lists no enabled processor"
 14: mov %r11, %rax
-    ret
-
-# Returns the address of a valid RSDP (signature and 20-byte checksum) in RAX, or 0.
-find_rsdp:
-    movzwl 0x40e, %esi              # EBDA segment from the BIOS data area
-    shl $4, %esi
-    cmp $0x80000, %esi
-    jb 1f
-    cmp $0x9fc00, %esi
-    ja 1f
-    lea 1024(%rsi), %edi
-    call scan_rsdp
-    test %rax, %rax
-    jnz 2f
-1:  mov $0xe0000, %esi
-    mov $0x100000, %edi
-    call scan_rsdp
-2:  ret
-
-# Scans [RSI, RDI) at 16-byte steps for "RSD PTR " with a valid checksum; RAX = address or 0.
-scan_rsdp:
-    mov $0x2052545020445352, %rdx   # "RSD PTR "
-1:  cmp %rdi, %rsi
-    jae 4f
-    cmp %rdx, (%rsi)
-    jne 3f
-    xor %ecx, %ecx
-    xor %eax, %eax
-2:  add (%rsi,%rcx), %al
-    inc %ecx
-    cmp $20, %ecx
-    jb 2b
-    test %al, %al
-    jnz 3f
-    mov %rsi, %rax
-    ret
-3:  add $16, %rsi
-    jmp 1b
-4:  xor %eax, %eax
     ret
 
 # ---- application processors -----------------------------------------------------------------
