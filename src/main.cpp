@@ -13,6 +13,7 @@
 #include "cli/options.h"
 #include "engine/kvm/kvm_engine.h"
 #include "engine/probe.h"
+#include "vmm/signals.h"
 #include "vmm/vm.h"
 
 using namespace vessel;
@@ -44,8 +45,8 @@ int command_probe()
     return 0;
 }
 
-// Picks the engine and its vCPU limit, or explains why the guest cannot run.
-Result<std::pair<EngineKind, uint32_t>> resolve_engine(EngineKind requested)
+// Picks the engine, or explains why the guest cannot run.
+Result<EngineKind> resolve_engine(EngineKind requested)
 {
     if (requested == EngineKind::Auto) {
         HostProbe p = probe_host();
@@ -62,26 +63,20 @@ Result<std::pair<EngineKind, uint32_t>> resolve_engine(EngineKind requested)
         return make_error("--engine kvm: {}", p.reason);
     if (p.kvm_pvm || !p.hw_virt)
         log_warn("KVM here cannot run guest kernel code natively ({}); guest kernel mode will be slow", p.reason);
-    return std::pair { EngineKind::Kvm, KvmEngine::host_max_vcpus() };
+    return EngineKind::Kvm;
 }
 
 // Termination signals stay blocked from here on: each VM's event loop takes them through a
 // signalfd, and between VMs (reboot) they remain pending instead of killing the process.
 void block_termination_signals()
 {
-    sigset_t set;
-    sigemptyset(&set);
-    for (int sig : { SIGTERM, SIGINT, SIGHUP, SIGQUIT })
-        sigaddset(&set, sig);
+    sigset_t set = termination_signals();
     ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
 int pending_termination_signal()
 {
-    sigset_t set;
-    sigemptyset(&set);
-    for (int sig : { SIGTERM, SIGINT, SIGHUP, SIGQUIT })
-        sigaddset(&set, sig);
+    sigset_t set = termination_signals();
     timespec zero {};
     int signo = ::sigtimedwait(&set, nullptr, &zero);
     return signo > 0 ? signo : 0;
@@ -101,8 +96,7 @@ int command_run(const VmConfig& config)
     }
     // The engine is resolved after the guest is loaded, so a bad kernel is reported first.
     auto make_engine = [&]() -> Result<std::unique_ptr<Engine>> {
-        auto [kind, max_vcpus] = TRY(resolve_engine(config.engine));
-        (void)max_vcpus;
+        EngineKind kind = TRY(resolve_engine(config.engine));
         if (kind != EngineKind::Kvm)
             return make_error("--engine {}: not available", engine_name(kind));
         auto engine = TRY_CTX(KvmEngine::create(EngineConfig { config.cpus }), "KVM engine");

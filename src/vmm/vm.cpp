@@ -23,6 +23,7 @@
 #include "arch/x86/layout.h"
 #include "loader/boot.h"
 #include "vmm/console.h"
+#include "vmm/signals.h"
 
 namespace vessel {
 
@@ -212,10 +213,7 @@ Result<VmExitInfo> Vm::run()
 {
     // Termination signals are taken by the event loop through a signalfd; block them before
     // the vCPU threads start so those threads inherit the mask.
-    sigset_t signals;
-    sigemptyset(&signals);
-    for (int sig : { SIGTERM, SIGINT, SIGHUP, SIGQUIT })
-        sigaddset(&signals, sig);
+    sigset_t signals = termination_signals();
     sigset_t old_mask;
     ::pthread_sigmask(SIG_BLOCK, &signals, &old_mask);
     ::signal(SIGPIPE, SIG_IGN);
@@ -247,10 +245,7 @@ Result<void> Vm::event_loop()
         ~FdCloser() { ::close(fd); }
     } epoll_closer { epoll };
 
-    sigset_t signals;
-    sigemptyset(&signals);
-    for (int sig : { SIGTERM, SIGINT, SIGHUP, SIGQUIT })
-        sigaddset(&signals, sig);
+    sigset_t signals = termination_signals();
     int sfd = ::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0)
         return Error::from_errno("signalfd");
