@@ -72,7 +72,7 @@ Result<std::unique_ptr<KvmEngine>> KvmEngine::create(const EngineConfig& config)
         return make_error("KVM supports 1 to {} vCPUs here, {} requested", engine->m_max_vcpus, config.vcpus);
 
     int sync = TRY(check_extension(fd, KVM_CAP_SYNC_REGS));
-    constexpr int kWantedSync = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
+    constexpr int kWantedSync = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
     engine->m_sync_regs = (sync & kWantedSync) == kWantedSync;
     int xsave2 = TRY(check_extension(fd, KVM_CAP_XSAVE2));
     engine->m_xsave_size = xsave2 > 4096 ? static_cast<uint32_t>(xsave2) : 4096;

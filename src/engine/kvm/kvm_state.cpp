@@ -228,25 +228,32 @@ kvm_segment to_kvm_segment(const SegmentReg& s)
     return out;
 }
 
-Result<CpuState> read_kvm_state(const KvmStateIo& io, const kvm_sync_regs* sync)
+Result<CpuState> read_kvm_state(const KvmStateIo& io)
 {
     CpuState s;
     int fd = io.vcpu_fd;
-    if (sync) {
-        regs_from_kvm(s, sync->regs);
-        sregs_from_kvm(s, sync->sregs);
-        events_from_kvm(s, sync->events);
-    } else {
-        kvm_regs regs {};
-        TRY(vcpu_ioctl(fd, KVM_GET_REGS, &regs, "KVM_GET_REGS"));
-        regs_from_kvm(s, regs);
-        kvm_sregs sregs {};
-        TRY(vcpu_ioctl(fd, KVM_GET_SREGS, &sregs, "KVM_GET_SREGS"));
-        sregs_from_kvm(s, sregs);
-        kvm_vcpu_events events {};
-        TRY(vcpu_ioctl(fd, KVM_GET_VCPU_EVENTS, &events, "KVM_GET_VCPU_EVENTS"));
-        events_from_kvm(s, events);
+    // The MP state comes first: KVM_GET_MP_STATE makes KVM act on an INIT or SIPI that another
+    // vCPU sent while this one was out of KVM_RUN, which resets or redirects this vCPU. Registers
+    // read before it would describe the CPU from before the INIT/SIPI, and writing them back
+    // later would start an AP at the reset vector.
+    kvm_mp_state mp {};
+    TRY(vcpu_ioctl(fd, KVM_GET_MP_STATE, &mp, "KVM_GET_MP_STATE"));
+    switch (mp.mp_state) {
+    case KVM_MP_STATE_UNINITIALIZED: s.mp_state = MpState::Uninitialized; break;
+    case KVM_MP_STATE_INIT_RECEIVED: s.mp_state = MpState::InitReceived; break;
+    case KVM_MP_STATE_HALTED: s.mp_state = MpState::Halted; break;
+    default: s.mp_state = MpState::Runnable; break;
     }
+
+    kvm_regs regs {};
+    TRY(vcpu_ioctl(fd, KVM_GET_REGS, &regs, "KVM_GET_REGS"));
+    regs_from_kvm(s, regs);
+    kvm_sregs sregs {};
+    TRY(vcpu_ioctl(fd, KVM_GET_SREGS, &sregs, "KVM_GET_SREGS"));
+    sregs_from_kvm(s, sregs);
+    kvm_vcpu_events events {};
+    TRY(vcpu_ioctl(fd, KVM_GET_VCPU_EVENTS, &events, "KVM_GET_VCPU_EVENTS"));
+    events_from_kvm(s, events);
 
     kvm_sys::Xsave xsave {};
     static_assert(sizeof(xsave.region) == sizeof(s.xsave));
@@ -285,14 +292,6 @@ Result<CpuState> read_kvm_state(const KvmStateIo& io, const kvm_sync_regs* sync)
     if (static_cast<size_t>(got) == kCount)
         s.tsc = msrs.entry(kCount - 1).data;
 
-    kvm_mp_state mp {};
-    TRY(vcpu_ioctl(fd, KVM_GET_MP_STATE, &mp, "KVM_GET_MP_STATE"));
-    switch (mp.mp_state) {
-    case KVM_MP_STATE_UNINITIALIZED: s.mp_state = MpState::Uninitialized; break;
-    case KVM_MP_STATE_INIT_RECEIVED: s.mp_state = MpState::InitReceived; break;
-    case KVM_MP_STATE_HALTED: s.mp_state = MpState::Halted; break;
-    default: s.mp_state = MpState::Runnable; break;
-    }
     return s;
 }
 

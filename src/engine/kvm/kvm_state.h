@@ -35,9 +35,10 @@ constexpr uint32_t kKvmWallClockNew = 0x4b564d00;
 constexpr uint32_t kKvmSystemTimeNew = 0x4b564d01;
 } // namespace msr
 
-// Reads the full state; `sync` (KVM_CAP_SYNC_REGS area, valid after an exit) replaces the
-// GET_REGS/GET_SREGS/GET_VCPU_EVENTS ioctls when given.
-Result<CpuState> read_kvm_state(const KvmStateIo& io, const kvm_sync_regs* sync);
+// Reads the full state through ioctls, the MP state first (see the definition). The
+// KVM_CAP_SYNC_REGS copy in the run area is not used here: it is a snapshot from the last exit,
+// and an INIT/SIPI accepted since then changes the registers behind it.
+Result<CpuState> read_kvm_state(const KvmStateIo& io);
 // Writes the full state in the order KVM needs (mp state, regs, sregs, xsave, xcrs, debug
 // registers, LAPIC, MSRs, events).
 Result<void> write_kvm_state(const KvmStateIo& io, const CpuState& state);

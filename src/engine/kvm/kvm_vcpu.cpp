@@ -38,6 +38,17 @@ const char* exit_reason_name(uint32_t reason)
     }
 }
 
+const char* internal_error_name(uint32_t suberror)
+{
+    switch (suberror) {
+    case KVM_INTERNAL_ERROR_EMULATION: return "instruction emulation failed";
+    case KVM_INTERNAL_ERROR_SIMUL_EX: return "exception while delivering an exception";
+    case KVM_INTERNAL_ERROR_DELIVERY_EV: return "exit while delivering an event";
+    case KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: return "unexpected exit reason";
+    default: return "unknown";
+    }
+}
+
 } // namespace
 
 void KvmVcpu::install_kick_signal()
@@ -73,7 +84,7 @@ Result<std::unique_ptr<KvmVcpu>> KvmVcpu::create(KvmEngine& engine, uint32_t id,
     TRY_CTX(vcpu->setup_cpuid(), fmt::format("vCPU {}", id));
     TRY_CTX(vcpu->setup_lapic_lints(), fmt::format("vCPU {}", id));
     if (engine.has_sync_regs())
-        vcpu->m_run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
+        vcpu->m_run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
     return vcpu;
 }
 
@@ -142,8 +153,6 @@ Result<VcpuExit> KvmVcpu::run()
     }
     for (;;) {
         int r = ::ioctl(m_fd, KVM_RUN, 0);
-        m_sync_valid = m_engine.has_sync_regs();
-        m_run->kvm_dirty_regs = 0;
         if (r < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 __atomic_store_n(&m_run->immediate_exit, 0, __ATOMIC_SEQ_CST);
@@ -164,7 +173,8 @@ Result<VcpuExit> KvmVcpu::run()
         case KVM_EXIT_HLT:
             return VcpuExit { VcpuExitKind::Halted, {} };
         case KVM_EXIT_SHUTDOWN:
-            return VcpuExit { VcpuExitKind::Shutdown, fmt::format("vCPU {} shut down (triple fault)", m_id) };
+            return VcpuExit { VcpuExitKind::Shutdown,
+                              fmt::format("vCPU {} shut down (triple fault){}", m_id, exit_location()) };
         case KVM_EXIT_SYSTEM_EVENT:
             switch (m_run->system_event.type) {
             case KVM_SYSTEM_EVENT_SHUTDOWN:
@@ -177,12 +187,13 @@ Result<VcpuExit> KvmVcpu::run()
             }
         case KVM_EXIT_FAIL_ENTRY:
             return VcpuExit { VcpuExitKind::InternalError,
-                              fmt::format("vCPU {}: VM entry failed (hardware reason {:#x})", m_id,
-                                          m_run->fail_entry.hardware_entry_failure_reason) };
+                              fmt::format("vCPU {}: VM entry failed (hardware reason {:#x}){}", m_id,
+                                          m_run->fail_entry.hardware_entry_failure_reason, exit_location()) };
         case KVM_EXIT_INTERNAL_ERROR:
             return VcpuExit { VcpuExitKind::InternalError,
-                              fmt::format("vCPU {}: KVM internal error, suberror {}", m_id,
-                                          m_run->internal.suberror) };
+                              fmt::format("vCPU {}: KVM internal error, suberror {} ({}){}", m_id,
+                                          m_run->internal.suberror, internal_error_name(m_run->internal.suberror),
+                                          exit_location()) };
         default:
             return VcpuExit { VcpuExitKind::InternalError,
                               fmt::format("vCPU {}: {} KVM exit (reason {})", m_id,
@@ -215,20 +226,29 @@ void KvmVcpu::handle_mmio()
         m_io.mmio_read(mmio.phys_addr, std::span<uint8_t>(mmio.data, len));
 }
 
+// Where the vCPU stood at this exit, for error messages: KVM_CAP_SYNC_REGS leaves the registers
+// in the run area on every exit, so a triple fault or emulation failure names its RIP without
+// extra ioctls.
+std::string KvmVcpu::exit_location() const
+{
+    if (!m_engine.has_sync_regs())
+        return {};
+    const auto& regs = m_run->s.regs.regs;
+    const auto& sregs = m_run->s.regs.sregs;
+    return fmt::format(" at CS:RIP {:#x}:{:#x} (CS base {:#x}), CR0 {:#x}, EFER {:#x}", sregs.cs.selector, regs.rip,
+                       sregs.cs.base, sregs.cr0, sregs.efer);
+}
+
 Result<CpuState> KvmVcpu::get_state()
 {
     KvmStateIo io { m_fd, m_engine.xsave_size() };
-    const kvm_sync_regs* sync = m_sync_valid ? &m_run->s.regs : nullptr;
-    return read_kvm_state(io, sync);
+    return read_kvm_state(io);
 }
 
 Result<void> KvmVcpu::set_state(const CpuState& state)
 {
     KvmStateIo io { m_fd, m_engine.xsave_size() };
-    TRY(write_kvm_state(io, state));
-    // The kernel's copies are now authoritative; the sync area is stale until the next exit.
-    m_sync_valid = false;
-    return {};
+    return write_kvm_state(io, state);
 }
 
 Result<void> KvmVcpu::inject_interrupt(uint8_t vector)

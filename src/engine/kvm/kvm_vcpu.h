@@ -33,6 +33,7 @@ private:
     Result<void> setup_lapic_lints();
     void handle_io();
     void handle_mmio();
+    std::string exit_location() const;
 
     KvmEngine& m_engine;
     uint32_t m_id;
@@ -41,9 +42,6 @@ private:
     kvm_run* m_run { nullptr };
     std::atomic<pthread_t> m_thread {};
     std::atomic<bool> m_running { false };
-    // With KVM_CAP_SYNC_REGS: after an exit, run->s.regs holds regs/sregs/events, so get_state
-    // reads them without ioctls, and set_state stages them for the next KVM_RUN.
-    bool m_sync_valid { false };
     bool m_ran_once { false };
 };
 
