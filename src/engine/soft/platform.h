@@ -1,0 +1,24 @@
+// What instructions reach outside the CPU core for: time, the local APIC, halting. The vCPU
+// (soft_vcpu.cpp) provides these; with no LAPIC attached (unit tests) they work on Cpu fields.
+#pragma once
+
+#include <cstdint>
+
+#include "engine/soft/cpu.h"
+
+namespace vessel::soft {
+
+uint64_t guest_tsc(Cpu& c);                 // RDTSC/RDTSCP/RDMSR(TSC)
+void set_guest_tsc(Cpu& c, uint64_t value); // WRMSR(TSC)
+uint64_t guest_tsc_khz();                   // the TSC frequency CPUID/pvclock report
+
+// IA32_APIC_BASE, IA32_TSC_DEADLINE: true when handled.
+bool lapic_read_msr(Cpu& c, uint32_t msr, uint64_t& value);
+bool lapic_write_msr(Cpu& c, uint32_t msr, uint64_t value);
+uint8_t get_cr8(Cpu& c);
+void set_cr8(Cpu& c, uint8_t value);
+
+// HLT: the vCPU sleeps until an interrupt (or NMI/INIT/SIPI) arrives.
+void cpu_halt(Cpu& c);
+
+} // namespace vessel::soft
