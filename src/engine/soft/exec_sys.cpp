@@ -1,0 +1,8 @@
+// Placeholder: this instruction group's handlers are being written on their own branch.
+#include "engine/soft/handlers.h"
+
+namespace vessel::soft {
+
+void register_system_handlers(HandlerTable&) { }
+
+} // namespace vessel::soft
