@@ -638,7 +638,8 @@ uint32_t Lapic::current_count(uint64_t now) const
 {
     if (!m_counting || timer_mode() == kLvtTimerTscDeadline)
         return 0;
-    const uint64_t elapsed = now > m_timer_start_ns ? now - m_timer_start_ns : 0;
+    const int64_t since = static_cast<int64_t>(now) - m_timer_start_ns;
+    const uint64_t elapsed = since > 0 ? static_cast<uint64_t>(since) : 0;
     if (timer_mode() == kLvtTimerPeriodic) {
         const uint64_t ticks = ns_to_ticks(elapsed % m_timer_period_ns);
         return ticks >= m_timer_initial ? 1 : static_cast<uint32_t>(m_timer_initial - ticks);
@@ -657,8 +658,8 @@ void Lapic::arm_countdown(uint64_t now, uint32_t count)
         count = m_timer_initial;
     m_timer_period_ns = std::max<uint64_t>(ticks_to_ns(m_timer_initial), 1);
     const uint64_t done = std::min(ticks_to_ns(m_timer_initial - count), m_timer_period_ns - 1);
-    m_timer_start_ns = now - std::min(done, now);
-    m_timer_next_ns = m_timer_start_ns + m_timer_period_ns;
+    m_timer_start_ns = static_cast<int64_t>(now) - static_cast<int64_t>(done);
+    m_timer_next_ns = now + (m_timer_period_ns - done);
     m_counting = true;
 }
 
@@ -707,8 +708,9 @@ void Lapic::run_timers(uint64_t now_ns)
             fire_timer();
             if (timer_mode() == kLvtTimerPeriodic) {
                 // One interrupt for however many periods passed (IRR holds one anyway).
-                const uint64_t periods = (now_ns - m_timer_start_ns) / m_timer_period_ns + 1;
-                m_timer_next_ns = m_timer_start_ns + periods * m_timer_period_ns;
+                const uint64_t since = static_cast<uint64_t>(static_cast<int64_t>(now_ns) - m_timer_start_ns);
+                const uint64_t periods = since / m_timer_period_ns + 1;
+                m_timer_next_ns = static_cast<uint64_t>(m_timer_start_ns + static_cast<int64_t>(periods * m_timer_period_ns));
             } else {
                 disarm_timer();
             }

@@ -259,7 +259,7 @@ private:
     std::array<bool, 2> m_lint_level {};
     // One-shot / periodic countdown.
     bool m_counting { false };
-    uint64_t m_timer_start_ns { 0 };
+    int64_t m_timer_start_ns { 0 }; // may lie before time 0 after a restore / divide change
     uint64_t m_timer_period_ns { 0 };
     uint64_t m_timer_next_ns { UINT64_MAX };
     // TSC-deadline mode.

@@ -37,8 +37,11 @@ Pic::Pic()
 {
     m_master.elcr_mask = kElcrMasterMask;
     m_slave.elcr_mask = kElcrSlaveMask;
-    // Power-on: the BIOS-less guest finds the chips uninitialised; vector bases 0 (IBM PC
-    // values would be 0x08/0x70, but nobody may rely on them before ICW2).
+    // With no BIOS to program them, the chips come up with every line masked: an unprogrammed
+    // PIC (vector base 0) must never inject vectors 0-7 into a guest that enables interrupts
+    // without touching it. ICW1 clears the masks as on the chip.
+    m_master.imr = 0xff;
+    m_slave.imr = 0xff;
 }
 
 void Pic::set_output_handler(OutputHandler handler)

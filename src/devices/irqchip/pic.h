@@ -9,6 +9,8 @@
 // IRQ15 when an INTA finds the request gone. The cascade input follows the slave's INT output as
 // a level (like the wired-OR INT line), so a slave request is never lost to a missed edge.
 //
+// Power-on state (no BIOS): every line masked until the guest initialises the chips.
+//
 // Not modelled: 8080/85 mode (ICW4 bit 0 clear is treated as 8086 mode), ICW1.LTIM (PCs use the
 // ELCR), buffered mode, the edge-sense quirk that drops an edge request removed before INTA.
 //
