@@ -25,6 +25,7 @@ class BusDevice;
 class GuestMemory;
 class IoHandler;
 class Lapic;
+class VirtualClock;
 } // namespace vessel
 
 namespace vessel::soft {
@@ -164,6 +165,8 @@ struct Cpu {
     IoHandler* io { nullptr };
     Lapic* lapic { nullptr };
     BusDevice* apic_page { nullptr }; // this vCPU's LAPIC registers (MMIO at apic_base)
+    VirtualClock* clock { nullptr };   // guest time (TSC); nullptr in unit tests: host time
+    uint8_t cr8_no_lapic { 0 };        // CR8 when no LAPIC is attached (unit tests)
     uint32_t id { 0 };
     uint64_t code_epoch_seen { 0 };
 
