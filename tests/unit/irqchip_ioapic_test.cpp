@@ -129,7 +129,7 @@ TEST(IoApic, SwitchingToEdgeClearsAStuckRemoteIrr)
     h.route_pin(12, kLevel | 0x53, 0);
     h.chip.ioapic().set_irq(12, true);
     h.chip.ioapic().set_irq(12, false);
-    h.route_pin(12, 0x53, 0);          // edge
+    h.route_pin(12, 0x53, 0); // edge
     h.route_pin(12, kLevel | 0x53, 0); // and back, as Linux's old-IOAPIC EOI does
     EXPECT_FALSE(h.ioapic_read(redirection_low(12)) & kRemoteIrr);
 }

@@ -130,7 +130,7 @@ TEST(Lapic, TaskPriorityGatesDelivery)
     EXPECT_TRUE(h.irr(0, 0x51));
     EXPECT_FALSE(l.has_pending_interrupt()); // same priority class as the TPR
     EXPECT_EQ(l.pending_vector(), -1);
-    EXPECT_EQ(l.acknowledge(), 0xff);        // an INTA now sees the spurious vector
+    EXPECT_EQ(l.acknowledge(), 0xff); // an INTA now sees the spurious vector
     EXPECT_TRUE(h.irr(0, 0x51));
     l.set_tpr(4); // CR8 = 4 -> TPR 0x40
     EXPECT_EQ(l.read_register(Lapic::kRegTpr), 0x40u);
@@ -215,8 +215,8 @@ TEST(Lapic, OneShotTimer)
 
 TEST(Lapic, TimerDivideConfiguration)
 {
-    const std::pair<uint32_t, uint64_t> table[] = { { 0x0, 2 },  { 0x1, 4 },  { 0x2, 8 },   { 0x3, 16 },
-                                                    { 0x8, 32 }, { 0x9, 64 }, { 0xa, 128 }, { 0xb, 1 } };
+    const std::pair<uint32_t, uint64_t> table[]
+        = { { 0x0, 2 }, { 0x1, 4 }, { 0x2, 8 }, { 0x3, 16 }, { 0x8, 32 }, { 0x9, 64 }, { 0xa, 128 }, { 0xb, 1 } };
     for (auto [dcr, divisor] : table) {
         ChipHarness h;
         h.enable_lapics();
@@ -487,7 +487,7 @@ TEST(Lapic, ApicBaseMsr)
     ChipHarness h;
     Lapic& l = h.lapic(0);
     EXPECT_FALSE(l.write_msr(Lapic::kMsrApicBase, 0xfee00900 | Lapic::kApicBaseExtd)); // no x2APIC
-    EXPECT_FALSE(l.write_msr(Lapic::kMsrApicBase, 0xfee00901));                        // reserved bit
+    EXPECT_FALSE(l.write_msr(Lapic::kMsrApicBase, 0xfee00901)); // reserved bit
     EXPECT_TRUE(l.write_msr(Lapic::kMsrApicBase, 0xfed00900));
     EXPECT_EQ(l.base_address(), 0xfed00000u);
     EXPECT_TRUE(l.is_bsp());

@@ -21,7 +21,8 @@ constexpr uint8_t kNonSpecificEoi = 0x20;
 // The PIC on the port bus with its INT output recorded. Drives lines through the Pic directly.
 class PicHarness : public ChipHarness {
 public:
-    PicHarness() : ChipHarness(0)
+    PicHarness()
+        : ChipHarness(0)
     {
         chip.pic().set_output_handler([this](bool intr) { outputs.push_back(intr); });
         init_pic_like_linux();
@@ -122,7 +123,7 @@ TEST(Pic, CascadeThroughIr2)
 {
     PicHarness h;
     h.outb(kMasterImr, 0xfb); // cascade unmasked
-    h.outb(kSlaveImr, 0xfb);  // IRQ10 unmasked
+    h.outb(kSlaveImr, 0xfb); // IRQ10 unmasked
     h.pulse(10);
     EXPECT_TRUE(h.pic().interrupt_pending());
     EXPECT_EQ(h.pic().acknowledge(), 0x3a);

@@ -22,9 +22,9 @@ class PitHarness {
 public:
     PitHarness()
         : pit(clock, IrqLine(0, [this](uint32_t gsi, bool level) {
-                  EXPECT_EQ(gsi, 0u);
-                  levels.push_back(level);
-              }))
+            EXPECT_EQ(gsi, 0u);
+            levels.push_back(level);
+        }))
     {
     }
     PitHarness(const PitHarness&) = delete;
@@ -286,7 +286,7 @@ TEST(Pit, RefreshBitToggles)
 TEST(Pit, PitSpeakerPortDevice)
 {
     PitHarness h;
-    auto shared = std::shared_ptr<Pit>(&h.pit, [](Pit*) { });
+    auto shared = std::shared_ptr<Pit>(&h.pit, [](Pit*) {});
     PitSpeakerPort port(shared);
     uint8_t value = 0x03;
     port.write(0, std::span(&value, 1));

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "irqchip_test_support.h"
 
 using namespace vessel;
@@ -123,7 +126,7 @@ TEST(Irqchip, HighGsisOnlyReachTheIoApic)
     EXPECT_TRUE(h.irr(0, 0x90));
     EXPECT_FALSE(h.chip.pic().interrupt_pending());
     h.chip.set_irq(24, true); // beyond the pins: ignored
-    h.chip.set_irq(2, true);  // GSI 2 is an I/O APIC pin, never the PIC cascade
+    h.chip.set_irq(2, true); // GSI 2 is an I/O APIC pin, never the PIC cascade
     EXPECT_FALSE(h.chip.pic().interrupt_pending());
 }
 
@@ -140,4 +143,47 @@ TEST(Irqchip, LevelGsiEoiRoundTrip)
     EXPECT_FALSE(h.lapic(1).has_pending_interrupt());
     line.set_level(true);
     EXPECT_TRUE(h.lapic(1).has_pending_interrupt());
+}
+
+// Devices on one thread, the BSP taking PIC (ExtINT) and I/O APIC interrupts on another: no
+// deadlock between the PIC -> LAPIC and I/O APIC -> LAPIC -> I/O APIC (EOI) paths, nothing lost
+// for good.
+TEST(Irqchip, ConcurrentDeviceAndVcpuTraffic)
+{
+    ChipHarness h;
+    h.enable_lapics();
+    h.init_pic_like_linux();
+    h.outb(0x21, 0xef); // IRQ4 through the PIC
+    h.route_pin(16, (1u << 15) | 0xa1, 0);
+    std::atomic<bool> done { false };
+    std::thread device([&] {
+        for (int i = 0; i < 5000; ++i) {
+            h.chip.set_irq(4, true);
+            h.chip.set_irq(4, false);
+            h.chip.set_irq(16, i % 2 == 0);
+        }
+        h.chip.set_irq(16, false);
+        done = true;
+    });
+    Lapic& bsp = h.lapic(0);
+    int extint = 0;
+    int level = 0;
+    while (!done.load() || bsp.has_pending_interrupt()) {
+        if (!bsp.has_pending_interrupt())
+            continue;
+        const uint8_t vector = bsp.acknowledge();
+        if (vector == 0x34) {
+            ++extint;
+            h.outb(0x20, 0x20);
+        } else if (vector == 0xa1) {
+            ++level;
+            bsp.eoi();
+        }
+    }
+    device.join();
+    EXPECT_GT(extint, 0);
+    EXPECT_GT(level, 0);
+    // The level line ended low: its remote IRR is clear and nothing is left pending.
+    EXPECT_FALSE(h.ioapic_read(IoApic::kRegRedirection + 32) & (1u << 14));
+    EXPECT_FALSE(bsp.has_pending_interrupt());
 }

@@ -26,14 +26,14 @@ enum class ApicShorthand : uint8_t {
 };
 
 struct ApicMessage {
-    static constexpr uint32_t kBroadcast = 0xff;         // physical broadcast / all logical ids
-    static constexpr uint32_t kFromIoApic = 0xffffffff;  // source_id of I/O APIC messages
+    static constexpr uint32_t kBroadcast = 0xff; // physical broadcast / all logical ids
+    static constexpr uint32_t kFromIoApic = 0xffffffff; // source_id of I/O APIC messages
 
-    uint32_t dest { 0 };          // xAPIC destination (8 bits): APIC id or logical MDA
-    bool logical { false };       // logical destination mode
+    uint32_t dest { 0 }; // xAPIC destination (8 bits): APIC id or logical MDA
+    bool logical { false }; // logical destination mode
     ApicDeliveryMode delivery_mode { ApicDeliveryMode::Fixed };
     uint8_t vector { 0 };
-    bool level { true };          // ICR level (assert); INIT with !level && trigger_level = de-assert
+    bool level { true }; // ICR level (assert); INIT with !level && trigger_level = de-assert
     bool trigger_level { false }; // level-triggered (sets the TMR bit; EOI is broadcast)
     ApicShorthand shorthand { ApicShorthand::None };
     uint32_t source_id { kFromIoApic }; // sender's APIC id (needed for the Self / AllExcludingSelf shorthands)

@@ -22,10 +22,7 @@ public:
 
     std::string_view name() const override { return m_name; }
     void read(uint64_t offset, std::span<uint8_t> data) override { m_target->read(m_offset + offset, data); }
-    void write(uint64_t offset, std::span<const uint8_t> data) override
-    {
-        m_target->write(m_offset + offset, data);
-    }
+    void write(uint64_t offset, std::span<const uint8_t> data) override { m_target->write(m_offset + offset, data); }
 
 private:
     std::shared_ptr<BusDevice> m_target;

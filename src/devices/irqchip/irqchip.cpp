@@ -7,7 +7,10 @@
 
 namespace vessel {
 
-Irqchip::Irqchip() : Irqchip(Options {}) { }
+Irqchip::Irqchip()
+    : Irqchip(Options {})
+{
+}
 
 Irqchip::Irqchip(const Options& options)
     : m_clock(options.tsc_khz, options.clock_source)

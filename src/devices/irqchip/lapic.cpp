@@ -26,8 +26,8 @@ constexpr unsigned kIcrShorthandShift = 18;
 constexpr uint32_t kIcrWritable = 0x000ccfff; // delivery status (bit 12) always reads idle
 
 // Writable bits of each LVT (timer, thermal, perf, LINT0, LINT1, error).
-constexpr std::array<uint32_t, 6> kLvtWritable = { 0x000700ff, 0x000107ff, 0x000107ff,
-                                                   0x0001a7ff, 0x0001a7ff, 0x000100ff };
+constexpr std::array<uint32_t, 6> kLvtWritable
+    = { 0x000700ff, 0x000107ff, 0x000107ff, 0x0001a7ff, 0x0001a7ff, 0x000100ff };
 constexpr uint32_t kLvtDeliveryMask = 7u << 8;
 constexpr uint32_t kLvtModeFixed = 0u << 8;
 constexpr uint32_t kLvtModeNmi = 4u << 8;
@@ -342,9 +342,7 @@ void Lapic::accept(const ApicMessage& message)
             if (sw_enabled())
                 raise_vector(message.vector, message.trigger_level);
             break;
-        case ApicDeliveryMode::Nmi:
-            m_nmi_pending = true;
-            break;
+        case ApicDeliveryMode::Nmi: m_nmi_pending = true; break;
         case ApicDeliveryMode::Init:
             // INIT level de-assert (level clear, level-triggered) only synchronised arbitration
             // ids on old processors.
@@ -353,17 +351,13 @@ void Lapic::accept(const ApicMessage& message)
             reset_registers();
             fx.init = true;
             break;
-        case ApicDeliveryMode::StartUp:
-            fx.sipi = message.vector;
-            break;
-        case ApicDeliveryMode::ExtInt:
-            m_extint_message = true;
-            break;
+        case ApicDeliveryMode::StartUp: fx.sipi = message.vector; break;
+        case ApicDeliveryMode::ExtInt: m_extint_message = true; break;
         case ApicDeliveryMode::Smi:
         case ApicDeliveryMode::RemoteRead:
             if (log_allowed(m_log_count))
-                log_debug("lapic {}: delivery mode {} not supported; dropped", m_id,
-                          static_cast<int>(message.delivery_mode));
+                log_debug(
+                    "lapic {}: delivery mode {} not supported; dropped", m_id, static_cast<int>(message.delivery_mode));
             break;
         }
         fx.kick = update_pending();
@@ -444,8 +438,8 @@ void Lapic::mmio_write(uint64_t offset, std::span<const uint8_t> data)
     if (offset >= 0x1000 || (offset & 0xf) != 0 || data.size() != 4) {
         std::lock_guard lock(m_mutex);
         if (log_allowed(m_log_count))
-            log_debug("lapic {}: {}-byte write at {:#x} ignored (32-bit aligned accesses only)", m_id, data.size(),
-                      offset);
+            log_debug(
+                "lapic {}: {}-byte write at {:#x} ignored (32-bit aligned accesses only)", m_id, data.size(), offset);
         return;
     }
     uint32_t value;
@@ -710,7 +704,8 @@ void Lapic::run_timers(uint64_t now_ns)
                 // One interrupt for however many periods passed (IRR holds one anyway).
                 const uint64_t since = static_cast<uint64_t>(static_cast<int64_t>(now_ns) - m_timer_start_ns);
                 const uint64_t periods = since / m_timer_period_ns + 1;
-                m_timer_next_ns = static_cast<uint64_t>(m_timer_start_ns + static_cast<int64_t>(periods * m_timer_period_ns));
+                m_timer_next_ns
+                    = static_cast<uint64_t>(m_timer_start_ns + static_cast<int64_t>(periods * m_timer_period_ns));
             } else {
                 disarm_timer();
             }
@@ -728,10 +723,9 @@ void Lapic::save_regs(RegisterPage& page) const
     page.fill(0);
     std::lock_guard lock(m_mutex);
     const uint64_t now = m_clock.now_ns();
-    static constexpr uint32_t kSaved[] = { kRegId, kRegVersion, kRegTpr, kRegApr, kRegPpr, kRegLdr, kRegDfr,
-                                           kRegSvr, kRegEsr, kRegIcrLow, kRegIcrHigh, kRegLvtTimer,
-                                           kRegLvtThermal, kRegLvtPerf, kRegLvtLint0, kRegLvtLint1,
-                                           kRegLvtError, kRegTimerInitial, kRegTimerCurrent, kRegTimerDivide };
+    static constexpr uint32_t kSaved[] = { kRegId, kRegVersion, kRegTpr, kRegApr, kRegPpr, kRegLdr, kRegDfr, kRegSvr,
+        kRegEsr, kRegIcrLow, kRegIcrHigh, kRegLvtTimer, kRegLvtThermal, kRegLvtPerf, kRegLvtLint0, kRegLvtLint1,
+        kRegLvtError, kRegTimerInitial, kRegTimerCurrent, kRegTimerDivide };
     for (uint32_t offset : kSaved)
         put32(page, offset, read_locked(offset, now));
     for (unsigned i = 0; i < 8; ++i) {
@@ -755,8 +749,8 @@ void Lapic::restore_regs(const RegisterPage& page)
         m_esr_pending = 0;
         m_icr_low = get32(page, kRegIcrLow) & kIcrWritable;
         m_icr_high = get32(page, kRegIcrHigh) & 0xff000000;
-        const uint32_t offsets[kLvtCount] = { kRegLvtTimer, kRegLvtThermal, kRegLvtPerf,
-                                              kRegLvtLint0, kRegLvtLint1, kRegLvtError };
+        const uint32_t offsets[kLvtCount]
+            = { kRegLvtTimer, kRegLvtThermal, kRegLvtPerf, kRegLvtLint0, kRegLvtLint1, kRegLvtError };
         for (int i = 0; i < kLvtCount; ++i)
             m_lvt[i] = get32(page, offsets[i]) & kLvtWritable[i];
         for (unsigned i = 0; i < 8; ++i) {

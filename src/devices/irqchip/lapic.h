@@ -98,8 +98,7 @@ public:
 
     // `apic_id` 0 is the BSP (IA32_APIC_BASE.BSP set). `clock`, `bus` and `client` must outlive
     // the LAPIC.
-    Lapic(uint32_t apic_id, VirtualClock& clock, ApicBus& bus, LapicClient& client,
-          uint64_t bus_hz = kBusFrequencyHz);
+    Lapic(uint32_t apic_id, VirtualClock& clock, ApicBus& bus, LapicClient& client, uint64_t bus_hz = kBusFrequencyHz);
     Lapic(const Lapic&) = delete;
     Lapic& operator=(const Lapic&) = delete;
 

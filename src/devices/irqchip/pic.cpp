@@ -67,8 +67,7 @@ int Pic::granted_request(const Chip& chip, bool is_master)
     if (in_service < 0 || priority_of(chip, request) < priority_of(chip, in_service))
         return request;
     // Special fully nested mode: the slave may interrupt again while one of its IRQs is served.
-    if (is_master && chip.special_fully_nested && request == static_cast<int>(kCascadeLine)
-        && in_service == request)
+    if (is_master && chip.special_fully_nested && request == static_cast<int>(kCascadeLine) && in_service == request)
         return request;
     return -1;
 }

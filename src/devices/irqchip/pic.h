@@ -70,7 +70,7 @@ private:
         uint8_t isr { 0 };
         uint8_t imr { 0 };
         uint8_t lines { 0 }; // input levels
-        uint8_t elcr { 0 };  // 1 = level-sensitive
+        uint8_t elcr { 0 }; // 1 = level-sensitive
         uint8_t elcr_mask { 0 };
         uint8_t vector_base { 0 };
         uint8_t priority_base { 0 }; // the IR with the highest priority (rotation)

@@ -27,8 +27,8 @@ uint32_t from_bcd(uint16_t value)
 
 uint16_t to_bcd(uint32_t value)
 {
-    return static_cast<uint16_t>((value / 1000 % 10) << 12 | (value / 100 % 10) << 8 | (value / 10 % 10) << 4
-                                 | (value % 10));
+    return static_cast<uint16_t>(
+        (value / 1000 % 10) << 12 | (value / 100 % 10) << 8 | (value / 10 % 10) << 4 | (value % 10));
 }
 
 bool periodic(uint8_t mode)
@@ -102,8 +102,8 @@ bool Pit::output(const Channel& ch, uint64_t now) const
 
 uint8_t Pit::status(const Channel& ch, uint64_t now) const
 {
-    return static_cast<uint8_t>((output(ch, now) ? 0x80 : 0) | (ch.null_count ? 0x40 : 0) | ch.access << 4
-                                | ch.mode << 1 | (ch.bcd ? 1 : 0));
+    return static_cast<uint8_t>(
+        (output(ch, now) ? 0x80 : 0) | (ch.null_count ? 0x40 : 0) | ch.access << 4 | ch.mode << 1 | (ch.bcd ? 1 : 0));
 }
 
 void Pit::read(uint64_t offset, std::span<uint8_t> data)
@@ -276,7 +276,8 @@ void Pit::write_speaker_port(uint8_t value)
 
 uint64_t Pit::tick_time(const Channel& ch, uint64_t tick) const
 {
-    const unsigned __int128 ns = (static_cast<unsigned __int128>(tick) * kNsPerSecond + kFrequencyHz - 1) / kFrequencyHz;
+    const unsigned __int128 ns
+        = (static_cast<unsigned __int128>(tick) * kNsPerSecond + kFrequencyHz - 1) / kFrequencyHz;
     const unsigned __int128 at = ch.start_ns + ns - ch.counted_ns;
     return at >= UINT64_MAX ? UINT64_MAX - 1 : static_cast<uint64_t>(at);
 }

@@ -62,13 +62,13 @@ private:
         uint8_t access { 3 }; // 1 LSB, 2 MSB, 3 LSB then MSB
         bool bcd { false };
         uint32_t reload { 0x10000 }; // N in counts (0 written = 65536 / 10000)
-        bool loaded { false };       // a count has been written since the control word
-        bool null_count { true };    // status bit 6: the count written is not yet in the counter
+        bool loaded { false }; // a count has been written since the control word
+        bool null_count { true }; // status bit 6: the count written is not yet in the counter
         bool gate { true };
-        bool triggered { false };    // modes 1 and 5: a gate rising edge since the load
-        bool running { false };      // the counting clock is enabled
-        uint64_t start_ns { 0 };     // when `running` last began
-        uint64_t counted_ns { 0 };   // time counted before that (gate pauses in modes 0 / 4)
+        bool triggered { false }; // modes 1 and 5: a gate rising edge since the load
+        bool running { false }; // the counting clock is enabled
+        uint64_t start_ns { 0 }; // when `running` last began
+        uint64_t counted_ns { 0 }; // time counted before that (gate pauses in modes 0 / 4)
         bool write_msb_next { false };
         uint8_t write_lsb { 0 };
         bool read_msb_next { false };
@@ -106,7 +106,10 @@ private:
 // Port 0x61 as a bus device of its own.
 class PitSpeakerPort final : public BusDevice {
 public:
-    explicit PitSpeakerPort(std::shared_ptr<Pit> pit) : m_pit(std::move(pit)) { }
+    explicit PitSpeakerPort(std::shared_ptr<Pit> pit)
+        : m_pit(std::move(pit))
+    {
+    }
 
     std::string_view name() const override { return "pit-port61"; }
     void read(uint64_t, std::span<uint8_t> data) override
