@@ -19,7 +19,9 @@ Result<std::unique_ptr<SoftEngine>> SoftEngine::create(const EngineConfig& confi
     if (config.vcpus == 0 || config.vcpus > kSoftMaxVcpus)
         return make_error("the soft engine supports 1 to {} vCPUs, {} requested", kSoftMaxVcpus, config.vcpus);
     std::unique_ptr<SoftEngine> engine(new SoftEngine(config));
-    engine->m_irqchip = std::make_unique<Irqchip>();
+    Irqchip::Options options;
+    options.ioapic_id = config.vcpus; // the MADT numbers the I/O APIC after the vCPUs
+    engine->m_irqchip = std::make_unique<Irqchip>(options);
     return engine;
 }
 
