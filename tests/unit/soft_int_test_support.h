@@ -245,8 +245,13 @@ protected:
 
     // Runs `in` on the vCPU and the host oracle from the same state; compares RAX, RCX, RDX, RBX,
     // the memory qword and the flags in `flag_mask`.
+    ::testing::AssertionResult matches_host(std::initializer_list<Insn> seq, const HostOracle& host,
+                                            const HostState& s, uint64_t flag_mask);
     ::testing::AssertionResult matches_host(const Insn& in, const HostOracle& host, const HostState& s,
-                                            uint64_t flag_mask);
+                                            uint64_t flag_mask)
+    {
+        return matches_host({ in }, host, s, flag_mask);
+    }
 
 private:
     GuestMemory m_mem;
@@ -269,9 +274,10 @@ namespace vessel::soft::testing {
 
 inline Insn mem_data(Insn in) { return with_mem(in, kNoReg, static_cast<int64_t>(kData)); }
 
-inline ::testing::AssertionResult SoftIntTest::matches_host(const Insn& in, const HostOracle& host, const HostState& s,
-                                                            uint64_t flag_mask)
+inline ::testing::AssertionResult SoftIntTest::matches_host(std::initializer_list<Insn> seq, const HostOracle& host,
+                                                            const HostState& s, uint64_t flag_mask)
 {
+    const Insn& in = *(seq.end() - 1);
     Cpu& c = m_cpu;
     c.gpr[RAX] = s.rax;
     c.gpr[RCX] = s.rcx;
@@ -280,7 +286,8 @@ inline ::testing::AssertionResult SoftIntTest::matches_host(const Insn& in, cons
     c.lf.op = FlagOp::None;
     c.rflags = (s.rflags & kArithFlags) | x86::kRflagsFixed;
     poke<uint64_t>(kData, s.mem);
-    run(in);
+    for (const Insn& i : seq)
+        run(i);
     HostState h = host.run(s);
     uint64_t got_flags = flags() & flag_mask, want_flags = h.rflags & flag_mask;
     uint64_t got_mem = peek<uint64_t>(kData);
