@@ -15,6 +15,7 @@
 #include <xbyak/xbyak.h>
 
 #include "engine/soft/cpu.h"
+#include "engine/soft/decoder.h"
 #include "engine/soft/flags.h"
 #include "engine/soft/handlers.h"
 #include "engine/soft/mmu.h"
@@ -208,6 +209,40 @@ protected:
         return runs;
     }
 
+    // Decodes and runs guest code from kCodeAddr until HLT (not executed: RIP stops after it) or
+    // an exception (returned; RIP rewound to the faulting instruction). A REP instruction that
+    // rewinds RIP to itself is simply fetched again; executions() counts handler calls.
+    std::optional<GuestFault> run_code(const Xbyak::CodeGenerator& code, uint64_t max_steps = 50'000'000)
+    {
+        std::memcpy(ram(kCodeAddr), code.getCode(), code.getSize());
+        m_cpu.rip = kCodeAddr;
+        m_executions = 0;
+        for (uint64_t step = 0; step < max_steps; ++step) {
+            Insn in;
+            if (m_decoder.decode(m_cpu.mode, ram(m_cpu.rip), 15, in) != Decoder::Status::Ok) {
+                ADD_FAILURE() << "undecodable code at " << m_cpu.rip;
+                return GuestFault { kExcUD, false, 0, 0 };
+            }
+            if (in.mnemonic == ZYDIS_MNEMONIC_HLT) {
+                m_cpu.rip += in.length;
+                return std::nullopt;
+            }
+            m_cpu.insn_start = m_cpu.rip;
+            m_cpu.rip += in.length;
+            ++m_executions;
+            try {
+                in.exec(m_cpu, in);
+            } catch (const GuestFault& f) {
+                m_cpu.rip = m_cpu.insn_start;
+                return f;
+            }
+            m_cpu.stop_block = false;
+        }
+        ADD_FAILURE() << "guest code did not reach HLT";
+        return std::nullopt;
+    }
+    uint64_t executions() const { return m_executions; }
+
     uint64_t flags() { return get_rflags(m_cpu) & kArithFlags; }
     void set_flags(uint64_t f) { set_rflags_bits(m_cpu, f, kArithFlags | kDF); }
 
@@ -257,6 +292,8 @@ private:
     GuestMemory m_mem;
     SoftMachine m_machine;
     Cpu m_cpu;
+    Decoder m_decoder;
+    uint64_t m_executions { 0 };
 };
 
 // Values with interesting carries/overflows at every width.
