@@ -36,10 +36,13 @@ const HandlerTable& handler_table()
     static const HandlerTable table = [] {
         HandlerTable t;
         t.fill(&exec_unimplemented);
-        register_integer_handlers(t);
         register_system_handlers(t);
         register_sse_handlers(t);
         register_x87_handlers(t);
+        // Last: MOV, PUSH/POP, JMP/CALL/RET, MOVSD and CMPSD are shared with the groups above;
+        // the integer handlers pass the forms they do not own (control/debug/segment registers,
+        // far transfers, SSE MOVSD/CMPSD) on to the handler registered before them.
+        register_integer_handlers(t);
         return t;
     }();
     return table;
