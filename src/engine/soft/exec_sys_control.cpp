@@ -414,6 +414,11 @@ void register_control(HandlerTable& t)
     for (ZydisMnemonic m : { ZYDIS_MNEMONIC_PREFETCH, ZYDIS_MNEMONIC_PREFETCHNTA, ZYDIS_MNEMONIC_PREFETCHT0,
              ZYDIS_MNEMONIC_PREFETCHT1, ZYDIS_MNEMONIC_PREFETCHT2, ZYDIS_MNEMONIC_PREFETCHW })
         t[m] = &exec_nop;
+    // CET is not offered: ENDBR32/64 are the reserved NOPs they decode as on such CPUs (unless
+    // another group already handles them).
+    for (ZydisMnemonic m : { ZYDIS_MNEMONIC_ENDBR32, ZYDIS_MNEMONIC_ENDBR64 })
+        if (t[m] == &exec_unimplemented)
+            t[m] = &exec_nop;
     // Not offered by this CPU model (CPUID does not advertise them) or invalid by definition.
     for (ZydisMnemonic m : { ZYDIS_MNEMONIC_UD0, ZYDIS_MNEMONIC_UD1, ZYDIS_MNEMONIC_UD2, ZYDIS_MNEMONIC_INVPCID,
              ZYDIS_MNEMONIC_MONITOR, ZYDIS_MNEMONIC_MWAIT, ZYDIS_MNEMONIC_RDRAND, ZYDIS_MNEMONIC_RDSEED,

@@ -106,8 +106,8 @@ void exec_sti(Cpu& c, const Insn&)
     if (!(c.rflags & kIF)) {
         c.rflags |= kIF;
         c.interrupt_shadow = 1; // interrupts stay blocked until the next instruction completes
+        c.stop_block = true;
     }
-    c.stop_block = true;
 }
 
 unsigned flags_size(const Insn& in)
@@ -143,9 +143,12 @@ void exec_popf(Cpu& c, const Insn& in)
         mask |= kIF;
     if (size == 2)
         mask &= 0xffff;
+    uint64_t before = c.rflags;
     set_sp(c, sp + size);
     set_rflags_bits(c, v & ~kRF, mask);
-    c.stop_block = true;
+    // The block loop must look again when interrupts became enabled.
+    if (!(before & kIF) && (c.rflags & kIF))
+        c.stop_block = true;
 }
 
 } // namespace
