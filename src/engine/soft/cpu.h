@@ -152,6 +152,9 @@ struct Cpu {
     // Set by a handler when the block loop must stop after this instruction (mode change,
     // TLB flush, write to the running code, pending interrupt became deliverable...).
     bool stop_block { false };
+    // Raised from any thread (kick, interrupt arrived, INIT/SIPI): the execution loop returns to
+    // the vCPU at the next block boundary.
+    std::atomic<bool> attention { false };
 
     Tlb tlb;
     bool tlb_has_large { false }; // INVLPG then flushes everything (entries are 4 KiB pieces)

@@ -33,7 +33,7 @@ enum class OpKind : uint8_t {
 struct Operand {
     OpKind kind { OpKind::None };
     uint8_t reg { 0 };
-    uint8_t size { 0 }; // bytes accessed (1, 2, 4, 8, 10, 16; for Mem of LEA: address size)
+    uint8_t size { 0 }; // bytes accessed (1, 2, 4, 8, 10, 16; for Mem of LEA: operand size)
     uint8_t imm_index { 0 }; // for Imm: 0 = Insn::imm, 1 = Insn::imm2
 };
 
