@@ -2,7 +2,7 @@
 // triple faults, IRET back to user mode.
 #include "soft_sys_test_support.h"
 
-namespace vessel::soft::test {
+namespace vessel::soft::systest {
 namespace {
 
 constexpr uint64_t kPfHandler = 0x200000, kGpHandler = 0x210000, kDfHandler = 0x220000;
@@ -238,4 +238,4 @@ TEST_F(SoftSysEvents, ProtectedModeInterruptWithStackSwitch)
 }
 
 } // namespace
-} // namespace vessel::soft::test
+} // namespace vessel::soft::systest

@@ -6,7 +6,7 @@
 #include "engine/soft/msr.h"
 #include "soft_sys_test_support.h"
 
-namespace vessel::soft::test {
+namespace vessel::soft::systest {
 namespace {
 
 using SoftSysInsn = SoftSysTest;
@@ -379,4 +379,4 @@ TEST_F(SoftSysInsn, SegmentPushPopAndLss)
 }
 
 } // namespace
-} // namespace vessel::soft::test
+} // namespace vessel::soft::systest

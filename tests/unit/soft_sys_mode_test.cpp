@@ -3,7 +3,7 @@
 #include "engine/soft/msr.h"
 #include "soft_sys_test_support.h"
 
-namespace vessel::soft::test {
+namespace vessel::soft::systest {
 namespace {
 
 using SoftSysMode = SoftSysTest;
@@ -475,4 +475,4 @@ TEST_F(SoftSysMode, ResetState)
 }
 
 } // namespace
-} // namespace vessel::soft::test
+} // namespace vessel::soft::systest

@@ -18,7 +18,7 @@
 #include "engine/soft/segments.h"
 #include "memory/guest_memory.h"
 
-namespace vessel::soft::test {
+namespace vessel::soft::systest {
 
 extern uint8_t g_cr8;
 extern unsigned g_halts;
@@ -214,9 +214,9 @@ public:
     Cpu c;
 };
 
-} // namespace vessel::soft::test
+} // namespace vessel::soft::systest
 
-namespace vessel::soft::test {
+namespace vessel::soft::systest {
 
 // Runs the handler and returns the fault it raised (fails the test when none was raised).
 inline GuestFault fault_of(Cpu& c, const Insn& in)
@@ -234,4 +234,4 @@ inline GuestFault fault_of(Cpu& c, const Insn& in)
     return GuestFault { 0xff, false, 0, 0 };
 }
 
-} // namespace vessel::soft::test
+} // namespace vessel::soft::systest
