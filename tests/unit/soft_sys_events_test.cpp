@@ -237,5 +237,61 @@ TEST_F(SoftSysEvents, ProtectedModeInterruptWithStackSwitch)
     EXPECT_EQ(c.seg[SS].selector, kUserDs);
 }
 
+TEST_F(SoftSysEvents, SixteenBitGateAndTaskGate)
+{
+    build_gdt();
+    c.cr0 |= x86::kCr0Pe;
+    load_raw(CS, kKernelCs32);
+    load_raw(SS, kKernelDs);
+    c.rip = 0x5000;
+    c.gpr[RSP] = 0x60000;
+    c.idt = { kIdt, 0x7ff };
+    // 16-bit trap gate (type 7) for vector 0x41: pushes FLAGS, CS, IP as words.
+    uint64_t gate = 0x0300 | (static_cast<uint64_t>(kKernelCs32) << 16) | (0x7ULL << 40) | (1ULL << 47);
+    poke<uint64_t>(kIdt + 0x41 * 8, gate);
+    // Task gate for vector 0x42.
+    poke<uint64_t>(kIdt + 0x42 * 8, (static_cast<uint64_t>(kTssSel) << 16) | (0x5ULL << 40) | (1ULL << 47));
+    c.update_mode();
+    c.rflags |= kIF;
+
+    deliver_event(c, 0x41, EventKind::External, false, 0);
+    EXPECT_EQ(c.rip, 0x300u);
+    EXPECT_EQ(c.gpr[RSP], 0x60000u - 6);
+    EXPECT_EQ(peek<uint16_t>(0x60000 - 6), 0x5000);
+    EXPECT_EQ(peek<uint16_t>(0x60000 - 4), kKernelCs32);
+    EXPECT_TRUE(peek<uint16_t>(0x60000 - 2) & kIF);
+    EXPECT_TRUE(c.rflags & kIF); // trap gate
+
+    EXPECT_THROW(deliver_event(c, 0x42, EventKind::External, false, 0), EngineAbort);
+    // Beyond the IDT limit: #GP(vector*8 + IDT + EXT).
+    c.idt.limit = 0x7f;
+    try {
+        deliver_event(c, 0x42, EventKind::External, false, 0);
+        ADD_FAILURE();
+    } catch (const GuestFault& f) {
+        EXPECT_EQ(f.vector, kExcGP);
+        EXPECT_EQ(f.error_code, 0x42u * 8 + 3);
+    }
+}
+
+TEST_F(SoftSysEvents, IntoAndInt3)
+{
+    enter_long_mode();
+    set_gate64(kExcBP, 0x280000, 0xe, 3);
+    set_gate64(kExcOF, 0x290000, 0xe, 3);
+    set_lazy(c, FlagOp::Add, 1, 0x80, 0x7f, 1); // OF = 1
+    run(insn(ZYDIS_MNEMONIC_INTO, 1));
+    EXPECT_EQ(c.rip, 0x290000u);
+    EXPECT_EQ(peek<uint64_t>(c.gpr[RSP]), kCode + 1);
+    run(insn(ZYDIS_MNEMONIC_INT3, 1));
+    EXPECT_EQ(c.rip, 0x280000u);
+    EXPECT_EQ(peek<uint64_t>(c.gpr[RSP]), 0x290001u);
+    // IRETQ with NT set in IA-32e mode is #GP.
+    c.rflags |= kNT;
+    set_gate64(kExcGP, kGpHandler);
+    run(insn(ZYDIS_MNEMONIC_IRETQ, 2, 8));
+    EXPECT_EQ(c.rip, kGpHandler);
+}
+
 } // namespace
 } // namespace vessel::soft::systest

@@ -474,5 +474,89 @@ TEST_F(SoftSysMode, ResetState)
     EXPECT_EQ(c.idt.limit, 0xffff);
 }
 
+TEST_F(SoftSysMode, DebugRegistersAndMsw)
+{
+    enter_long_mode();
+    Insn to_dr = insn(ZYDIS_MNEMONIC_MOV, 3, 8);
+    to_dr.op[0] = opkind(OpKind::Dr, 7, 8);
+    to_dr.op[1] = gpr(RAX, 8);
+    to_dr.nops = 2;
+    c.gpr[RAX] = 0x1;
+    run(to_dr);
+    EXPECT_EQ(c.dr7, 0x401u);
+    c.gpr[RAX] = 1ULL << 40;
+    EXPECT_EQ(fault_of(c, to_dr).vector, kExcGP);
+    to_dr.op[0].reg = 2;
+    c.gpr[RAX] = 0xffffffff81000000ULL;
+    run(to_dr);
+    EXPECT_EQ(c.dr[2], 0xffffffff81000000ULL);
+    Insn from_dr = insn(ZYDIS_MNEMONIC_MOV, 3, 8);
+    from_dr.op[0] = gpr(RBX, 8);
+    from_dr.op[1] = opkind(OpKind::Dr, 4, 8); // DR4 aliases DR6 without CR4.DE
+    from_dr.nops = 2;
+    run(from_dr);
+    EXPECT_EQ(c.gpr[RBX], 0xffff0ff0u);
+    c.cr4 |= 1ULL << 3;
+    EXPECT_EQ(fault_of(c, from_dr).vector, kExcUD);
+
+    // CLTS, SMSW, LMSW (cannot clear PE).
+    c.cr0 |= 1ULL << 3;
+    run(insn(ZYDIS_MNEMONIC_CLTS, 2));
+    EXPECT_FALSE(c.cr0 & (1ULL << 3));
+    Insn smsw = insn(ZYDIS_MNEMONIC_SMSW, 3, 2);
+    smsw.op[0] = gpr(RCX, 2);
+    smsw.nops = 1;
+    c.gpr[RCX] = 0xabcd0000;
+    run(smsw);
+    EXPECT_EQ(c.gpr[RCX], 0xabcd0000u | (c.cr0 & 0xffff));
+    Insn lmsw = insn(ZYDIS_MNEMONIC_LMSW, 3, 2);
+    lmsw.op[0] = gpr(RDX, 2);
+    lmsw.nops = 1;
+    c.gpr[RDX] = 0x8; // TS, PE clear
+    run(lmsw);
+    EXPECT_TRUE(c.cr0 & (1ULL << 3));
+    EXPECT_TRUE(c.cr0 & x86::kCr0Pe);
+}
+
+TEST_F(SoftSysMode, RetfImmAndSameLevelIretInProtectedMode)
+{
+    build_gdt();
+    c.cr0 |= x86::kCr0Pe;
+    load_raw(CS, kKernelCs32);
+    load_raw(SS, kKernelDs);
+    c.rip = 0x5000;
+    c.gpr[RSP] = 0x60000;
+    poke<uint32_t>(0x60000, 0x7000);
+    poke<uint32_t>(0x60004, kKernelCs32);
+    Insn ret = insn(ZYDIS_MNEMONIC_RET, 3, 4);
+    ret.opcode = 0xca;
+    ret.imm = 8;
+    ret.op[0] = Operand { OpKind::Imm, 0, 2, 0 };
+    ret.nops = 1;
+    run(ret);
+    EXPECT_EQ(c.rip, 0x7000u);
+    EXPECT_EQ(c.gpr[RSP], 0x60000u + 16);
+
+    // IRETD at the same level pops EIP, CS, EFLAGS only.
+    c.gpr[RSP] = 0x61000;
+    poke<uint32_t>(0x61000, 0x7100);
+    poke<uint32_t>(0x61004, kKernelCs32);
+    poke<uint32_t>(0x61008, static_cast<uint32_t>(kIF | kCF | 2 | (3u << 12)));
+    run(insn(ZYDIS_MNEMONIC_IRETD, 1, 4));
+    EXPECT_EQ(c.rip, 0x7100u);
+    EXPECT_EQ(c.gpr[RSP], 0x6100cu);
+    EXPECT_TRUE(c.rflags & kIF);
+    EXPECT_EQ(c.rflags & kIOPL, kIOPL); // CPL 0 may change IOPL
+    // RETF to a less privileged level whose RPL is below CPL: #GP(selector).
+    load_raw(CS, kUserCs32);
+    load_raw(SS, kUserDs);
+    c.gpr[RSP] = 0x62000;
+    poke<uint32_t>(0x62000, 0x7000);
+    poke<uint32_t>(0x62004, kKernelCs32);
+    GuestFault f = fault_of(c, ret);
+    EXPECT_EQ(f.vector, kExcGP);
+    EXPECT_EQ(f.error_code, kKernelCs32);
+}
+
 } // namespace
 } // namespace vessel::soft::systest

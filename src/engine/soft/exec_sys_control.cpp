@@ -20,9 +20,13 @@ constexpr uint64_t kCr0Em = 1ULL << 2, kCr0Ts = 1ULL << 3, kCr0Am = 1ULL << 18, 
 constexpr uint64_t kCr0Writable = x86::kCr0Pe | x86::kCr0Mp | kCr0Em | kCr0Ts | x86::kCr0Ne | x86::kCr0Wp | kCr0Am
                                   | kCr0Nw | kCr0Cd | x86::kCr0Pg;
 constexpr uint64_t kCr4Tsd = 1ULL << 2, kCr4Pse = 1ULL << 4, kCr4Pce = 1ULL << 8, kCr4De = 1ULL << 3,
-                   kCr4Osxsave = 1ULL << 18;
-constexpr uint64_t kCr4Writable = kCr4Tsd | kCr4Pse | x86::kCr4Pae | x86::kCr4Pge | kCr4Pce | x86::kCr4Osfxsr
-                                  | x86::kCr4Osxmmexcpt | (kSseGroupXsave ? kCr4Osxsave : 0);
+                   kCr4Mce = 1ULL << 6, kCr4Osxsave = 1ULL << 18;
+// Bits of features we implement. DE (DR4/DR5 become #UD) and MCE (no machine check is ever
+// raised) are accepted although CPUID does not list them: every x86-64 CPU has them, and code
+// that preserves or sets them blindly must not fault. VME/PVI, UMIP, FSGSBASE, PCIDE, SMEP,
+// SMAP, PKE, LA57, VMXE are reserved (#GP).
+constexpr uint64_t kCr4Writable = kCr4Tsd | kCr4De | kCr4Pse | x86::kCr4Pae | kCr4Mce | x86::kCr4Pge | kCr4Pce
+                                  | x86::kCr4Osfxsr | x86::kCr4Osxmmexcpt | (kSseGroupXsave ? kCr4Osxsave : 0);
 
 unsigned cr_size(const Cpu& c) { return c.mode == CpuMode::Long64 ? 8 : 4; }
 
