@@ -66,7 +66,7 @@ TEST(SoftSseState, FxrstorFxsaveRoundTripMatchesHost)
             s.mem[base + 5] = 0;
             // FCW with all exceptions masked and no pending exception (the host would trap at
             // the next waiting x87 instruction otherwise).
-            uint16_t fcw = static_cast<uint16_t>((rng.next() & 0x1f00) | 0x7f);
+            uint16_t fcw = static_cast<uint16_t>(rng.next() | 0x3f);
             std::memcpy(&s.mem[base], &fcw, 2);
             s.mem[base + 2] &= 0x7f;
             s.mem[base + 3] &= 0x7f;

@@ -356,15 +356,21 @@ inline ::testing::AssertionResult same_state(const VecState& guest, const VecSta
 }
 
 // Runs a program on both sides from `init` and compares the results.
+// `normalize` (optional) is applied to both results first (e.g. to clear what is undefined).
 inline ::testing::AssertionResult differential(SseRunner& soft, HostProgram& host, const Emit& emit,
                                                const VecState& init, bool flags = false,
-                                               std::initializer_list<Ignore> ignore = {})
+                                               std::initializer_list<Ignore> ignore = {},
+                                               void (*normalize)(VecState&) = nullptr)
 {
     VecState g = init, h = init;
     auto fault = soft.run_state(emit, g);
     if (fault)
         return ::testing::AssertionFailure() << "soft engine raised vector " << int(fault->vector);
     host.run(h);
+    if (normalize) {
+        normalize(g);
+        normalize(h);
+    }
     return same_state(g, h, flags, ignore);
 }
 

@@ -39,6 +39,7 @@ void load_x87(Cpu& c, const uint8_t* img, bool rexw)
 {
     std::memcpy(c.fx.data(), img, 8);
     c.fx[5] = 0;
+    fx_set<uint16_t>(c, kFcw, fcw_value(fx_get<uint16_t>(c, kFcw)));
     fx_set<uint16_t>(c, kFop, fx_get<uint16_t>(c, kFop) & 0x7ff);
     uint64_t fip, fdp;
     if (rexw) {

@@ -22,10 +22,13 @@ constexpr uint32_t kMxcsrWritable = 0xffff;
 constexpr uint32_t kMxcsrDefault = 0x1f80;
 
 // FSW bits.
-constexpr uint16_t kIE = 1, kDE = 2, kZE = 4, kOE = 8, kUE = 0x10, kPE = 0x20, kSF = 0x40, kES = 0x80, kC0 = 0x100,
+constexpr uint16_t kIE = 1, kDE = 2, kZE = 4, kOE = 8, kUE = 0x10, kPE = 0x20, kStackFault = 0x40, kES = 0x80, kC0 = 0x100,
                    kC1 = 0x200, kC2 = 0x400, kC3 = 0x4000, kBusy = 0x8000, kTopMask = 0x3800;
 constexpr uint16_t kCcMask = kC0 | kC1 | kC2 | kC3;
 constexpr uint16_t kFcwInit = 0x037f;
+
+// FCW as loaded by FLDCW/FLDENV/FRSTOR/FXRSTOR/XRSTOR: bit 6 reads as 1, bits 7 and 13-15 as 0.
+constexpr uint16_t fcw_value(uint16_t v) { return static_cast<uint16_t>((v & 0x1f3f) | 0x40); }
 
 template<typename T>
 inline T fx_get(const Cpu& c, unsigned off)
