@@ -12,6 +12,7 @@
 
 #include "cli/options.h"
 #include "engine/kvm/kvm_engine.h"
+#include "engine/soft/soft_engine.h"
 #include "engine/probe.h"
 #include "vmm/signals.h"
 #include "vmm/vm.h"
@@ -45,19 +46,16 @@ int command_probe()
     return 0;
 }
 
-// Picks the engine, or explains why the guest cannot run.
+// Picks the engine: auto takes KVM only where it runs guest kernel code natively.
 Result<EngineKind> resolve_engine(EngineKind requested)
 {
     if (requested == EngineKind::Auto) {
         HostProbe p = probe_host();
-        if (p.choice == EngineKind::Soft)
-            return make_error("--engine auto: this host needs the software engine ({}), which is not implemented "
-                              "yet; use --engine kvm to force KVM anyway",
-                              p.reason);
-        requested = EngineKind::Kvm;
+        log_debug("--engine auto: {} ({})", engine_name(p.choice), p.reason);
+        return p.choice;
     }
     if (requested == EngineKind::Soft)
-        return make_error("--engine soft: the software engine is not implemented yet");
+        return EngineKind::Soft;
     HostProbe p = probe_host();
     if (!p.kvm_device)
         return make_error("--engine kvm: {}", p.reason);
@@ -97,8 +95,10 @@ int command_run(const VmConfig& config)
     // The engine is resolved after the guest is loaded, so a bad kernel is reported first.
     auto make_engine = [&]() -> Result<std::unique_ptr<Engine>> {
         EngineKind kind = TRY(resolve_engine(config.engine));
-        if (kind != EngineKind::Kvm)
-            return make_error("--engine {}: not available", engine_name(kind));
+        if (kind == EngineKind::Soft) {
+            auto engine = TRY_CTX(SoftEngine::create(EngineConfig { config.cpus }), "soft engine");
+            return std::unique_ptr<Engine>(std::move(engine));
+        }
         auto engine = TRY_CTX(KvmEngine::create(EngineConfig { config.cpus }), "KVM engine");
         return std::unique_ptr<Engine>(std::move(engine));
     };

@@ -14,6 +14,7 @@
 
 namespace vessel {
 
+class Bus;
 class GuestMemory;
 
 // The VM side of the engine contract (Cloud Hypervisor's VmOps): called on vCPU threads.
@@ -64,12 +65,17 @@ public:
     virtual std::string_view name() const = 0;
     // Makes guest RAM visible to the engine (called once per region before vCPUs run).
     virtual Result<void> map_memory(const GuestMemory& memory) = 0;
+    // Engines whose interrupt controllers and timers are user-space device models (the soft
+    // engine) put them on the VM's buses here; called once while the VM is built.
+    virtual Result<void> register_devices(Bus& /*pio*/, Bus& /*mmio*/) { return {}; }
     // Creates vCPU `id`; `io` must outlive it. Call from the thread that will run it.
     virtual Result<std::unique_ptr<Vcpu>> create_vcpu(uint32_t id, IoHandler& io) = 0;
     // Drives a GSI of the interrupt controller (IOAPIC pin / PIC line).
     virtual Result<void> set_irq_line(uint32_t gsi, bool level) = 0;
     // Largest number of vCPUs this engine supports on this host.
     virtual uint32_t max_vcpus() const = 0;
+    // Stops/restarts guest time while the VM is paused (engines that keep their own clock).
+    virtual void pause_clock(bool /*paused*/) { }
 };
 
 } // namespace vessel

@@ -58,6 +58,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFacto
     TRY(vm->build_devices());
     TRY(vm->load_guest());
     vm->m_engine = TRY(make_engine());
+    TRY_CTX(vm->m_engine->register_devices(vm->m_pio_bus, vm->m_mmio_bus), "engine devices");
     // Map RAM only after every boot structure is written: some KVM implementations (PVM) do not
     // see page-table writes made from outside the guest after the slot is registered.
     TRY(vm->m_engine->map_memory(vm->m_memory));
@@ -66,8 +67,15 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFacto
         auto vcpu = TRY(vm->m_engine->create_vcpu(i, *vm));
         vm->m_vcpus.push_back(std::move(vcpu));
     }
-    // The BSP starts at the loader's entry point; APs wait for INIT/SIPI from the guest.
-    TRY_CTX(vm->m_vcpus[0]->set_state(vm->m_boot_state), "setting the boot vCPU state");
+    // The BSP starts at the loader's entry point; APs wait for INIT/SIPI from the guest. The boot
+    // state sets registers only: the vCPU keeps its own reset-state local APIC.
+    CpuState boot = vm->m_boot_state;
+    {
+        auto current = TRY_CTX(vm->m_vcpus[0]->get_state(), "reading the boot vCPU state");
+        boot.lapic = current.lapic;
+        boot.apic_base = current.apic_base;
+    }
+    TRY_CTX(vm->m_vcpus[0]->set_state(boot), "setting the boot vCPU state");
     return vm;
 }
 
@@ -155,11 +163,13 @@ void Vm::pause()
     for (auto& v : m_vcpus)
         v->kick();
     m_pause_cv.wait(lock, [&] { return m_parked == m_threads.size() || m_stopping.load(); });
+    m_engine->pause_clock(true);
 }
 
 void Vm::resume()
 {
     std::lock_guard lock(m_pause_mutex);
+    m_engine->pause_clock(false);
     m_paused = false;
     m_pause_cv.notify_all();
 }

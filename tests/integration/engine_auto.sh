@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # --engine auto: on a host whose KVM runs guest kernels natively it boots the guest on KVM;
-# on a host like ours (kvm_pvm, no VT-x/AMD-V) it must say why it cannot use KVM, quickly.
+# on a host like ours (kvm_pvm, no VT-x/AMD-V) it picks the soft engine, quickly; either way the
+# guest runs and exits through the debug port.
 set -uo pipefail
 guest="$1"
 probe=$(timeout 5 "$VESSEL" probe) || { echo "FAIL: vessel probe failed or hung"; exit 1; }
@@ -15,10 +16,5 @@ rc=$?
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 cat "$err"
 echo "exit status $rc after ${ms} ms"
-if grep -q "engine: kvm" <<<"$probe"; then
-  [ "$rc" = 33 ] || { echo "FAIL: expected the guest to run on KVM (status 33)"; exit 1; }
-else
-  [ "$rc" = 1 ] || { echo "FAIL: expected status 1"; exit 1; }
-  grep -q "needs the software engine" "$err" || { echo "FAIL: no explanation"; exit 1; }
-fi
+[ "$rc" = 33 ] || { echo "FAIL: expected the guest to run (status 33)"; exit 1; }
 echo PASS

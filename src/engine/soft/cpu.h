@@ -25,6 +25,7 @@ class BusDevice;
 class GuestMemory;
 class IoHandler;
 class Lapic;
+class VirtualClock;
 } // namespace vessel
 
 namespace vessel::soft {
@@ -152,6 +153,9 @@ struct Cpu {
     // Set by a handler when the block loop must stop after this instruction (mode change,
     // TLB flush, write to the running code, pending interrupt became deliverable...).
     bool stop_block { false };
+    // Raised from any thread (kick, interrupt arrived, INIT/SIPI): the execution loop returns to
+    // the vCPU at the next block boundary.
+    std::atomic<bool> attention { false };
 
     Tlb tlb;
     bool tlb_has_large { false }; // INVLPG then flushes everything (entries are 4 KiB pieces)
@@ -161,6 +165,8 @@ struct Cpu {
     IoHandler* io { nullptr };
     Lapic* lapic { nullptr };
     BusDevice* apic_page { nullptr }; // this vCPU's LAPIC registers (MMIO at apic_base)
+    VirtualClock* clock { nullptr };   // guest time (TSC); nullptr in unit tests: host time
+    uint8_t cr8_no_lapic { 0 };        // CR8 when no LAPIC is attached (unit tests)
     uint32_t id { 0 };
     uint64_t code_epoch_seen { 0 };
 

@@ -50,12 +50,17 @@ public:
     void code_page_written(uint64_t gpa);
     uint64_t code_epoch() const { return m_code_epoch.load(std::memory_order_acquire); }
 
+    // Number of vCPUs of the VM (the topology CPUID reports); set before the vCPUs run.
+    uint32_t vcpu_count() const { return m_vcpu_count; }
+    void set_vcpu_count(uint32_t count) { m_vcpu_count = count ? count : 1; }
+
 private:
     const GuestMemory& m_memory;
     uint64_t m_pages { 0 };
     std::unique_ptr<std::atomic<uint32_t>[]> m_page_gen;
     std::unique_ptr<std::atomic<uint8_t>[]> m_code_page;
     std::atomic<uint64_t> m_code_epoch { 0 };
+    uint32_t m_vcpu_count { 1 };
 };
 
 // Full translation (TLB miss path). Throws #PF (GuestFault). `user` = the access is checked

@@ -1,0 +1,55 @@
+#include "engine/soft/interpreter.h"
+
+#include "engine/soft/exceptions.h"
+#include "engine/soft/mmu.h"
+
+namespace vessel::soft {
+
+namespace {
+
+// Runs one block; returns the number of instructions that completed.
+uint64_t run_block(Cpu& c, const Block& b)
+{
+    const Insn* in = b.insns.data();
+    const Insn* end = in + b.count;
+    uint64_t done = 0;
+    for (; in != end; ++in) {
+        c.insn_start = c.rip;
+        c.rip += in->length;
+        in->exec(c, *in);
+        ++done;
+        if (c.stop_block) [[unlikely]]
+            break;
+    }
+    return done;
+}
+
+} // namespace
+
+uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget)
+{
+    uint64_t executed = 0;
+    while (executed < budget && !c.halted && !c.attention.load(std::memory_order_relaxed)) {
+        try {
+            sync_code_epoch(c);
+            c.insn_start = c.rip;
+            uint64_t linear = code_linear(c);
+            uint64_t gpa = translate_exec(c, linear);
+            const Block& block = cache.get(c, linear, gpa);
+            bool had_shadow = c.interrupt_shadow != 0;
+            c.stop_block = false;
+            executed += run_block(c, block);
+            if (had_shadow)
+                c.interrupt_shadow = 0;
+        } catch (const GuestFault& fault) {
+            c.rip = c.insn_start;
+            c.stop_block = false;
+            c.halted = false;
+            deliver_fault(c, fault);
+            ++executed;
+        }
+    }
+    return executed;
+}
+
+} // namespace vessel::soft

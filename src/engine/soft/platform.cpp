@@ -1,0 +1,94 @@
+#include "engine/soft/platform.h"
+
+#include <chrono>
+
+#include "devices/irqchip/clock.h"
+#include "devices/irqchip/lapic.h"
+
+namespace vessel::soft {
+
+namespace {
+
+constexpr uint32_t kMsrApicBase = 0x1b;
+constexpr uint32_t kMsrTscDeadline = 0x6e0;
+
+// The clock TSC before the vCPU's offset.
+uint64_t clock_tsc(const Cpu& c)
+{
+    if (c.clock)
+        return c.clock->tsc(c.clock->now_ns());
+    // Unit tests without a VM: host monotonic nanoseconds at the default 1 GHz.
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+            .count());
+}
+
+} // namespace
+
+uint64_t guest_tsc_khz() { return VirtualClock::kDefaultTscKhz; }
+
+uint64_t guest_tsc(Cpu& c) { return clock_tsc(c) + static_cast<uint64_t>(c.tsc_offset); }
+
+void set_guest_tsc(Cpu& c, uint64_t value)
+{
+    c.tsc_offset = static_cast<int64_t>(value - clock_tsc(c));
+    if (c.lapic)
+        c.lapic->set_tsc_offset(c.tsc_offset);
+}
+
+bool lapic_read_msr(Cpu& c, uint32_t msr, uint64_t& value)
+{
+    if (c.lapic)
+        return c.lapic->read_msr(msr, value);
+    if (msr == kMsrApicBase) {
+        value = c.apic_base;
+        return true;
+    }
+    if (msr == kMsrTscDeadline) {
+        value = c.msrs.tsc_deadline;
+        return true;
+    }
+    return false;
+}
+
+bool lapic_write_msr(Cpu& c, uint32_t msr, uint64_t value)
+{
+    if (c.lapic) {
+        if (!c.lapic->write_msr(msr, value))
+            return false;
+        c.apic_base = c.lapic->apic_base_msr();
+        if (msr == kMsrTscDeadline)
+            c.msrs.tsc_deadline = value;
+        c.stop_block = true;
+        return true;
+    }
+    if (msr == kMsrApicBase) {
+        c.apic_base = value;
+        return true;
+    }
+    if (msr == kMsrTscDeadline) {
+        c.msrs.tsc_deadline = value;
+        return true;
+    }
+    return false;
+}
+
+uint8_t get_cr8(Cpu& c) { return c.lapic ? c.lapic->get_tpr() : c.cr8_no_lapic; }
+
+void set_cr8(Cpu& c, uint8_t value)
+{
+    if (c.lapic) {
+        c.lapic->set_tpr(value);
+        c.stop_block = true; // a lower TPR can make an interrupt deliverable
+    } else {
+        c.cr8_no_lapic = value & 0xf;
+    }
+}
+
+void cpu_halt(Cpu& c)
+{
+    c.halted = true;
+    c.stop_block = true;
+}
+
+} // namespace vessel::soft

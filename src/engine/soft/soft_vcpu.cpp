@@ -1,0 +1,237 @@
+#include "engine/soft/soft_vcpu.h"
+
+#include <chrono>
+
+#include "base/log.h"
+#include "bus/bus.h"
+#include "engine/soft/exceptions.h"
+#include "engine/soft/flags.h"
+#include "engine/soft/interpreter.h"
+#include "engine/soft/platform.h"
+#include "engine/soft/segments.h"
+#include "engine/soft/soft_engine.h"
+#include "engine/soft/state.h"
+
+namespace vessel {
+
+using namespace soft;
+
+namespace {
+
+// Instructions between looks at timers and the kick flag. Interrupts arriving from other
+// threads raise cpu.attention and are seen at the next block boundary regardless.
+constexpr uint64_t kSlice = 20'000;
+
+// The vCPU's APIC page as the MMU sees it.
+class ApicPage : public BusDevice {
+public:
+    explicit ApicPage(Lapic& lapic) : m_lapic(lapic) { }
+    std::string_view name() const override { return "lapic"; }
+    void read(uint64_t offset, std::span<uint8_t> data) override { m_lapic.mmio_read(offset, data); }
+    void write(uint64_t offset, std::span<const uint8_t> data) override { m_lapic.mmio_write(offset, data); }
+
+private:
+    Lapic& m_lapic;
+};
+
+} // namespace
+
+SoftVcpu::SoftVcpu(SoftEngine& engine, uint32_t id, IoHandler& io)
+    : m_engine(engine)
+    , m_id(id)
+    , m_cache(engine.machine())
+{
+    m_cpu.machine = &engine.machine();
+    m_cpu.io = &io;
+    m_cpu.id = id;
+    m_cpu.clock = &engine.irqchip().clock();
+}
+
+SoftVcpu::~SoftVcpu() = default;
+
+Result<std::unique_ptr<SoftVcpu>> SoftVcpu::create(SoftEngine& engine, uint32_t id, IoHandler& io)
+{
+    std::unique_ptr<SoftVcpu> vcpu(new SoftVcpu(engine, id, io));
+    Cpu& c = vcpu->m_cpu;
+    Lapic* lapic = TRY(engine.irqchip().add_lapic(id, *vcpu));
+    vcpu->m_lapic = lapic;
+    vcpu->m_apic_page = std::make_unique<ApicPage>(*lapic);
+    c.lapic = lapic;
+    c.apic_page = vcpu->m_apic_page.get();
+    try {
+        reset_cpu(c);
+    } catch (const EngineAbort& abort) {
+        return make_error("soft engine: vCPU {} reset: {}", id, abort.what);
+    }
+    c.apic_base = lapic->apic_base_msr();
+    set_guest_tsc(c, 0);
+    // The BSP runs from its boot state; APs wait for INIT and SIPI from the guest.
+    c.mp_state = id == 0 ? MpState::Runnable : MpState::Uninitialized;
+    return vcpu;
+}
+
+void SoftVcpu::wake()
+{
+    {
+        std::lock_guard lock(m_sleep_mutex);
+        m_wakeup = true;
+    }
+    m_cpu.attention.store(true, std::memory_order_release);
+    m_sleep_cv.notify_one();
+}
+
+void SoftVcpu::kick()
+{
+    m_kick.store(true, std::memory_order_release);
+    wake();
+}
+
+void SoftVcpu::lapic_kick() { wake(); }
+
+void SoftVcpu::lapic_init()
+{
+    m_init_pending.store(true, std::memory_order_release);
+    wake();
+}
+
+void SoftVcpu::lapic_sipi(uint8_t vector)
+{
+    m_sipi_pending.store(vector, std::memory_order_release);
+    wake();
+}
+
+Result<void> SoftVcpu::inject_interrupt(uint8_t vector)
+{
+    ApicMessage message {};
+    message.dest = m_lapic->apic_id();
+    message.vector = vector;
+    m_lapic->accept(message);
+    return {};
+}
+
+uint64_t SoftVcpu::next_deadline() const
+{
+    uint64_t deadline = m_lapic->next_deadline_ns();
+    if (m_id == 0)
+        deadline = std::min(deadline, m_engine.irqchip().next_deadline_ns());
+    return deadline;
+}
+
+void SoftVcpu::sleep_until(uint64_t deadline_ns)
+{
+    VirtualClock& clock = m_engine.irqchip().clock();
+    std::unique_lock lock(m_sleep_mutex);
+    if (m_wakeup) {
+        m_wakeup = false;
+        return;
+    }
+    if (deadline_ns == UINT64_MAX) {
+        m_sleep_cv.wait(lock, [&] { return m_wakeup; });
+    } else {
+        uint64_t now = clock.now_ns();
+        if (deadline_ns > now)
+            m_sleep_cv.wait_for(lock, std::chrono::nanoseconds(deadline_ns - now), [&] { return m_wakeup; });
+    }
+    m_wakeup = false;
+}
+
+void SoftVcpu::handle_init_sipi()
+{
+    Cpu& c = m_cpu;
+    if (m_init_pending.exchange(false, std::memory_order_acq_rel)) {
+        uint64_t apic_base = c.apic_base;
+        int64_t tsc_offset = c.tsc_offset;
+        reset_cpu(c);
+        c.apic_base = apic_base;
+        c.tsc_offset = tsc_offset;
+        c.halted = false;
+        c.mp_state = m_id == 0 ? MpState::Runnable : MpState::InitReceived;
+        m_sipi_pending.store(-1, std::memory_order_release);
+    }
+    int sipi = m_sipi_pending.exchange(-1, std::memory_order_acq_rel);
+    if (sipi >= 0 && c.mp_state == MpState::InitReceived) {
+        // Start-up: real mode at vector * 4 KiB.
+        c.seg[CS].selector = static_cast<uint16_t>(sipi << 8);
+        c.seg[CS].base = static_cast<uint64_t>(sipi) << 12;
+        c.rip = 0;
+        c.mp_state = MpState::Runnable;
+        c.update_mode();
+        log_debug("soft engine: vCPU {} started at {:#x}", m_id, c.seg[CS].base);
+    }
+}
+
+// Delivers a pending NMI or maskable interrupt when the CPU can take it. Returns true if the
+// vCPU has something to run (it was woken or is running).
+bool SoftVcpu::deliver_pending_events()
+{
+    Cpu& c = m_cpu;
+    try {
+        if (m_lapic->has_pending_nmi() && !c.nmi_masked && !c.interrupt_shadow) {
+            if (m_lapic->acknowledge_nmi()) {
+                c.halted = false;
+                c.nmi_masked = true;
+                deliver_event(c, kExcNMI, EventKind::Nmi, false, 0);
+            }
+        } else if (m_lapic->has_pending_interrupt() && (c.rflags & kIF) && !c.interrupt_shadow) {
+            uint8_t vector = m_lapic->acknowledge();
+            c.halted = false;
+            deliver_event(c, vector, EventKind::External, false, 0);
+        }
+    } catch (const GuestFault& fault) {
+        deliver_fault(c, fault);
+    }
+    return !c.halted;
+}
+
+Result<VcpuExit> SoftVcpu::run()
+{
+    Cpu& c = m_cpu;
+    VirtualClock& clock = m_engine.irqchip().clock();
+    try {
+        for (;;) {
+            if (m_kick.exchange(false, std::memory_order_acq_rel))
+                return VcpuExit { VcpuExitKind::Kicked, {} };
+            c.attention.store(false, std::memory_order_relaxed);
+            handle_init_sipi();
+            if (c.mp_state != MpState::Runnable) {
+                sleep_until(UINT64_MAX);
+                continue;
+            }
+            uint64_t now = clock.now_ns();
+            m_lapic->run_timers(now);
+            if (m_id == 0)
+                m_engine.irqchip().run_timers(now);
+            if (!deliver_pending_events()) {
+                sleep_until(next_deadline());
+                continue;
+            }
+            m_instructions += execute(c, m_cache, kSlice);
+        }
+    } catch (const TripleFault&) {
+        return VcpuExit { VcpuExitKind::Shutdown,
+                          fmt::format("vCPU {} shut down (triple fault) at RIP {:#x}", m_id, c.insn_start) };
+    } catch (const EngineAbort& abort) {
+        return VcpuExit { VcpuExitKind::InternalError,
+                          fmt::format("vCPU {}: {} ({:#x}) at CS:RIP {:#x}:{:#x}", m_id, abort.what, abort.detail,
+                                      c.seg[CS].selector, c.insn_start) };
+    }
+}
+
+Result<CpuState> SoftVcpu::get_state()
+{
+    CpuState s = state_from_cpu(m_cpu);
+    m_lapic->save_regs(s.lapic);
+    return s;
+}
+
+Result<void> SoftVcpu::set_state(const CpuState& state)
+{
+    cpu_from_state(m_cpu, state);
+    m_lapic->write_msr(Lapic::kMsrApicBase, state.apic_base);
+    m_lapic->restore_regs(state.lapic);
+    m_cpu.apic_base = m_lapic->apic_base_msr();
+    set_cr8(m_cpu, static_cast<uint8_t>(state.cr8));
+    return {};
+}
+
+} // namespace vessel

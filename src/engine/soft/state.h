@@ -1,0 +1,14 @@
+// Conversion between the interpreter's Cpu and the engine-neutral CpuState (the soft engine's
+// side of snapshots and cross-engine restore). The LAPIC page is converted by the vCPU.
+#pragma once
+
+#include "arch/x86/cpu_state.h"
+#include "engine/soft/cpu.h"
+
+namespace vessel::soft {
+
+CpuState state_from_cpu(Cpu& c);
+// Loads everything but the LAPIC; flushes the TLB and recomputes the mode.
+void cpu_from_state(Cpu& c, const CpuState& s);
+
+} // namespace vessel::soft
