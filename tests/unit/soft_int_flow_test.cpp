@@ -10,12 +10,27 @@ using Xbyak::Label;
 
 class SoftIntFlow : public SoftIntTest { };
 
-// Xbyak emits the 16 Jcc forms through these members.
-using JccFn = void (CodeGenerator::*)(const Label&, CodeGenerator::LabelType);
-const JccFn kJcc[16] = { &CodeGenerator::jo, &CodeGenerator::jno, &CodeGenerator::jb, &CodeGenerator::jnb,
-    &CodeGenerator::jz, &CodeGenerator::jnz, &CodeGenerator::jbe, &CodeGenerator::jnbe, &CodeGenerator::js,
-    &CodeGenerator::jns, &CodeGenerator::jp, &CodeGenerator::jnp, &CodeGenerator::jl, &CodeGenerator::jnl,
-    &CodeGenerator::jle, &CodeGenerator::jnle };
+void host_jcc(CodeGenerator& g, unsigned cc, const Label& l, CodeGenerator::LabelType type)
+{
+    switch (cc) {
+    case 0: g.jo(l, type); break;
+    case 1: g.jno(l, type); break;
+    case 2: g.jb(l, type); break;
+    case 3: g.jnb(l, type); break;
+    case 4: g.jz(l, type); break;
+    case 5: g.jnz(l, type); break;
+    case 6: g.jbe(l, type); break;
+    case 7: g.jnbe(l, type); break;
+    case 8: g.js(l, type); break;
+    case 9: g.jns(l, type); break;
+    case 10: g.jp(l, type); break;
+    case 11: g.jnp(l, type); break;
+    case 12: g.jl(l, type); break;
+    case 13: g.jnl(l, type); break;
+    case 14: g.jle(l, type); break;
+    default: g.jnle(l, type); break;
+    }
+}
 
 // The SDM's condition table, independent of the engine's test_cc.
 bool condition(unsigned cc, uint64_t f)
@@ -42,7 +57,7 @@ TEST_F(SoftIntFlow, ConditionalJumpsFollowTheFlags)
         for (bool near : { false, true }) {
             CodeGenerator g;
             Label taken;
-            (g.*kJcc[cc])(taken, near ? CodeGenerator::T_NEAR : CodeGenerator::T_SHORT);
+            host_jcc(g, cc, taken, near ? CodeGenerator::T_NEAR : CodeGenerator::T_SHORT);
             g.mov(g.eax, 2);
             g.hlt();
             g.L(taken);

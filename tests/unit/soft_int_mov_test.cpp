@@ -272,29 +272,63 @@ const ZydisMnemonic kSet[16] = { ZYDIS_MNEMONIC_SETO, ZYDIS_MNEMONIC_SETNO, ZYDI
     ZYDIS_MNEMONIC_SETNS, ZYDIS_MNEMONIC_SETP, ZYDIS_MNEMONIC_SETNP, ZYDIS_MNEMONIC_SETL, ZYDIS_MNEMONIC_SETNL,
     ZYDIS_MNEMONIC_SETLE, ZYDIS_MNEMONIC_SETNLE };
 
-using CmovFn = void (CodeGenerator::*)(const Xbyak::Reg&, const Xbyak::Operand&);
-using SetFn = void (CodeGenerator::*)(const Xbyak::Operand&);
-const CmovFn kHostCmov[16] = { &CodeGenerator::cmovo, &CodeGenerator::cmovno, &CodeGenerator::cmovb,
-    &CodeGenerator::cmovnb, &CodeGenerator::cmovz, &CodeGenerator::cmovnz, &CodeGenerator::cmovbe,
-    &CodeGenerator::cmovnbe, &CodeGenerator::cmovs, &CodeGenerator::cmovns, &CodeGenerator::cmovp,
-    &CodeGenerator::cmovnp, &CodeGenerator::cmovl, &CodeGenerator::cmovnl, &CodeGenerator::cmovle,
-    &CodeGenerator::cmovnle };
-const SetFn kHostSet[16] = { &CodeGenerator::seto, &CodeGenerator::setno, &CodeGenerator::setb, &CodeGenerator::setnb,
-    &CodeGenerator::setz, &CodeGenerator::setnz, &CodeGenerator::setbe, &CodeGenerator::setnbe, &CodeGenerator::sets,
-    &CodeGenerator::setns, &CodeGenerator::setp, &CodeGenerator::setnp, &CodeGenerator::setl, &CodeGenerator::setnl,
-    &CodeGenerator::setle, &CodeGenerator::setnle };
+// cmovcc / setcc by condition code (a switch: member-function-pointer tables trip GCC's
+// maybe-uninitialized analysis under the sanitizers).
+void host_cmov(CodeGenerator& g, unsigned cc, const Xbyak::Reg& d, const Xbyak::Operand& s)
+{
+    switch (cc) {
+    case 0: g.cmovo(d, s); break;
+    case 1: g.cmovno(d, s); break;
+    case 2: g.cmovb(d, s); break;
+    case 3: g.cmovnb(d, s); break;
+    case 4: g.cmovz(d, s); break;
+    case 5: g.cmovnz(d, s); break;
+    case 6: g.cmovbe(d, s); break;
+    case 7: g.cmovnbe(d, s); break;
+    case 8: g.cmovs(d, s); break;
+    case 9: g.cmovns(d, s); break;
+    case 10: g.cmovp(d, s); break;
+    case 11: g.cmovnp(d, s); break;
+    case 12: g.cmovl(d, s); break;
+    case 13: g.cmovnl(d, s); break;
+    case 14: g.cmovle(d, s); break;
+    default: g.cmovnle(d, s); break;
+    }
+}
+
+void host_set(CodeGenerator& g, unsigned cc, const Xbyak::Operand& d)
+{
+    switch (cc) {
+    case 0: g.seto(d); break;
+    case 1: g.setno(d); break;
+    case 2: g.setb(d); break;
+    case 3: g.setnb(d); break;
+    case 4: g.setz(d); break;
+    case 5: g.setnz(d); break;
+    case 6: g.setbe(d); break;
+    case 7: g.setnbe(d); break;
+    case 8: g.sets(d); break;
+    case 9: g.setns(d); break;
+    case 10: g.setp(d); break;
+    case 11: g.setnp(d); break;
+    case 12: g.setl(d); break;
+    case 13: g.setnl(d); break;
+    case 14: g.setle(d); break;
+    default: g.setnle(d); break;
+    }
+}
 
 TEST_F(SoftIntMov, ConditionalMovesAndSetsMatchHost)
 {
     const uint64_t bits[] = { kCF, kPF, kZF, kSF, kOF };
     for (unsigned cc = 0; cc < 16; ++cc) {
-        HostOracle set_reg([&](CodeGenerator& g) { (g.*kHostSet[cc])(g.dl); });
-        HostOracle set_mem([&](CodeGenerator& g) { (g.*kHostSet[cc])(host_mem(g, 1)); });
+        HostOracle set_reg([&](CodeGenerator& g) { host_set(g, cc, g.dl); });
+        HostOracle set_mem([&](CodeGenerator& g) { host_set(g, cc, host_mem(g, 1)); });
         Insn i_set_reg = make_insn(kSet[cc], { R(RDX, 1) });
         Insn i_set_mem = mem_data(make_insn(kSet[cc], { M(1) }));
         for (unsigned size : { 2u, 4u, 8u }) {
-            HostOracle cmov([&](CodeGenerator& g) { (g.*kHostCmov[cc])(host_reg(0, size), host_reg(1, size)); });
-            HostOracle cmov_mem([&](CodeGenerator& g) { (g.*kHostCmov[cc])(host_reg(0, size), host_mem(g, size)); });
+            HostOracle cmov([&](CodeGenerator& g) { host_cmov(g, cc, host_reg(0, size), host_reg(1, size)); });
+            HostOracle cmov_mem([&](CodeGenerator& g) { host_cmov(g, cc, host_reg(0, size), host_mem(g, size)); });
             Insn i_cmov = make_insn(kCmov[cc], { R(RAX, size), R(RCX, size) });
             Insn i_cmov_mem = mem_data(make_insn(kCmov[cc], { R(RAX, size), M(size) }));
             for (unsigned combo = 0; combo < 32; ++combo) {
@@ -316,11 +350,11 @@ TEST_F(SoftIntMov, ConditionalMovesAndSetsMatchHost)
         for (unsigned size : { 1u, 2u, 4u, 8u }) {
             HostOracle after_cmp([&](CodeGenerator& g) {
                 g.cmp(host_reg(0, size), host_reg(1, size));
-                (g.*kHostSet[cc])(g.dl);
+                host_set(g, cc, g.dl);
             });
             HostOracle after_add([&](CodeGenerator& g) {
                 g.add(host_reg(0, size), host_reg(1, size));
-                (g.*kHostSet[cc])(g.dl);
+                host_set(g, cc, g.dl);
             });
             Insn cmp = make_insn(ZYDIS_MNEMONIC_CMP, { R(RAX, size), R(RCX, size) });
             Insn add = make_insn(ZYDIS_MNEMONIC_ADD, { R(RAX, size), R(RCX, size) });

@@ -6,11 +6,11 @@
 // sides are RAM, keeping the element-by-element semantics for overlapping MOVS (a forward MOVSB
 // onto its own source replicates the pattern). A REP instruction does a bounded amount of work
 // per execution; while RCX is not exhausted it rewinds RIP to itself so the block loop runs it
-// again (interrupts can be taken in between). Registers are committed after every element/run,
-// so a fault leaves RSI/RDI/RCX at the faulting iteration.
+// again (interrupts can be taken in between; a store to MMIO or to a code page that sets
+// stop_block needs no earlier exit, as REP instructions end their block anyway). Registers are
+// committed after every element/run, so a fault leaves RSI/RDI/RCX at the faulting iteration.
 #include <algorithm>
 #include <cstring>
-#include <utility>
 
 #include "engine/soft/exec_int.h"
 
@@ -176,8 +176,6 @@ uint64_t rep_bulk(Cpu& c, const Insn& in, uint64_t count)
         count -= n;
         bytes += n * S;
         write_gpr(c, RCX, in.asize, count);
-        if (c.stop_block)
-            break; // wrote code or MMIO: let the block loop look
     }
     return count;
 }
@@ -192,7 +190,6 @@ void exec_string(Cpu& c, const Insn& in)
     uint64_t count = read_gpr(c, RCX, in.asize);
     if (count == 0)
         return;
-    const bool entry_stop = std::exchange(c.stop_block, false);
     if (K == Str::Movs || K == Str::Stos) {
         count = rep_bulk<K, S>(c, in, count);
     } else {
@@ -201,20 +198,15 @@ void exec_string(Cpu& c, const Insn& in)
             write_gpr(c, RCX, in.asize, --count);
             if (K == Str::Cmps || K == Str::Scas) {
                 // REPE (F3) ends on a difference, REPNE (F2) on a match.
-                if (flag_zf(c) != ((in.flags & kFlagRep) != 0)) {
-                    c.stop_block |= entry_stop;
+                if (flag_zf(c) != ((in.flags & kFlagRep) != 0))
                     return;
-                }
             }
-            if (c.stop_block)
-                break;
         }
     }
     if (count != 0) {
         c.rip = c.insn_start; // not finished: run it again
         c.stop_block = true;
     }
-    c.stop_block |= entry_stop;
 }
 
 // MOVSD and CMPSD are also SSE2 mnemonics (F2 0F 10/11 and F2 0F C2).
