@@ -8,7 +8,7 @@ namespace {
 using Xbyak::CodeGenerator;
 using Xbyak::Label;
 
-class SoftIntFlow : public SoftIntTest { };
+class SoftIntFlow : public SoftIntProgram { };
 
 void host_jcc(CodeGenerator& g, unsigned cc, const Label& l, CodeGenerator::LabelType type)
 {
@@ -235,7 +235,6 @@ TEST_F(SoftIntFlow, PushSegmentAndPopMemoryFault)
     EXPECT_EQ(cpu().gpr[RSP], kStackTop - 8);
 
     // POP m64 to a read-only page: #PF with RSP unchanged.
-    enable_paging();
     make_readonly(kData);
     CodeGenerator q;
     q.mov(q.rsp, kStackTop);
