@@ -9,9 +9,9 @@ namespace {
 
 using Xbyak::CodeGenerator;
 
-class SoftIntString : public SoftIntTest { };
+class SoftIntString : public SoftIntProgram { };
 
-constexpr uint64_t kSrc = 0x100000, kDst = 0x200000;
+constexpr uint64_t kSrc = 0x400000, kDst = 0x600000;
 
 void fill_pattern(uint8_t* p, size_t n, uint8_t seed)
 {
@@ -66,7 +66,7 @@ TEST_F(SoftIntString, RepMovsForwardAndBackward)
 
 TEST_F(SoftIntString, OverlappingMovsHasElementByElementSemantics)
 {
-    constexpr uint64_t kBuf = 0x300000;
+    constexpr uint64_t kBuf = 0x800000;
     constexpr uint64_t kCount = 300; // crosses pages for the larger element sizes
     for (unsigned s : { 1u, 2u, 4u, 8u }) {
         for (bool back : { false, true }) {
@@ -115,7 +115,6 @@ TEST_F(SoftIntString, OverlappingMovsHasElementByElementSemantics)
 
 TEST_F(SoftIntString, RepStosWidthsAndPageCrossing)
 {
-    enable_paging();
     struct Case {
         unsigned s;
         uint64_t rax;
@@ -157,7 +156,6 @@ TEST_F(SoftIntString, RepStosWidthsAndPageCrossing)
 
 TEST_F(SoftIntString, FaultMidStringLeavesRegistersAtTheFaultingIteration)
 {
-    enable_paging();
     constexpr uint64_t kHole = kDst + 0x2000;
     unmap(kHole);
     // STOSD towards the unmapped page: 0x1000 bytes fit, the iteration at kHole faults.

@@ -1,7 +1,10 @@
-// Test support for the soft engine's integer handlers: a 64-bit vCPU over 16 MiB of guest RAM
-// (paging off = identity, or 4-level identity paging with 4 KiB pages to test faults), hand-built
-// Insn records run through the registered handlers, and a host oracle that executes the same
-// instruction on the host CPU (Xbyak) for the architecturally defined results and flags.
+// Test support for the soft engine's integer handlers:
+// - SoftIntTest: a 64-bit vCPU over 16 MiB of guest RAM (paging off = identity, or 4-level
+//   identity paging with 4 KiB pages to test faults) running hand-built Insn records through the
+//   registered handlers, and a host oracle that executes the same instruction on the host CPU
+//   (Xbyak) for the architecturally defined results and flags;
+// - SoftIntProgram: guest programs (Xbyak code) through the decoder and interpreter loop
+//   (SoftHarness).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -15,11 +18,11 @@
 #include <xbyak/xbyak.h>
 
 #include "engine/soft/cpu.h"
-#include "engine/soft/decoder.h"
 #include "engine/soft/flags.h"
 #include "engine/soft/handlers.h"
 #include "engine/soft/mmu.h"
 #include "memory/guest_memory.h"
+#include "soft_test_support.h"
 
 namespace vessel::soft::testing {
 
@@ -209,40 +212,6 @@ protected:
         return runs;
     }
 
-    // Decodes and runs guest code from kCodeAddr until HLT (not executed: RIP stops after it) or
-    // an exception (returned; RIP rewound to the faulting instruction). A REP instruction that
-    // rewinds RIP to itself is simply fetched again; executions() counts handler calls.
-    std::optional<GuestFault> run_code(const Xbyak::CodeGenerator& code, uint64_t max_steps = 50'000'000)
-    {
-        std::memcpy(ram(kCodeAddr), code.getCode(), code.getSize());
-        m_cpu.rip = kCodeAddr;
-        m_executions = 0;
-        for (uint64_t step = 0; step < max_steps; ++step) {
-            Insn in;
-            if (m_decoder.decode(m_cpu.mode, ram(m_cpu.rip), 15, in) != Decoder::Status::Ok) {
-                ADD_FAILURE() << "undecodable code at " << m_cpu.rip;
-                return GuestFault { kExcUD, false, 0, 0 };
-            }
-            if (in.mnemonic == ZYDIS_MNEMONIC_HLT) {
-                m_cpu.rip += in.length;
-                return std::nullopt;
-            }
-            m_cpu.insn_start = m_cpu.rip;
-            m_cpu.rip += in.length;
-            ++m_executions;
-            try {
-                in.exec(m_cpu, in);
-            } catch (const GuestFault& f) {
-                m_cpu.rip = m_cpu.insn_start;
-                return f;
-            }
-            m_cpu.stop_block = false;
-        }
-        ADD_FAILURE() << "guest code did not reach HLT";
-        return std::nullopt;
-    }
-    uint64_t executions() const { return m_executions; }
-
     uint64_t flags() { return get_rflags(m_cpu) & kArithFlags; }
     void set_flags(uint64_t f) { set_rflags_bits(m_cpu, f, kArithFlags | kDF); }
 
@@ -292,8 +261,6 @@ private:
     GuestMemory m_mem;
     SoftMachine m_machine;
     Cpu m_cpu;
-    Decoder m_decoder;
-    uint64_t m_executions { 0 };
 };
 
 // Values with interesting carries/overflows at every width.
@@ -341,5 +308,82 @@ inline ::testing::AssertionResult SoftIntTest::matches_host(std::initializer_lis
         << " rcx=" << hex(h.rcx) << " rdx=" << hex(h.rdx) << " rbx=" << hex(h.rbx) << " mem=" << hex(h.mem)
         << " flags=" << hex(want_flags);
 }
+
+} // namespace vessel::soft::testing
+
+namespace vessel::soft::testing {
+
+// Guest programs (Xbyak code) through the decoder, block cache and interpreter loop of the lead's
+// SoftHarness: 64-bit mode, identity paging of the first GiB (2 MiB pages, split into 4 KiB
+// pages on demand to unmap or write-protect one).
+class SoftIntProgram : public ::testing::Test {
+protected:
+    static constexpr uint64_t kCodeAddr = test::kCodeBase;
+    static constexpr uint64_t kStackTop = test::kStackTop;
+    static constexpr uint64_t kData = test::kDataBase;
+    static constexpr uint64_t kPtArea = 0xc00000; // 4 KiB page tables for split 2 MiB pages
+
+    Cpu& cpu() { return m_h.cpu(); }
+    test::SoftHarness& harness() { return m_h; }
+    uint8_t* ram(uint64_t gpa) { return m_h.memory().host_ptr(gpa, 1); }
+    template<typename T>
+    T peek(uint64_t gpa)
+    {
+        return m_h.read<T>(gpa);
+    }
+    template<typename T>
+    void poke(uint64_t gpa, T v)
+    {
+        m_h.write<T>(gpa, v);
+    }
+    uint64_t flags() { return get_rflags(cpu()) & kArithFlags; }
+    void set_flags(uint64_t f) { set_rflags_bits(cpu(), f, kArithFlags | kDF); }
+
+    // Loads the code at kCodeAddr and runs it until HLT (nullopt) or a fault (returned, RIP at
+    // the faulting instruction).
+    std::optional<GuestFault> run_code(const Xbyak::CodeGenerator& code, uint64_t budget = 50'000'000)
+    {
+        m_h.load(std::span(code.getCode(), code.getSize()));
+        m_h.cache().flush(); // the load bypassed code-page tracking: drop blocks of earlier code
+        test::RunResult r = m_h.run(budget);
+        m_insns = r.insns;
+        if (r.kind == test::RunResult::Fault)
+            return r.fault;
+        if (r.kind != test::RunResult::Halted)
+            ADD_FAILURE() << "guest code did not reach HLT (" << int(r.kind) << " " << r.abort_message << ")";
+        return std::nullopt;
+    }
+    // Instructions executed by the last run_code (each re-execution of a REP instruction counts).
+    uint64_t executions() const { return m_insns; }
+
+    void unmap(uint64_t page)
+    {
+        poke<uint64_t>(split(page) + ((page >> 12) & 511) * 8, 0);
+        cpu().tlb.flush();
+    }
+    void make_readonly(uint64_t page)
+    {
+        poke<uint64_t>(split(page) + ((page >> 12) & 511) * 8, (page & ~0xfffULL) | 5);
+        cpu().tlb.flush();
+    }
+
+private:
+    // The page table of the 2 MiB region holding `gpa`, splitting its large page first.
+    uint64_t split(uint64_t gpa)
+    {
+        uint64_t i = gpa >> 21;
+        uint64_t pde = peek<uint64_t>(test::kPd + i * 8);
+        if (!(pde & 0x80))
+            return pde & ~0xfffULL;
+        uint64_t pt = kPtArea + i * 0x1000;
+        for (uint64_t j = 0; j < 512; ++j)
+            poke<uint64_t>(pt + j * 8, (i << 21) | (j << 12) | 7);
+        poke<uint64_t>(test::kPd + i * 8, pt | 7);
+        return pt;
+    }
+
+    test::SoftHarness m_h;
+    uint64_t m_insns { 0 };
+};
 
 } // namespace vessel::soft::testing

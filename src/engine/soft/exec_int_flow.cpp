@@ -1,6 +1,6 @@
 // Near control flow and the stack: Jcc JMP CALL RET LOOP LOOPE LOOPNE JCXZ/JECXZ/JRCXZ, PUSH POP
-// ENTER LEAVE. Far JMP/CALL/RET and POP to a segment register belong to the system group (passed
-// on through call_previous).
+// ENTER LEAVE. Far JMP/CALL/RET and PUSH/POP of segment registers belong to the system group
+// (passed on through call_previous).
 #include <utility>
 
 #include "engine/soft/exec_int.h"
@@ -113,12 +113,8 @@ void exec_jcxz(Cpu& c, const Insn& in)
 
 void exec_push(Cpu& c, const Insn& in)
 {
-    if (in.op[0].kind == OpKind::Seg) {
-        // PUSH Sreg: the stack pointer moves by the operand size; current processors write only
-        // the 16-bit selector.
-        uint64_t sp = (c.gpr[RSP] - in.osize) & stack_mask(c);
-        write_linear<uint16_t>(c, seg_linear(c, SS, sp), c.seg[in.op[0].reg].selector);
-        set_sp(c, sp);
+    if (in.op[0].kind == OpKind::Seg) [[unlikely]] {
+        call_previous(c, in); // PUSH Sreg: system group
         return;
     }
     push(c, in.osize, read_op(c, in, 0)); // PUSH RSP pushes the value before the decrement

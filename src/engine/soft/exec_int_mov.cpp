@@ -13,13 +13,11 @@ bool is_system_operand(OpKind k) { return k == OpKind::Cr || k == OpKind::Dr || 
 
 void exec_mov(Cpu& c, const Insn& in)
 {
-    OpKind k0 = in.op[0].kind, k1 = in.op[1].kind;
-    // MOV to a segment register and MOV to/from CR/DR belong to the system group.
-    if (is_system_operand(k0) || k1 == OpKind::Cr || k1 == OpKind::Dr) {
+    // MOV to/from segment, control and debug registers belong to the system group.
+    if (is_system_operand(in.op[0].kind) || is_system_operand(in.op[1].kind)) [[unlikely]] {
         call_previous(c, in);
         return;
     }
-    // MOV r/m, Sreg: the selector, zero-extended into a register, 16 bits to memory.
     write_op(c, in, 0, read_op(c, in, 1));
 }
 
