@@ -26,8 +26,8 @@ constexpr uint32_t kFpu = 1u << 0, kPse = 1u << 3, kTsc = 1u << 4, kMsr = 1u << 
 } // namespace cpuid1
 
 // ---- What the SSE/x87 group implements: edit these when it grows. ----
-// Leaf 1 EDX: x87, FXSAVE/FXRSTOR, SSE, SSE2 (the x86-64 baseline; add kMmx once MMX is in).
-constexpr uint32_t kSseGroupLeaf1Edx = cpuid1::kFpu | cpuid1::kFxsr | cpuid1::kSse | cpuid1::kSse2;
+// Leaf 1 EDX: x87, MMX, FXSAVE/FXRSTOR, SSE, SSE2 (the x86-64 baseline).
+constexpr uint32_t kSseGroupLeaf1Edx = cpuid1::kFpu | cpuid1::kMmx | cpuid1::kFxsr | cpuid1::kSse | cpuid1::kSse2;
 // Leaf 1 ECX: nothing beyond SSE2 yet (add kSse3, kSsse3, kSse41, kSse42, kPclmulqdq, kAes...).
 constexpr uint32_t kSseGroupLeaf1Ecx = 0;
 // XSAVE/XRSTOR with XCR0 = x87|SSE (XSAVEOPT/XSAVEC/XSAVES not advertised: leaf 0xD.1 EAX = 0).
