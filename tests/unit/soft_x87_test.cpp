@@ -9,15 +9,15 @@ namespace {
 using G = Xbyak::CodeGenerator;
 
 // Memory layout of the x87 test state.
-constexpr int kF80 = 0;    // 16 extended values, 16 bytes apart
-constexpr int kF32 = 256;  // 16 floats
-constexpr int kF64 = 320;  // 16 doubles
-constexpr int kI16 = 448;  // 16 words
-constexpr int kI32 = 480;  // 8 doublewords
-constexpr int kI64 = 512;  // 8 quadwords
-constexpr int kCw = 600;   // control word loaded by the programs
-constexpr int kOut = 640;  // results
-constexpr int kFx = 1024;  // FXSAVE64 image at the end
+constexpr int kF80 = 0; // 16 extended values, 16 bytes apart
+constexpr int kF32 = 256; // 16 floats
+constexpr int kF64 = 320; // 16 doubles
+constexpr int kI16 = 448; // 16 words
+constexpr int kI32 = 480; // 8 doublewords
+constexpr int kI64 = 512; // 8 quadwords
+constexpr int kCw = 600; // control word loaded by the programs
+constexpr int kOut = 640; // results
+constexpr int kFx = 1024; // FXSAVE64 image at the end
 constexpr int kEnv = 1536; // environment / FNSAVE images
 
 void modrm_disp32(G& g, uint8_t opcode, unsigned reg, int32_t disp)
@@ -26,8 +26,14 @@ void modrm_disp32(G& g, uint8_t opcode, unsigned reg, int32_t disp)
     g.db(0x86 | (reg << 3)); // [rsi + disp32]
     g.dd(static_cast<uint32_t>(disp));
 }
-void fld80(G& g, int32_t disp) { modrm_disp32(g, 0xdb, 5, disp); }
-void fstp80(G& g, int32_t disp) { modrm_disp32(g, 0xdb, 7, disp); }
+void fld80(G& g, int32_t disp)
+{
+    modrm_disp32(g, 0xdb, 5, disp);
+}
+void fstp80(G& g, int32_t disp)
+{
+    modrm_disp32(g, 0xdb, 7, disp);
+}
 void fxsave64(G& g, int32_t disp)
 {
     g.db(0x48);
@@ -41,12 +47,13 @@ void fxsave64(G& g, int32_t disp)
 // MXCSR_MASK on the host model.
 constexpr std::initializer_list<Ignore> kFxIgnore = { { kFx + 6, kFx + 24 }, { kFx + 28, kFx + 32 } };
 // The same for programs that also FXSAVE64 to kEnv.
-constexpr std::initializer_list<Ignore> kFxIgnore2 = { { kFx + 6, kFx + 24 },
-                                                       { kFx + 28, kFx + 32 },
-                                                       { kEnv + 6, kEnv + 24 },
-                                                       { kEnv + 28, kEnv + 32 } };
+constexpr std::initializer_list<Ignore> kFxIgnore2
+    = { { kFx + 6, kFx + 24 }, { kFx + 28, kFx + 32 }, { kEnv + 6, kEnv + 24 }, { kEnv + 28, kEnv + 32 } };
 
-unsigned x87_value_exp(const Cpu& c, unsigned i) { return fpu::fx_get<uint16_t>(c, fpu::kSt + 16 * i + 8) & 0x7fff; }
+unsigned x87_value_exp(const Cpu& c, unsigned i)
+{
+    return fpu::fx_get<uint16_t>(c, fpu::kSt + 16 * i + 8) & 0x7fff;
+}
 
 // The contents of empty registers are whatever they held before (on the host: earlier host
 // x87 work), so they are cleared before comparing: in the final FXSAVE image (stack order, the
@@ -79,14 +86,38 @@ void random_f80(Rng& r, uint64_t& mant, uint16_t& se)
 {
     uint16_t sign = r.below(2) ? 0x8000 : 0;
     switch (r.below(16)) {
-    case 0: mant = 0; se = sign; return; // zero
-    case 1: mant = 1ULL << 63; se = sign | 0x7fff; return; // infinity
-    case 2: mant = 0xc000000000000000ULL | (r.next() >> 2); se = sign | 0x7fff; return; // QNaN
-    case 3: mant = 0x8000000000000000ULL | (r.next() >> 3) | 1; se = sign | 0x7fff; return; // SNaN
-    case 4: mant = r.next() >> 1; se = sign; return; // denormal
-    case 5: mant = (1ULL << 63) | r.next(); se = sign; return; // pseudo-denormal
-    case 6: mant = r.next() >> 1; se = sign | static_cast<uint16_t>(1 + r.below(0x7ffe)); return; // unnormal
-    case 7: mant = (1ULL << 63) | r.next(); se = sign | static_cast<uint16_t>(r.below(2) ? 0x7ffe : 1); return;
+    case 0:
+        mant = 0;
+        se = sign;
+        return; // zero
+    case 1:
+        mant = 1ULL << 63;
+        se = sign | 0x7fff;
+        return; // infinity
+    case 2:
+        mant = 0xc000000000000000ULL | (r.next() >> 2);
+        se = sign | 0x7fff;
+        return; // QNaN
+    case 3:
+        mant = 0x8000000000000000ULL | (r.next() >> 3) | 1;
+        se = sign | 0x7fff;
+        return; // SNaN
+    case 4:
+        mant = r.next() >> 1;
+        se = sign;
+        return; // denormal
+    case 5:
+        mant = (1ULL << 63) | r.next();
+        se = sign;
+        return; // pseudo-denormal
+    case 6:
+        mant = r.next() >> 1;
+        se = sign | static_cast<uint16_t>(1 + r.below(0x7ffe));
+        return; // unnormal
+    case 7:
+        mant = (1ULL << 63) | r.next();
+        se = sign | static_cast<uint16_t>(r.below(2) ? 0x7ffe : 1);
+        return;
     case 8: { // half-integers and integers near the integer limits
         static constexpr int kExp[] = { 0, 1, 14, 15, 16, 30, 31, 32, 62, 63, 64 };
         mant = (1ULL << 63) | ((r.next() & 0xffff) << (r.below(2) ? 40 : 0));
@@ -153,24 +184,25 @@ void check_x87(const char* name, const Emit& body, uint64_t seed, int iterations
 TEST(SoftX87, ArithmeticMatchesHost)
 {
 #define ARITH(op, opp, iop)                                                                                            \
-    check_x87(#op,                                                                                                     \
-              [](G& g) {                                                                                               \
-                  fld80(g, kF80);                                                                                      \
-                  fld80(g, kF80 + 16);                                                                                 \
-                  fld80(g, kF80 + 32);                                                                                 \
-                  g.op(g.st0, g.st1);                                                                                  \
-                  fstp80(g, kOut);                                                                                     \
-                  g.op(g.st1, g.st0);                                                                                  \
-                  g.op(g.dword[g.rsi + kF32 + 4]);                                                                     \
-                  g.op(g.qword[g.rsi + kF64 + 8]);                                                                     \
-                  g.iop(g.word[g.rsi + kI16 + 2]);                                                                     \
-                  g.iop(g.dword[g.rsi + kI32 + 4]);                                                                    \
-                  fld80(g, kF80 + 48);                                                                                 \
-                  g.opp(g.st2, g.st0);                                                                                 \
-                  fstp80(g, kOut + 16);                                                                                \
-                  fstp80(g, kOut + 32);                                                                                \
-              },                                                                                                       \
-              __LINE__)
+    check_x87(                                                                                                         \
+        #op,                                                                                                           \
+        [](G& g) {                                                                                                     \
+            fld80(g, kF80);                                                                                            \
+            fld80(g, kF80 + 16);                                                                                       \
+            fld80(g, kF80 + 32);                                                                                       \
+            g.op(g.st0, g.st1);                                                                                        \
+            fstp80(g, kOut);                                                                                           \
+            g.op(g.st1, g.st0);                                                                                        \
+            g.op(g.dword[g.rsi + kF32 + 4]);                                                                           \
+            g.op(g.qword[g.rsi + kF64 + 8]);                                                                           \
+            g.iop(g.word[g.rsi + kI16 + 2]);                                                                           \
+            g.iop(g.dword[g.rsi + kI32 + 4]);                                                                          \
+            fld80(g, kF80 + 48);                                                                                       \
+            g.opp(g.st2, g.st0);                                                                                       \
+            fstp80(g, kOut + 16);                                                                                      \
+            fstp80(g, kOut + 32);                                                                                      \
+        },                                                                                                             \
+        __LINE__)
     ARITH(fadd, faddp, fiadd);
     ARITH(fsub, fsubp, fisub);
     ARITH(fsubr, fsubrp, fisubr);
@@ -259,19 +291,37 @@ TEST(SoftX87, ComparesMatchHost)
             },
             seed, 300);
     };
-    cmp("fcom", [](G& g) { g.fcom(g.st1); }, 10);
-    cmp("fcomp", [](G& g) { g.fcomp(g.st1); }, 11);
-    cmp("fcompp", [](G& g) { g.fcompp(); }, 12);
-    cmp("fucom", [](G& g) { g.fucom(g.st1); }, 13);
-    cmp("fucomp", [](G& g) { g.fucomp(g.st1); }, 14);
-    cmp("fucompp", [](G& g) { g.fucompp(); }, 15);
-    cmp("fcom_m32", [](G& g) { g.fcom(g.dword[g.rsi + kF32]); }, 16);
-    cmp("fcomp_m64", [](G& g) { g.fcomp(g.qword[g.rsi + kF64]); }, 17);
-    cmp("ficom", [](G& g) { g.ficom(g.word[g.rsi + kI16]); }, 18);
-    cmp("ficomp", [](G& g) { g.ficomp(g.dword[g.rsi + kI32]); }, 19);
-    cmp("ftst", [](G& g) { g.ftst(); }, 20);
-    cmp("fxam", [](G& g) { g.fxam(); }, 21);
-    cmp("fxam_empty", [](G& g) { g.ffree(g.st0); g.fxam(); }, 22);
+    cmp(
+        "fcom", [](G& g) { g.fcom(g.st1); }, 10);
+    cmp(
+        "fcomp", [](G& g) { g.fcomp(g.st1); }, 11);
+    cmp(
+        "fcompp", [](G& g) { g.fcompp(); }, 12);
+    cmp(
+        "fucom", [](G& g) { g.fucom(g.st1); }, 13);
+    cmp(
+        "fucomp", [](G& g) { g.fucomp(g.st1); }, 14);
+    cmp(
+        "fucompp", [](G& g) { g.fucompp(); }, 15);
+    cmp(
+        "fcom_m32", [](G& g) { g.fcom(g.dword[g.rsi + kF32]); }, 16);
+    cmp(
+        "fcomp_m64", [](G& g) { g.fcomp(g.qword[g.rsi + kF64]); }, 17);
+    cmp(
+        "ficom", [](G& g) { g.ficom(g.word[g.rsi + kI16]); }, 18);
+    cmp(
+        "ficomp", [](G& g) { g.ficomp(g.dword[g.rsi + kI32]); }, 19);
+    cmp(
+        "ftst", [](G& g) { g.ftst(); }, 20);
+    cmp(
+        "fxam", [](G& g) { g.fxam(); }, 21);
+    cmp(
+        "fxam_empty",
+        [](G& g) {
+            g.ffree(g.st0);
+            g.fxam();
+        },
+        22);
 
     // FCOMI family: EFLAGS compared too.
     SseRunner soft;
@@ -301,10 +351,14 @@ TEST(SoftX87, FcmovMatchesHost)
     SseRunner soft;
     Rng rng(24);
     std::vector<Emit> ops = {
-        [](G& g) { g.fcmovb(g.st0, g.st2); },  [](G& g) { g.fcmove(g.st0, g.st2); },
-        [](G& g) { g.fcmovbe(g.st0, g.st2); }, [](G& g) { g.fcmovu(g.st0, g.st2); },
-        [](G& g) { g.fcmovnb(g.st0, g.st2); }, [](G& g) { g.fcmovne(g.st0, g.st2); },
-        [](G& g) { g.fcmovnbe(g.st0, g.st2); }, [](G& g) { g.fcmovnu(g.st0, g.st2); },
+        [](G& g) { g.fcmovb(g.st0, g.st2); },
+        [](G& g) { g.fcmove(g.st0, g.st2); },
+        [](G& g) { g.fcmovbe(g.st0, g.st2); },
+        [](G& g) { g.fcmovu(g.st0, g.st2); },
+        [](G& g) { g.fcmovnb(g.st0, g.st2); },
+        [](G& g) { g.fcmovne(g.st0, g.st2); },
+        [](G& g) { g.fcmovnbe(g.st0, g.st2); },
+        [](G& g) { g.fcmovnu(g.st0, g.st2); },
     };
     for (const Emit& op : ops) {
         Emit e = [&op](G& g) {
@@ -417,9 +471,9 @@ TEST(SoftX87, EnvironmentAndSaveMatchHost)
     Rng rng(32);
     for (int i = 0; i < 100; ++i)
         ASSERT_TRUE(differential(soft, host, e, random_x87_state(rng), false,
-                                 { { kFx + 6, kFx + 24 }, { kFx + 28, kFx + 32 }, { kEnv + 12, kEnv + 28 },
-                                   { kEnv + 32 + 12, kEnv + 32 + 28 } },
-                                 clear_empty_registers))
+            { { kFx + 6, kFx + 24 }, { kFx + 28, kFx + 32 }, { kEnv + 12, kEnv + 28 },
+                { kEnv + 32 + 12, kEnv + 32 + 28 } },
+            clear_empty_registers))
             << "iteration " << i;
 }
 
@@ -452,8 +506,8 @@ TEST(SoftX87, ControlWordAnd16BitEnvironmentMatchHost)
         VecState s = random_x87_state(rng);
         s.mem[kOut + 64] |= 0x3f; // keep the exceptions masked
         ASSERT_TRUE(differential(soft, host, e, s, false,
-                                 { { kFx + 6, kFx + 24 }, { kFx + 28, kFx + 32 }, { kEnv + 6, kEnv + 14 },
-                                   { kEnv + 32 + 6, kEnv + 32 + 14 }, { kEnv + 32 + 14, kEnv + 32 + 94 } }))
+            { { kFx + 6, kFx + 24 }, { kFx + 28, kFx + 32 }, { kEnv + 6, kEnv + 14 }, { kEnv + 32 + 6, kEnv + 32 + 14 },
+                { kEnv + 32 + 14, kEnv + 32 + 94 } }))
             << "iteration " << i;
     }
 }
@@ -509,8 +563,12 @@ TEST(SoftX87, FistRoundsPerControlWord)
         int16_t nearest, down, up, trunc;
     };
     static constexpr Expect kCases[] = {
-        { 2.5, 2, 2, 3, 2 },     { -2.5, -2, -3, -2, -2 }, { 3.5, 4, 3, 4, 3 },
-        { -0.4, 0, -1, 0, 0 },   { 1.0, 1, 1, 1, 1 },      { 32767.4, 32767, 32767, -32768, 32767 },
+        { 2.5, 2, 2, 3, 2 },
+        { -2.5, -2, -3, -2, -2 },
+        { 3.5, 4, 3, 4, 3 },
+        { -0.4, 0, -1, 0, 0 },
+        { 1.0, 1, 1, 1, 1 },
+        { 32767.4, 32767, 32767, -32768, 32767 },
     };
     for (const Expect& x : kCases) {
         for (unsigned rc = 0; rc < 4; ++rc) {
@@ -597,6 +655,7 @@ TEST(SoftX87, DeviceNotAvailable)
 {
     SseRunner soft;
     Cpu& c = soft.cpu();
+    c.cr0 &= ~x86::kCr0Mp;
     c.cr0 |= fpu::kCr0Ts;
     auto f = soft.run([](G& g) { g.fld1(); });
     ASSERT_TRUE(f);

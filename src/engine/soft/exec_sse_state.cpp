@@ -73,7 +73,10 @@ void init_x87(Cpu& c)
     std::memset(c.fx.data() + kSt, 0, 128);
 }
 
-unsigned xmm_count(const Cpu& c) { return c.long_mode() ? 16 : 8; }
+unsigned xmm_count(const Cpu& c)
+{
+    return c.long_mode() ? 16 : 8;
+}
 
 void check_fxsr(const Cpu& c)
 {
@@ -128,7 +131,10 @@ void check_xsave(const Cpu& c)
         raise_fault(kExcNM);
 }
 
-uint64_t rfbm(const Cpu& c) { return c.xcr0 & ((c.gpr[RDX] << 32) | (c.gpr[RAX] & 0xffffffffULL)); }
+uint64_t rfbm(const Cpu& c)
+{
+    return c.xcr0 & ((c.gpr[RDX] << 32) | (c.gpr[RAX] & 0xffffffffULL));
+}
 
 using XsaveArea = Bytes<kXsaveHeader + 64>;
 

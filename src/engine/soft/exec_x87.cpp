@@ -72,7 +72,10 @@ F80 load_operand(Cpu& c, const Insn& in, Mem t, uint16_t& exc)
     HostOp op;
     switch (t) {
     case Mem::F80: return from_m80(read_linear<M80>(c, lin));
-    case Mem::Bcd: io.bcd = read_linear<M80>(c, lin); op = HostOp::LoadBcd; break;
+    case Mem::Bcd:
+        io.bcd = read_linear<M80>(c, lin);
+        op = HostOp::LoadBcd;
+        break;
     case Mem::F32: op = HostOp::LoadF32; break;
     case Mem::F64: op = HostOp::LoadF64; break;
     case Mem::I16: op = HostOp::LoadI16; break;
@@ -233,7 +236,10 @@ void exec_fist(Cpu& c, const Insn& in)
     store_st0(c, in, int_mem(in), kTruncate, kPop);
 }
 
-void exec_fbstp(Cpu& c, const Insn& in) { store_st0(c, in, Mem::Bcd, false, true); }
+void exec_fbstp(Cpu& c, const Insn& in)
+{
+    store_st0(c, in, Mem::Bcd, false, true);
+}
 
 // ---- Arithmetic ----
 

@@ -53,6 +53,7 @@ inline M80 to_m80(const F80& v)
 
 constexpr F80 kIndefinite { 0xc000000000000000ULL, 0xffff };
 
+// clang-format off
 enum class HostOp : uint8_t {
     LoadF32, LoadF64, LoadI16, LoadI32, LoadI64, LoadBcd,
     Ld1, Ldl2t, Ldl2e, Ldpi, Ldlg2, Ldln2, Ldz,
@@ -62,16 +63,17 @@ enum class HostOp : uint8_t {
     Sqrt, Rndint, F2xm1, Sin, Cos, Ptan, Sincos, Xtract,
     Com, Ucom, Tst, Xam,
 };
+// clang-format on
 
 // Operands and results of one host operation. `a` is ST(0) (or the value stored), `b` ST(1) or
 // the second operand; out0 the new ST(0), out1 the value below it (FPTAN, FSINCOS, FXTRACT).
 struct alignas(16) HostIo {
     F80 a, b, out0, out1;
-    uint64_t m64 { 0 };  // integer/float memory operand of loads and stores
+    uint64_t m64 { 0 }; // integer/float memory operand of loads and stores
     M80 bcd {};
-    uint16_t cw { 0 };   // guest FCW (exceptions are masked for the host)
-    uint16_t sw { 0 };   // host FSW after the operation: exception flags and C0-C3
-    uint8_t env[28] {};  // host environment, restored afterwards
+    uint16_t cw { 0 }; // guest FCW (exceptions are masked for the host)
+    uint16_t sw { 0 }; // host FSW after the operation: exception flags and C0-C3
+    uint8_t env[28] {}; // host environment, restored afterwards
 };
 
 // Runs `op` on the host x87 unit; returns the host status word (io.sw).

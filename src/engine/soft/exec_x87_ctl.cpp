@@ -51,12 +51,27 @@ void fninit_state(Cpu& c)
     fx_set<uint64_t>(c, kFdp, 0);
 }
 
-bool real_layout(const Cpu& c) { return c.mode == CpuMode::Real; }
-bool env32(const Insn& in) { return in.osize != 2; }
-unsigned env_size(const Insn& in) { return env32(in) ? 28 : 14; }
+bool real_layout(const Cpu& c)
+{
+    return c.mode == CpuMode::Real;
+}
+bool env32(const Insn& in)
+{
+    return in.osize != 2;
+}
+unsigned env_size(const Insn& in)
+{
+    return env32(in) ? 28 : 14;
+}
 
-void put16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
-void put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+void put16(uint8_t* p, uint16_t v)
+{
+    std::memcpy(p, &v, 2);
+}
+void put32(uint8_t* p, uint32_t v)
+{
+    std::memcpy(p, &v, 4);
+}
 uint16_t get16(const uint8_t* p)
 {
     uint16_t v;

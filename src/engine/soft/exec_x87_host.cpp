@@ -99,8 +99,8 @@ uint16_t host_x87(HostOp op, HostIo& io)
 #define MEMOP(insn) RUN("fldt" A "\n\t" insn MEM "\n\tfnstsw" SW "\n\tfstpt" O0)
 #define MEMOPS(base)                                                                                                   \
     switch (type) {                                                                                                    \
-    case MemArg::F32: MEMOP("f" base "s"); break;                                                                       \
-    case MemArg::F64: MEMOP("f" base "l"); break;                                                                       \
+    case MemArg::F32: MEMOP("f" base "s"); break;                                                                      \
+    case MemArg::F64: MEMOP("f" base "l"); break;                                                                      \
     case MemArg::I16: MEMOP("fi" base "s"); break;                                                                     \
     case MemArg::I32: MEMOP("fi" base "l"); break;                                                                     \
     }
