@@ -99,6 +99,8 @@ std::string describe(const Case& c)
         if (!main.empty())
             main[0] = '>';
         s += main;
+        if (st.tail > st.end)
+            s += disassemble(c.code.data() + st.end, st.tail - st.end, c.code_addr + st.end);
     }
     return s;
 }
@@ -113,6 +115,30 @@ std::vector<std::string> compare(const Case& c, const Observed& ref, const Obser
         out.push_back(fmt::format("{} did not finish: {}", gn, got.error));
     if (!out.empty() && ref.error == got.error)
         return out; // both stopped the same way: nothing else is comparable
+    if (c.expect_fault != (ref.fault.vector >= 0)) {
+        out.push_back(fmt::format("generator: the case {} fault, but the reference {}", c.expect_fault ? "should" : "should not",
+                                  ref.fault.vector >= 0 ? fmt::format("took vector {} at RIP {:#x}", ref.fault.vector, ref.fault.rip)
+                                                        : std::string("finished")));
+    }
+    if (ref.fault.vector != got.fault.vector) {
+        auto str = [](const FaultInfo& f) {
+            return f.vector < 0 ? std::string("none") : fmt::format("vector {} at RIP {:#x}", f.vector, f.rip);
+        };
+        out.push_back(fmt::format("exception: {}={} {}={}", rn, str(ref.fault), gn, str(got.fault)));
+    } else if (ref.fault.vector >= 0) {
+        const FaultInfo &a = ref.fault, &b = got.fault;
+        if (a.error_code != b.error_code)
+            out.push_back(fmt::format("exception error code: {}={:#x} {}={:#x}", rn, a.error_code, gn, b.error_code));
+        if (a.rip != b.rip)
+            out.push_back(fmt::format("exception RIP: {}={:#x} {}={:#x}", rn, a.rip, gn, b.rip));
+        if (a.rsp != b.rsp)
+            out.push_back(fmt::format("exception RSP: {}={:#x} {}={:#x}", rn, a.rsp, gn, b.rsp));
+        if ((a.rflags ^ b.rflags) & c.flags_mask)
+            out.push_back(fmt::format("exception RFLAGS: {}={:#x} {}={:#x}, differing: {}", rn, a.rflags, gn, b.rflags,
+                                      flag_names((a.rflags ^ b.rflags) & c.flags_mask)));
+        if (a.cr2 != b.cr2)
+            out.push_back(fmt::format("CR2: {}={:#x} {}={:#x}", rn, a.cr2, gn, b.cr2));
+    }
     for (int i = 0; i < 16; ++i) {
         if (ref.gpr[i] != got.gpr[i])
             out.push_back(fmt::format("{}: {}={:#018x} {}={:#018x}", kGprNames[i], rn, ref.gpr[i], gn, got.gpr[i]));

@@ -1,6 +1,7 @@
 #include "differential_gen.h"
 
 #include <Zydis/Zydis.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
@@ -201,8 +202,17 @@ void Gen::set_reg(int idx, unsigned width, uint64_t value)
 uint64_t Gen::pick_addr(const MemSpec& s)
 {
     uint64_t lo = (s.lo + s.align - 1) & ~static_cast<uint64_t>(s.align - 1);
-    uint64_t span = s.hi - s.size - lo;
-    return lo + below(span / s.align + 1) * s.align;
+    uint64_t hi = s.hi - s.size; // last start
+    if (chance(15)) {
+        // Straddle (or touch) a page boundary inside the range.
+        uint64_t boundary = (lo + 0x1000) & ~0xfffULL;
+        if (boundary <= hi) {
+            uint64_t a = (boundary - below(s.size + 1)) & ~static_cast<uint64_t>(s.align - 1);
+            if (a >= lo && a <= hi)
+                return a;
+        }
+    }
+    return lo + below((hi - lo) / s.align + 1) * s.align;
 }
 
 Xbyak::Address Gen::abs(unsigned bits, uint64_t addr)
@@ -219,12 +229,29 @@ Xbyak::Address Gen::mem(unsigned bits, const MemSpec& s, uint64_t* out)
     uint64_t a = pick_addr(s);
     if (out)
         *out = a;
+    // Now and then through FS or GS (bases set per case, some wrap around 2^64): the effective
+    // address is then `a - base`. begin_main() emits the prefix on the instruction under test.
+    uint64_t base = 0;
+    if (chance(15)) {
+        bool gs = chance(50);
+        m_seg_prefix = gs ? 0x65 : 0x64;
+        base = gs ? m_case.gs_base : m_case.fs_base;
+    }
+    uint64_t ea = a - base;
+    auto fits32 = [](int64_t v) { return v >= INT32_MIN && v <= INT32_MAX; };
+    auto absolute = [&]() {
+        if (!fits32(static_cast<int64_t>(ea))) { // [disp32] cannot reach it through this base
+            m_seg_prefix = 0;
+            ea = a;
+        }
+        return f[Xbyak::RegExp(static_cast<size_t>(ea))];
+    };
     // Too few free registers (a step pinned most of them): use an absolute address.
     unsigned free_count = 0;
     for (int i = 0; i < (s.no_rex ? 8 : 16); ++i)
         free_count += i != RSP && !(m_pinned & (1u << i));
     if (free_count < 3)
-        return f[Xbyak::RegExp(static_cast<size_t>(a))];
+        return absolute();
     auto free_reg = [&](uint32_t exclude) {
         for (;;) {
             int i = static_cast<int>(below(s.no_rex ? 8 : 16));
@@ -235,16 +262,19 @@ Xbyak::Address Gen::mem(unsigned bits, const MemSpec& s, uint64_t* out)
         }
     };
     auto disp_any = [&]() -> int64_t { return chance(50) ? range(-128, 127) : range(-0x1000000, 0x1000000); };
-    switch (below(9)) {
+    int form = static_cast<int>(below(9));
+    if (base != 0 && (form == 6 || form == 7))
+        form = 2; // RIP-relative and 32-bit forms cannot reach `a` through an arbitrary base
+    switch (form) {
     case 0: {
         int b = free_reg(0);
-        set_reg(b, 8, a);
+        set_reg(b, 8, ea);
         return f[Xbyak::Reg64(b)];
     }
     case 1: {
         int b = free_reg(0);
         int64_t disp = disp_any();
-        set_reg(b, 8, a - static_cast<uint64_t>(disp));
+        set_reg(b, 8, ea - static_cast<uint64_t>(disp));
         return f[Xbyak::Reg64(b) + disp];
     }
     case 2:
@@ -254,19 +284,21 @@ Xbyak::Address Gen::mem(unsigned bits, const MemSpec& s, uint64_t* out)
         int scale = 1 << below(4);
         int64_t iv = range(-64, 64);
         int64_t disp = chance(30) ? 0 : disp_any();
-        set_reg(b, 8, a - static_cast<uint64_t>(iv * scale) - static_cast<uint64_t>(disp));
+        set_reg(b, 8, ea - static_cast<uint64_t>(iv * scale) - static_cast<uint64_t>(disp));
         set_reg(i, 8, static_cast<uint64_t>(iv));
         return f[Xbyak::Reg64(b) + Xbyak::Reg64(i) * scale + disp];
     }
     case 4: {
-        int i = free_reg(0);
         int scale = 1 << below(4);
         int64_t iv = range(-64, 64);
-        int64_t disp = static_cast<int64_t>(a) - iv * scale;
+        int64_t disp = static_cast<int64_t>(ea) - iv * scale;
+        if (!fits32(disp))
+            return absolute();
+        int i = free_reg(0);
         set_reg(i, 8, static_cast<uint64_t>(iv));
         return f[Xbyak::Reg64(i) * scale + disp];
     }
-    case 5: return f[Xbyak::RegExp(static_cast<size_t>(a))];
+    case 5: return absolute();
     case 6: {
         // RIP-relative: Xbyak computes the displacement from the host address of the code, so
         // hand it the host address that corresponds to guest address `a`.
@@ -280,15 +312,17 @@ Xbyak::Address Gen::mem(unsigned bits, const MemSpec& s, uint64_t* out)
         int scale = 1 << below(4);
         int64_t iv = range(-64, 64);
         int64_t disp = chance(30) ? 0 : disp_any();
-        uint32_t base = static_cast<uint32_t>(a - static_cast<uint64_t>(iv * scale) - static_cast<uint64_t>(disp));
-        set_reg(b, 4, base);
+        uint32_t b32 = static_cast<uint32_t>(a - static_cast<uint64_t>(iv * scale) - static_cast<uint64_t>(disp));
+        set_reg(b, 4, b32);
         set_reg(i, 4, static_cast<uint64_t>(iv));
         return f[Xbyak::Reg32(b) + Xbyak::Reg32(i) * scale + disp];
     }
     default: {
         // RSP-based (RSP is known): for POP, the address uses RSP after the increment.
         uint64_t rsp = rsp_now() + static_cast<uint64_t>(s.rsp_bias);
-        int64_t disp = static_cast<int64_t>(a - rsp);
+        int64_t disp = static_cast<int64_t>(ea - rsp);
+        if (!fits32(disp) || !fits32(disp - 64 * 8))
+            return absolute();
         if (chance(50))
             return f[Xbyak::Reg64(RSP) + disp];
         int i = free_reg(0);
@@ -380,6 +414,10 @@ void Gen::begin_main(uint64_t reads)
     }
     m_in_main = true;
     m_main_offset = static_cast<uint32_t>(getSize());
+    if (m_seg_prefix) {
+        db(m_seg_prefix);
+        m_seg_prefix = 0;
+    }
 }
 
 void Gen::effects(uint64_t written, uint64_t undefined)
@@ -398,8 +436,14 @@ void Gen::effects(uint64_t written, uint64_t undefined)
     ZydisDecodedInstruction insn;
     ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
     const uint8_t* bytes = getCode() + s.main;
-    if (ZYAN_FAILED(ZydisDecoderDecodeFull(&dec, bytes, s.end - s.main, &insn, ops)) || insn.length != s.end - s.main)
-        throw std::logic_error("generator: the instruction under test does not decode as one instruction");
+    if (ZYAN_FAILED(ZydisDecoderDecodeFull(&dec, bytes, s.end - s.main, &insn, ops)) || insn.length != s.end - s.main) {
+        if (s.what == "fault")
+            return; // e.g. LOCK on a register destination: invalid on purpose
+        std::string hex;
+        for (uint32_t i = s.main; i < s.end; ++i)
+            hex += fmt::format("{:02x}", getCode()[i]);
+        throw std::logic_error("generator: the " + s.what + " instruction " + hex + " does not decode as one instruction");
+    }
     for (unsigned i = 0; i < insn.operand_count; ++i) {
         if (ops[i].type != ZYDIS_OPERAND_TYPE_MEMORY || ops[i].mem.base != ZYDIS_REGISTER_RIP
             || insn.mnemonic == ZYDIS_MNEMONIC_LEA)
@@ -427,6 +471,15 @@ void Gen::trace_stub(uint32_t slot)
 void Gen::build(const GenOptions& options)
 {
     Case& c = m_case;
+    m_options = &options;
+    // Code anywhere in the first page of the slot (often near its end, so that instructions
+    // straddle the page boundary); the stack anywhere in its two pages.
+    c.code_addr += chance(40) ? 0x1000 - below(48) : below(0x1000);
+    m_rsp_init = kStackLow + 0x400 + below(0x1800);
+    m_rsp_init -= chance(90) ? (m_rsp_init & 7) : 0;
+    const uint64_t bases[] = { 0, 0x1000, 0x7fffffff0000, 0xffffffffffe00000, 0x100000000, 0xfffffffffffff000 };
+    c.fs_base = bases[below(std::size(bases))];
+    c.gs_base = bases[below(std::size(bases))];
     c.window.assign(kWindowSize, 0);
     for (uint64_t off = 0; off < kDataSize; off += 16)
         fill_vector(c.window.data() + (kDataBase - kWindowBase) + off);
@@ -439,7 +492,7 @@ void Gen::build(const GenOptions& options)
         uint64_t m = w >= 8 ? ~0ULL : (1ULL << (w * 8)) - 1;
         c.gpr[i] = interesting(w) | (chance(50) ? (rnd() & ~m) : 0);
     }
-    c.gpr[RSP] = kStackInit;
+    c.gpr[RSP] = m_rsp_init;
     m_df = chance(30);
     c.rflags = 0x2 | (rnd() & kArith) | (m_df ? kDF : 0);
     c.mxcsr = random_mxcsr();
@@ -458,7 +511,11 @@ void Gen::build(const GenOptions& options)
             if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), e.name) == wanted.end())
                 continue;
             pool.push_back(&e);
-            total += e.weight;
+            total += e.weight; // "fault" has weight 0: it only ends cases
+        }
+        if (total == 0) { // only "fault" asked for: plain ALU steps before it
+            pool.push_back(&classes().front());
+            total = classes().front().weight;
         }
         for (const std::string& w : wanted) {
             bool known = std::any_of(classes().begin(), classes().end(), [&](const ClassEntry& e) { return w == e.name; });
@@ -469,7 +526,7 @@ void Gen::build(const GenOptions& options)
 
     uint32_t steps = static_cast<uint32_t>(range(options.min_steps, options.max_steps));
     for (uint32_t k = 0; k < steps && k < kTraceSlots; ++k) {
-        if (getSize() > kCodeSlotSize - 320)
+        if (c.code_addr + getSize() + 320 > (c.code_addr & ~(kCodeSlotSize - 1)) + kCodeSlotSize)
             break;
         uint64_t pick = below(total);
         const ClassEntry* e = pool.front();
@@ -482,11 +539,25 @@ void Gen::build(const GenOptions& options)
         }
         m_pinned = 0;
         m_in_main = false;
-        c.steps.push_back(Step { static_cast<uint32_t>(getSize()), 0, 0, e->name });
+        m_seg_prefix = 0;
+        c.steps.push_back(Step { static_cast<uint32_t>(getSize()), 0, 0, 0, e->name });
         (this->*(e->fn))();
         if (!m_in_main)
             throw std::logic_error(std::string("generator class ") + e->name + " emitted no instruction");
+        c.steps.back().tail = static_cast<uint32_t>(getSize());
         trace_stub(k);
+        c.trace_mask.push_back(kComparedFlags & ~m_undef);
+    }
+    // Now and then the case ends with an instruction that faults on purpose.
+    bool faults = std::any_of(pool.begin(), pool.end(), [](const ClassEntry* e) { return e->fn == &Gen::g_fault; });
+    if (faults && chance(options.fault_percent)) {
+        m_pinned = 0;
+        m_in_main = false;
+        m_seg_prefix = 0;
+        c.steps.push_back(Step { static_cast<uint32_t>(getSize()), 0, 0, 0, "fault" });
+        g_fault();
+        c.steps.back().tail = static_cast<uint32_t>(getSize());
+        c.expect_fault = true;
         c.trace_mask.push_back(kComparedFlags & ~m_undef);
     }
     c.flags_mask = kComparedFlags & ~m_undef;
@@ -494,7 +565,7 @@ void Gen::build(const GenOptions& options)
     c.end_rip = here();
     db(0xeb);
     db(0xfe); // jmp $: where the vCPU waits for the kick
-    if (getSize() > kCodeSlotSize)
+    if (c.code_addr + getSize() > (c.code_addr & ~(kCodeSlotSize - 1)) + kCodeSlotSize)
         throw std::logic_error("generated code exceeds its slot");
     c.code.assign(getCode(), getCode() + getSize());
 }
@@ -527,6 +598,8 @@ const std::vector<Gen::ClassEntry>& Gen::classes()
         { "sse_cvt", 6, &Gen::g_sse_cvt },
         { "sse_logic", 3, &Gen::g_sse_logic },
         { "mxcsr", 2, &Gen::g_mxcsr },
+        { "branch", 5, &Gen::g_branch },
+        { "fault", 0, &Gen::g_fault },
     };
     return all;
 }

@@ -30,6 +30,7 @@ struct Step {
     uint32_t begin { 0 }; // first byte of the step (set-up included)
     uint32_t main { 0 };  // first byte of the instruction under test
     uint32_t end { 0 };   // one past it
+    uint32_t tail { 0 };  // end of the step (a branch step has code after its instruction)
     std::string what;     // generator class
 };
 
@@ -40,13 +41,20 @@ struct Case : CaseInput {
     std::vector<uint64_t> trace_mask; // RFLAGS bits compared per trace slot
     uint64_t flags_mask { kComparedFlags };
     uint64_t end_rip { 0 };           // RIP after the OUT to the done port
+    bool expect_fault { false };      // the last step faults on purpose
 };
 
 struct GenOptions {
     uint32_t min_steps { 6 };
     uint32_t max_steps { 24 };
     // Comma-separated generator classes to use (empty: all). Unknown names are an error.
+    // The class "fault" ends a case with an instruction that faults on purpose.
     std::string classes;
+    unsigned fault_percent { 8 }; // of the cases, when "fault" is among the classes
+    // The reference is kvm_pvm: it hands a #GP at CPL3 to KVM's instruction emulator, which
+    // turns it into #UD for SSE instructions it does not know (ADDPD, PADDD...). Misaligned-SSE
+    // #GP cases then use only MOVDQA/MOVAPS, which it emulates faithfully.
+    bool pvm_reference { false };
 };
 
 // All generator class names.

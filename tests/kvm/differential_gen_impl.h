@@ -36,6 +36,7 @@ public:
     Gen(Case& c, uint64_t seed);
 
     void build(const GenOptions& options);
+    const GenOptions& options() const { return *m_options; }
 
     // Randomness.
     uint64_t rnd() { return m_rng(); }
@@ -68,11 +69,12 @@ public:
     // Flags bookkeeping around the instruction under test.
     void begin_main(uint64_t reads = 0);
     void effects(uint64_t written, uint64_t undefined = 0);
+    bool in_main() const { return m_in_main; }
     bool df() const { return m_df; }
     void set_df(bool df) { m_df = df; }
     int64_t rsp_off() const { return m_rsp_off; }
     void move_rsp(int64_t delta) { m_rsp_off += delta; }
-    uint64_t rsp_now() const { return kStackInit + static_cast<uint64_t>(m_rsp_off); }
+    uint64_t rsp_now() const { return m_rsp_init + static_cast<uint64_t>(m_rsp_off); }
 
     // Guest address of the next byte emitted.
     uint64_t here() const { return m_case.code_addr + getSize(); }
@@ -108,6 +110,8 @@ public:
     void g_sse_cvt();
     void g_sse_logic();
     void g_mxcsr();
+    void g_branch();
+    void g_fault();
 
     struct ClassEntry {
         const char* name;
@@ -124,10 +128,13 @@ private:
     void trace_stub(uint32_t slot);
 
     Case& m_case;
+    const GenOptions* m_options { nullptr };
     std::mt19937_64 m_rng;
     uint64_t m_undef { 0 };  // flags whose value is undefined at this point
     bool m_df { false };     // DF at this point
-    int64_t m_rsp_off { 0 }; // RSP - kStackInit at this point
+    uint64_t m_rsp_init { kStackInit };
+    int64_t m_rsp_off { 0 }; // RSP - m_rsp_init at this point
+    uint8_t m_seg_prefix { 0 }; // FS/GS override chosen by mem() for the instruction under test
     uint32_t m_pinned { 0 }; // registers the current step's set-up owns
     uint64_t m_const_used { 0 };
     bool m_in_main { false };

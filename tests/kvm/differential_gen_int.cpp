@@ -18,6 +18,7 @@
 //   LZCNT                           OF SF AF PF
 //   POPCNT CMPXCHG8B/16B LAHF SAHF  none (CMPXCHG8B/16B write only ZF)
 #include <stdexcept>
+#include <utility>
 
 #include "differential_gen_impl.h"
 
@@ -94,8 +95,9 @@ void Gen::g_alu2()
         begin_main(reads);
         emit_ri(reg(d));
     } else {
-        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .no_rex = no_rex });
+        // LOCKed operands are naturally aligned: a split lock may be slow or trap on the host.
         bool locked = form >= 3 && writes && chance(30);
+        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .align = locked ? w : 1, .no_rex = no_rex });
         begin_main(reads);
         if (locked)
             lock();
@@ -127,9 +129,10 @@ void Gen::g_alu1()
         begin_main();
         emit(reg(d));
     } else {
-        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .no_rex = no_rex });
+        bool locked = chance(30);
+        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .align = locked ? w : 1, .no_rex = no_rex });
         begin_main();
-        if (chance(30))
+        if (locked)
             lock();
         emit(m);
     }
@@ -348,8 +351,9 @@ void Gen::g_div()
         }
     };
     if (from_mem) {
-        Xbyak::Address a = mem(bits, MemSpec { .size = w, .align = w });
-        mov(a, divisor);
+        uint64_t addr = 0;
+        Xbyak::Address a = mem(bits, MemSpec { .size = w, .align = w }, &addr);
+        mov(abs(bits, addr), divisor);
         set_dividend();
         begin_main();
         emit(a);
@@ -403,8 +407,9 @@ void Gen::g_bt()
             pin(off.idx);
             set_reg(off.idx, w, static_cast<uint64_t>(range(-2000, 2000)));
         }
-        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .lo = kDataBase + 512, .hi = kDataBase + kDataSize - 512 });
         bool locked = op != 0 && chance(30);
+        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .align = locked ? w : 1, .lo = kDataBase + 512,
+                                                .hi = kDataBase + kDataSize - 512 });
         begin_main();
         if (locked)
             lock();
@@ -439,9 +444,10 @@ void Gen::g_bitscan()
         begin_main();
         emit(reg(s));
     } else {
-        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .align = w });
+        uint64_t addr = 0;
+        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .align = w }, &addr);
         if (zero)
-            mov(m, 0);
+            mov(abs(w * 8, addr), 0);
         begin_main();
         emit(m);
     }
@@ -587,11 +593,13 @@ void Gen::g_xchg()
         else
             cmpxchg(reg(d), reg(s));
     } else {
-        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .align = chance(80) ? w : 1, .no_rex = no_rex });
+        bool locked = op == 1 || chance(50); // XCHG with memory is always locked
+        uint64_t addr = 0;
+        Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .align = locked ? w : 1, .no_rex = no_rex }, &addr);
         if (op == 3 && chance(50))
-            mov(acc, m);
+            mov(acc, abs(w * 8, addr));
         begin_main();
-        if (op != 1 && chance(50))
+        if (op != 1 && locked)
             lock();
         if (op == 1) {
             if (chance(50))
@@ -697,8 +705,8 @@ void Gen::g_lea()
 
 void Gen::g_pushpop()
 {
-    bool can_push = rsp_off() > -1200;
-    bool can_pop = rsp_off() < 160;
+    bool can_push = rsp_now() >= kStackLow + 512;
+    bool can_pop = rsp_now() + 16 <= kStackHigh;
     bool do_push = can_push && (!can_pop || chance(50));
     bool narrow = chance(15);
     unsigned size = narrow ? 2 : 8;
@@ -752,29 +760,62 @@ void Gen::g_string()
     if (prefix == 2 && op != kCmps && op != kScas)
         prefix = 1;
     bool a32 = chance(15);
-    uint64_t count = prefix ? below(13) : 0;
-    MemSpec span { .size = size, .lo = kDataBase + 256, .hi = kDataBase + kDataSize - 256 };
+    // Counts: mostly short, sometimes long enough for a bulk path (up to 2 KiB moved).
+    uint64_t count = !prefix ? 0 : chance(60) ? below(13) : below(2048 / size + 1);
+    uint64_t extent = (prefix ? count : 1) * size;
+    bool down = df();
+    // A run of `extent` bytes starting (DF=0) or ending (DF=1) near the returned address.
+    auto run_start = [&]() -> uint64_t {
+        uint64_t lo = kDataBase + 16 + (down ? extent : 0);
+        uint64_t hi = kDataBase + kDataSize - 16 - size - (down ? 0 : extent);
+        if (chance(20)) { // through the page boundary in the middle of the buffer
+            uint64_t b = kDataBase + 0x1000 - (down ? 0 : below(extent + 1)) + (down ? below(extent + 1) : 0);
+            if (b >= lo && b <= hi)
+                return b;
+        }
+        return lo + below(hi - lo + 1);
+    };
     auto upper = [&]() -> uint64_t { return a32 && chance(50) ? (rnd() << 32) : 0; };
+    uint64_t src = run_start(), dst = run_start();
+    if (op == kMovs && chance(30)) {
+        // Overlapping source and destination: element by element, as the SDM defines it.
+        int64_t delta = range(-3 * static_cast<int64_t>(size), 3 * static_cast<int64_t>(size));
+        uint64_t d = src + static_cast<uint64_t>(delta);
+        uint64_t lo = kDataBase + 16 + (down ? extent : 0), hi = kDataBase + kDataSize - 16 - size - (down ? 0 : extent);
+        if (d >= lo && d <= hi)
+            dst = d;
+    }
+    // The source (DS:RSI) may take an FS/GS override; the destination is always ES:RDI.
+    uint8_t seg = 0;
+    uint64_t seg_base = 0;
+    if (!a32 && (op == kMovs || op == kLods || op == kCmps) && chance(15)) {
+        seg = chance(50) ? 0x65 : 0x64;
+        seg_base = seg == 0x65 ? m_case.gs_base : m_case.fs_base;
+    }
     pin(RSI);
     pin(RDI);
     if (op == kMovs || op == kLods || op == kCmps)
-        set_reg(RSI, 8, pick_addr(span) | upper());
+        set_reg(RSI, 8, (src - seg_base) | upper());
     if (op != kLods)
-        set_reg(RDI, 8, pick_addr(span) | upper());
+        set_reg(RDI, 8, dst | upper());
     if (prefix) {
         pin(RCX);
         set_reg(RCX, 8, count | upper());
     }
     begin_main();
-    bool a32_first = chance(50);
-    if (a32 && a32_first)
-        db(0x67);
-    if (prefix == 1)
-        rep();
-    else if (prefix == 2)
-        repne();
-    if (a32 && !a32_first)
-        db(0x67);
+    // Prefixes in random order.
+    uint8_t prefixes[3];
+    unsigned n = 0;
+    if (a32)
+        prefixes[n++] = 0x67;
+    if (prefix)
+        prefixes[n++] = prefix == 1 ? 0xf3 : 0xf2;
+    if (seg)
+        prefixes[n++] = seg;
+    for (unsigned i = n; i > 1; --i)
+        std::swap(prefixes[i - 1], prefixes[below(i)]);
+    for (unsigned i = 0; i < n; ++i)
+        db(prefixes[i]);
     static constexpr uint8_t opcodes[] = { 0xa4, 0xaa, 0xac, 0xa6, 0xae }; // byte forms; +1 = wider
     if (size == 2)
         db(0x66);

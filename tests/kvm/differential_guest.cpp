@@ -34,6 +34,8 @@ SegmentReg segment(uint16_t selector, uint8_t type, uint8_t dpl, uint8_t db, uin
 
 } // namespace
 
+bool pushes_error_code(int vector) { return vector == 8 || (vector >= 10 && vector <= 14) || vector == 17; }
+
 Result<void> write_static_image(GuestMemory& memory)
 {
     TRY(memory.fill(0, 0, kCodeBase));
@@ -42,6 +44,13 @@ Result<void> write_static_image(GuestMemory& memory)
     TRY(memory.write_obj<uint64_t>(kPdpt, kPd | 0x7));
     for (uint64_t i = 0; i < 512; ++i)
         TRY(memory.write_obj<uint64_t>(kPd + i * 8, (i << 21) | 0x87));
+    // The window's 2 MiB in 4 KiB pages, so that the pages after it can fault.
+    TRY(memory.write_obj<uint64_t>(kPd + 8, kPt | 0x7));
+    for (uint64_t i = 0; i < 512; ++i) {
+        uint64_t page = 0x200000 + (i << 12);
+        uint64_t flags = page == kNotPresentPage ? 0 : page == kReadOnlyPage ? 0x5 : page == kSupervisorPage ? 0x3 : 0x7;
+        TRY(memory.write_obj<uint64_t>(kPt + i * 8, flags ? (page | flags) : 0));
+    }
 
     const uint64_t gdt[] = {
         0,
@@ -126,6 +135,8 @@ CpuState CaseRunner::initial_state(const CaseInput& in) const
     s.rflags = in.rflags | x86::kRflagsFixed;
     s.cs = segment(kUserCs, 0xb, 3, 0, 1);
     s.ds = s.es = s.ss = s.fs = s.gs = segment(kUserDs, 0x3, 3, 1, 0);
+    s.fs.base = in.fs_base;
+    s.gs.base = in.gs_base;
     s.tr = SegmentReg {};
     s.tr.base = kTss;
     s.tr.limit = kTssLimit;
@@ -160,16 +171,18 @@ CpuState CaseRunner::initial_state(const CaseInput& in) const
 
 Result<Observed> CaseRunner::run(const CaseInput& in)
 {
-    if (in.code_addr < kCodeBase || in.code_addr + in.code.size() > kCodeBase + kCodeSlots * kCodeSlotSize)
-        return make_error("case code outside the code slots");
+    uint64_t slot_base = in.code_addr & ~(kCodeSlotSize - 1);
+    if (in.code_addr < kCodeBase || slot_base >= kCodeBase + kCodeSlots * kCodeSlotSize
+        || in.code_addr + in.code.size() > slot_base + kCodeSlotSize)
+        return make_error("case code outside its code slot");
     if (in.window.size() != kWindowSize)
         return make_error("case window has {} bytes, want {}", in.window.size(), kWindowSize);
-    uint32_t slot = static_cast<uint32_t>((in.code_addr - kCodeBase) / kCodeSlotSize);
+    uint32_t slot = static_cast<uint32_t>((slot_base - kCodeBase) / kCodeSlotSize);
     if (m_slot_used[slot])
         TRY(build_engine());
     m_slot_used[slot] = true;
 
-    TRY(m_memory.fill(in.code_addr & ~(kCodeSlotSize - 1), 0xcc, kCodeSlotSize));
+    TRY(m_memory.fill(slot_base, 0xcc, kCodeSlotSize));
     TRY(m_memory.write(in.code_addr, in.code));
     TRY(m_memory.write(kWindowBase, in.window));
     TRY(m_memory.fill(kKernelStackTop - 0x1000, 0, 0x1000));
@@ -200,13 +213,9 @@ Result<Observed> CaseRunner::run(const CaseInput& in)
         out.error = fmt::format("unexpected exit kind {}: {}", static_cast<int>(exit->kind), exit->message);
     } else if (timed_out) {
         out.error = "timed out (the case never reached its done port)";
-    } else if (m_fault_vector >= 0) {
-        // The frame below the stack top: SS, RSP, RFLAGS, CS, RIP[, error code].
-        uint64_t rip = m_memory.read_obj<uint64_t>(kKernelStackTop - 40).value();
-        out.error = fmt::format("exception vector {} at RIP {:#x}", m_fault_vector, rip);
     } else if (!m_unexpected.empty()) {
         out.error = m_unexpected;
-    } else if (!m_done) {
+    } else if (!m_done && m_fault_vector < 0) {
         out.error = "stopped before the done port";
     }
     if (timed_out || !out.error.empty()) {
@@ -217,6 +226,16 @@ Result<Observed> CaseRunner::run(const CaseInput& in)
     auto state = m_vcpu->get_state();
     if (!state.ok())
         return state.release_error();
+    if (m_fault_vector >= 0) {
+        // The frame below the stack top: SS, RSP, RFLAGS, CS, RIP[, error code].
+        auto frame = [&](uint64_t below) { return m_memory.read_obj<uint64_t>(kKernelStackTop - below).value(); };
+        out.fault.vector = m_fault_vector;
+        out.fault.rip = frame(40);
+        out.fault.rflags = frame(24);
+        out.fault.rsp = frame(16);
+        out.fault.error_code = pushes_error_code(m_fault_vector) ? frame(48) : 0;
+        out.fault.cr2 = m_fault_vector == 14 ? state->cr2 : 0;
+    }
     out.gpr = state->gpr;
     out.rip = state->rip;
     out.rflags = state->rflags;

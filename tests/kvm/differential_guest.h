@@ -36,9 +36,10 @@ constexpr uint64_t kFaultStubs = 0x6000; // 8 bytes per vector
 constexpr uint64_t kTss = 0x8000;        // 0x68 bytes, then the I/O bitmap and its 0xff terminator
 constexpr uint64_t kTssLimit = 0x68 + 8192;
 constexpr uint64_t kKernelStackTop = 0xc000;
+constexpr uint64_t kPt = 0xe000;         // 4 KiB pages for 0x200000..0x3fffff (the window's 2 MiB)
 constexpr uint64_t kCodeBase = 0x100000;
-constexpr uint64_t kCodeSlotSize = 0x1000;
-constexpr uint32_t kCodeSlots = 256;
+constexpr uint64_t kCodeSlotSize = 0x2000; // code starts anywhere in the first page of its slot
+constexpr uint32_t kCodeSlots = 128;
 // The compared window: data buffer, constant pool, flag trace, stack.
 constexpr uint64_t kWindowBase = 0x200000;
 constexpr uint64_t kDataBase = 0x200000, kDataSize = 0x2000;
@@ -46,6 +47,8 @@ constexpr uint64_t kConstBase = 0x202000, kConstSize = 0x100; // read-only by co
 constexpr uint64_t kTraceBase = 0x203000, kTraceSlots = 256;
 constexpr uint64_t kStackLow = 0x204000, kStackInit = 0x205f00, kStackHigh = 0x206000;
 constexpr uint64_t kWindowSize = kStackHigh - kWindowBase;
+// Pages right after the window that fault: not present, read-only, supervisor-only.
+constexpr uint64_t kNotPresentPage = 0x206000, kReadOnlyPage = 0x207000, kSupervisorPage = 0x208000;
 constexpr uint64_t kGuestMemBytes = 16 << 20; // GuestMemory's minimum
 
 constexpr uint16_t kDonePort = 0xe0;
@@ -63,11 +66,25 @@ struct CaseInput {
     uint64_t rflags { 0x2 };
     uint32_t mxcsr { 0x1f80 };
     std::array<uint8_t, 256> xmm {}; // XMM0..15, 16 bytes each
+    uint64_t fs_base { 0 }, gs_base { 0 };
 };
+
+// An exception the case ran into: the CPL0 stub reported `vector`; the rest is the frame the
+// CPU pushed on the TSS.RSP0 stack (RFLAGS masked to the compared flags by the comparison).
+struct FaultInfo {
+    int vector { -1 };
+    uint64_t error_code { 0 }; // for vectors that push one
+    uint64_t rip { 0 }, rsp { 0 }, rflags { 0 };
+    uint64_t cr2 { 0 };        // #PF only
+    bool operator==(const FaultInfo&) const = default;
+};
+
+bool pushes_error_code(int vector);
 
 // What one engine left behind.
 struct Observed {
-    std::string error; // the case did not finish normally (fault, timeout, engine error)
+    std::string error; // the case did not finish normally (timeout, engine error, stray I/O)
+    FaultInfo fault;   // vector -1: the case reached its done port
     std::array<uint64_t, 16> gpr {};
     uint64_t rip { 0 };
     uint64_t rflags { 0 };
