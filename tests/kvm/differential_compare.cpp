@@ -174,7 +174,8 @@ std::vector<std::string> compare(const Case& c, const Observed& ref, const Obser
                                       one_insn(c, c.steps[k].main), rn, a, gn, b, flag_names(diff)));
         }
     }
-    // Every other byte of the window, as runs of differing bytes.
+    // Every other byte of the window, as runs of up to 32 differing bytes.
+    constexpr size_t kMaxRuns = 128;
     uint64_t trace_end = trace_off + 8 * kTraceSlots;
     size_t runs = 0;
     for (size_t i = 0; i < kWindowSize;) {
@@ -185,14 +186,14 @@ std::vector<std::string> compare(const Case& c, const Observed& ref, const Obser
         size_t j = i;
         while (j < kWindowSize && j - i < 32 && !(j >= trace_off && j < trace_end) && ref.window[j] != got.window[j])
             ++j;
-        if (++runs <= 16) {
+        if (++runs <= kMaxRuns) {
             out.push_back(fmt::format("memory {:#x}+{}: {}={} {}={}", kWindowBase + i, j - i, rn,
                                       hex_bytes(ref.window.data() + i, j - i), gn, hex_bytes(got.window.data() + i, j - i)));
         }
         i = j;
     }
-    if (runs > 16)
-        out.push_back(fmt::format("... {} more differing memory runs", runs - 16));
+    if (runs > kMaxRuns)
+        out.push_back(fmt::format("... {} more differing memory runs", runs - kMaxRuns));
     return out;
 }
 

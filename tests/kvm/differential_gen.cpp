@@ -302,6 +302,7 @@ Xbyak::Address Gen::mem(unsigned bits, const MemSpec& s, uint64_t* out)
     case 6: {
         // RIP-relative: Xbyak computes the displacement from the host address of the code, so
         // hand it the host address that corresponds to guest address `a`.
+        // SAFETY: never dereferenced; Xbyak only subtracts its own code pointer from it.
         auto host = reinterpret_cast<const uint8_t*>(getCode()) + (a - m_case.code_addr);
         return f[rip + static_cast<const void*>(host)];
     }
@@ -338,7 +339,7 @@ uint64_t Gen::constant(const void* value, size_t size, size_t align)
 {
     m_const_used = (m_const_used + align - 1) & ~(align - 1);
     if (m_const_used + size > kConstSize)
-        m_const_used = 0; // wrap: older constants were already consumed by earlier steps
+        throw std::logic_error("generator: constant pool full"); // the whole pool is in the initial image
     uint64_t addr = kConstBase + m_const_used;
     std::memcpy(m_case.window.data() + (addr - kWindowBase), value, size);
     m_const_used += size;
@@ -446,7 +447,7 @@ void Gen::effects(uint64_t written, uint64_t undefined)
     }
     for (unsigned i = 0; i < insn.operand_count; ++i) {
         if (ops[i].type != ZYDIS_OPERAND_TYPE_MEMORY || ops[i].mem.base != ZYDIS_REGISTER_RIP
-            || insn.mnemonic == ZYDIS_MNEMONIC_LEA)
+            || insn.mnemonic == ZYDIS_MNEMONIC_LEA || s.what == "smc")
             continue;
         ZyanU64 target = 0;
         ZydisCalcAbsoluteAddress(&insn, &ops[i], m_case.code_addr + s.main, &target);
@@ -599,6 +600,7 @@ const std::vector<Gen::ClassEntry>& Gen::classes()
         { "sse_logic", 3, &Gen::g_sse_logic },
         { "mxcsr", 2, &Gen::g_mxcsr },
         { "branch", 5, &Gen::g_branch },
+        { "smc", 1, &Gen::g_smc },
         { "fault", 0, &Gen::g_fault },
     };
     return all;

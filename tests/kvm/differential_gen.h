@@ -10,6 +10,19 @@
 // instruction defines it) and masked in the trace and final RFLAGS; before an instruction that
 // reads an undefined flag the generator inserts a `cmp` that defines all six. The per-class
 // table of undefined flags sits next to each generator in differential_gen_int.cpp.
+//
+// Classes: integer (differential_gen_int.cpp), SSE/SSE2 (differential_gen_sse.cpp), control
+// flow and self-modifying code (differential_gen_flow.cpp), and "fault": a last step that raises
+// #DE/#UD/#GP/#SS/#PF/#XM on purpose, after which the exception frame is compared as well.
+// Memory operands use every addressing form (base, index*scale, disp8/32, no base, [disp32],
+// RIP-relative, 32-bit address size, RSP-based, FS/GS overrides with bases that wrap around
+// 2^64) and often straddle a page boundary; code starts anywhere in its page (instructions
+// straddle into the next one) and the stack anywhere in its two pages.
+//
+// Not generated, because the two engines may legitimately differ: instructions the soft
+// engine's CPUID does not advertise (TZCNT/BMI, SSE3+, AVX, MMX), RCPPS/RSQRTPS (approximations),
+// SHLD/SHRD 16-bit counts above 16, BSF/BSR r32 with a zero source, CPUID/RDTSC, `int n`
+// (kvm_pvm turns it into #UD), and LOCKed accesses that are not naturally aligned (split locks).
 #pragma once
 
 #include <cstdint>

@@ -111,6 +111,7 @@ public:
     void g_sse_logic();
     void g_mxcsr();
     void g_branch();
+    void g_smc();
     void g_fault();
 
     struct ClassEntry {

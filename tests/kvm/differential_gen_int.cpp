@@ -14,7 +14,9 @@
 //   BT BTS BTR BTC                  OF SF AF PF (ZF unaffected)
 //   BSF BSR                         CF OF SF AF PF (ZF defined); the destination is left
 //                                   unchanged for a zero source (AMD documents it, Intel
-//                                   hardware does it; the soft engine does it)
+//                                   hardware does it, the soft engine does it) except the upper
+//                                   half of a 32-bit destination, which some Intel parts clear:
+//                                   32-bit scans are only generated with a nonzero source
 //   LZCNT                           OF SF AF PF
 //   POPCNT CMPXCHG8B/16B LAHF SAHF  none (CMPXCHG8B/16B write only ZF)
 #include <stdexcept>
@@ -426,6 +428,12 @@ void Gen::g_bitscan()
     int op = static_cast<int>(below(4)); // bsf bsr popcnt lzcnt
     unsigned w = width_16up();
     bool zero = chance(25);
+    // BSF/BSR r32 with a zero source: some Intel parts clear the destination's upper half, others
+    // (and AMD, and the soft engine) keep it. Not comparable: 32-bit scans get a nonzero source.
+    bool force_nonzero = op < 2 && w == 4;
+    if (force_nonzero)
+        zero = false;
+    uint64_t nonzero = interesting(4) | (1ULL << below(32));
     GReg d = pick_reg(w, true, false);
     auto emit = [&](const Xbyak::Operand& src) {
         switch (op) {
@@ -436,18 +444,18 @@ void Gen::g_bitscan()
         }
     };
     if (chance(65)) {
-        GReg s = pick_reg(w, zero, false);
-        if (zero) {
+        GReg s = pick_reg(w, zero || force_nonzero, false);
+        if (zero || force_nonzero) {
             pin(s.idx);
-            set_reg(s.idx, w, 0);
+            set_reg(s.idx, w, zero ? 0 : nonzero);
         }
         begin_main();
         emit(reg(s));
     } else {
         uint64_t addr = 0;
         Xbyak::Address m = mem(w * 8, MemSpec { .size = w, .align = w }, &addr);
-        if (zero)
-            mov(abs(w * 8, addr), 0);
+        if (zero || force_nonzero)
+            mov(abs(w * 8, addr), zero ? 0 : nonzero & 0xffffffff);
         begin_main();
         emit(m);
     }
