@@ -66,7 +66,9 @@ void write_cr3(Cpu& c, uint64_t v)
         v &= 0xffffffffULL;
     }
     c.cr3 = v;
-    flush_tlb(c); // global pages are not tracked: everything goes
+    // Global pages survive (SDM 4.10.4.1); without CR4.PGE no entry is global.
+    c.tlb.flush_nonglobal();
+    c.stop_block = true;
 }
 
 void write_cr4(Cpu& c, uint64_t v)
