@@ -65,9 +65,9 @@ fi
 
 fail=0
 expect() { # regex, what
-  grep -Eq -- "$1" "$out" && echo "ok   $2" || { echo "FAIL $2: stdout lacks /$1/"; fail=1; }
+  if grep -Eq -- "$1" "$out"; then echo "ok   $2"; else echo "FAIL $2: stdout lacks /$1/"; fail=1; fi
 }
-[ "$rc" = 0 ] && echo "ok   exit status 0" || { echo "FAIL exit status $rc, expected 0"; fail=1; }
+if [ "$rc" = 0 ]; then echo "ok   exit status 0"; else echo "FAIL exit status $rc, expected 0"; fail=1; fi
 expect "^vessel-guest: kernel=" "init ran"
 expect "^vessel-guest: cpus=$cpus\$" "the guest sees $cpus CPU(s)"
 expect "^vessel-guest: sha256=$LINUX_GUEST_SHA256_32M_ZEROS ms=[0-9]+\$" "sha256 of 32 MiB of zeros"
