@@ -201,7 +201,7 @@ TEST_F(SoftIntBits, ScansAndCountsMatchHost)
 }
 
 // F3 0F BD is LZCNT (CPUID advertises it), not BSR with an ignored F3: decoded and run.
-TEST_F(SoftIntBits, LzcntEncodingRunsAsLzcnt)
+TEST_F(SoftIntProgram, LzcntEncodingRunsAsLzcnt)
 {
     CodeGenerator g;
     g.lzcnt(g.eax, g.ecx);

@@ -61,9 +61,8 @@ TEST_F(SoftIntMov, MovForms)
 
 // A non-canonical address reached through SS (an RSP/RBP base, PUSH/POP) is #SS(0); through
 // DS, or an FS override on an RBP base, it is #GP(0).
-TEST_F(SoftIntMov, NonCanonicalAddressThroughStackSegmentIsStackFault)
+TEST_F(SoftIntProgram, NonCanonicalAddressThroughStackSegmentIsStackFault)
 {
-    enable_paging();
     struct Probe {
         unsigned base;
         uint8_t prefix; // 0 or a segment override

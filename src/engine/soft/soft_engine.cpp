@@ -28,6 +28,7 @@ Result<std::unique_ptr<SoftEngine>> SoftEngine::create(const EngineConfig& confi
 Result<void> SoftEngine::map_memory(const GuestMemory& memory)
 {
     m_machine = std::make_unique<soft::SoftMachine>(memory);
+    m_machine->set_vcpu_count(m_config.vcpus); // CPUID topology and HTT
     return {};
 }
 
