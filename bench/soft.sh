@@ -56,10 +56,10 @@ run_once() { # config, timeout, command...
   rm -f "$out"
 }
 
-# shellcheck disable=SC2086
+# shellcheck disable=SC2086 # $1 is a list of space-separated numbers, split on purpose
 median() { # samples (ms) -> median in seconds, or n/a
   [ -n "${1// /}" ] || { echo n/a; return; }
-  printf '%s\n' $1 | sort # $1: space-separated numbers, split on purpose -n | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]/1000}'
+  printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]/1000}'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "n/a" && b != "n/a" && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
