@@ -20,28 +20,59 @@ struct Case {
 #define RM(op, dbl, mem)                                                                                               \
     Case                                                                                                               \
     {                                                                                                                  \
-        #op, dbl, [](G& g) {                                                                                           \
+#op, dbl, [](G& g) {                                                                                           \
             g.op(g.xmm1, g.xmm2);                                                                                      \
             g.op(g.xmm3, g.mem[g.rsi + 32]);                                                                           \
             g.op(g.xmm12, g.xmm7);                                                                                     \
             g.op(g.xmm5, g.xmm5);                                                                                      \
-        }                                                                                                              \
+        }       \
     }
 
 std::vector<Case> arith_cases()
 {
     return {
-        RM(addps, false, ptr), RM(addss, false, dword), RM(addpd, true, ptr), RM(addsd, true, qword),
-        RM(subps, false, ptr), RM(subss, false, dword), RM(subpd, true, ptr), RM(subsd, true, qword),
-        RM(mulps, false, ptr), RM(mulss, false, dword), RM(mulpd, true, ptr), RM(mulsd, true, qword),
-        RM(divps, false, ptr), RM(divss, false, dword), RM(divpd, true, ptr), RM(divsd, true, qword),
-        RM(minps, false, ptr), RM(minss, false, dword), RM(minpd, true, ptr), RM(minsd, true, qword),
-        RM(maxps, false, ptr), RM(maxss, false, dword), RM(maxpd, true, ptr), RM(maxsd, true, qword),
-        RM(sqrtps, false, ptr), RM(sqrtss, false, dword), RM(sqrtpd, true, ptr), RM(sqrtsd, true, qword),
-        RM(cvtdq2ps, false, ptr), RM(cvtps2dq, false, ptr), RM(cvttps2dq, false, ptr), RM(cvtdq2pd, false, qword),
-        RM(cvtpd2dq, true, ptr), RM(cvttpd2dq, true, ptr), RM(cvtps2pd, false, qword), RM(cvtpd2ps, true, ptr),
-        RM(cvtss2sd, false, dword), RM(cvtsd2ss, true, qword),
-        RM(andps, false, ptr), RM(xorpd, true, ptr), RM(unpcklps, false, ptr), RM(unpckhpd, true, ptr),
+        RM(addps, false, ptr),
+        RM(addss, false, dword),
+        RM(addpd, true, ptr),
+        RM(addsd, true, qword),
+        RM(subps, false, ptr),
+        RM(subss, false, dword),
+        RM(subpd, true, ptr),
+        RM(subsd, true, qword),
+        RM(mulps, false, ptr),
+        RM(mulss, false, dword),
+        RM(mulpd, true, ptr),
+        RM(mulsd, true, qword),
+        RM(divps, false, ptr),
+        RM(divss, false, dword),
+        RM(divpd, true, ptr),
+        RM(divsd, true, qword),
+        RM(minps, false, ptr),
+        RM(minss, false, dword),
+        RM(minpd, true, ptr),
+        RM(minsd, true, qword),
+        RM(maxps, false, ptr),
+        RM(maxss, false, dword),
+        RM(maxpd, true, ptr),
+        RM(maxsd, true, qword),
+        RM(sqrtps, false, ptr),
+        RM(sqrtss, false, dword),
+        RM(sqrtpd, true, ptr),
+        RM(sqrtsd, true, qword),
+        RM(cvtdq2ps, false, ptr),
+        RM(cvtps2dq, false, ptr),
+        RM(cvttps2dq, false, ptr),
+        RM(cvtdq2pd, false, qword),
+        RM(cvtpd2dq, true, ptr),
+        RM(cvttpd2dq, true, ptr),
+        RM(cvtps2pd, false, qword),
+        RM(cvtpd2ps, true, ptr),
+        RM(cvtss2sd, false, dword),
+        RM(cvtsd2ss, true, qword),
+        RM(andps, false, ptr),
+        RM(xorpd, true, ptr),
+        RM(unpcklps, false, ptr),
+        RM(unpckhpd, true, ptr),
     };
 }
 
@@ -115,59 +146,59 @@ TEST(SoftSseFp, ScalarIntegerConversionsMatchHost)
     Rng rng(24);
     std::vector<Case> cases = {
         { "cvtsi2ss", false,
-          [](G& g) {
-              g.cvtsi2ss(g.xmm1, g.eax);
-              g.cvtsi2ss(g.xmm2, g.rcx);
-              g.cvtsi2ss(g.xmm3, g.dword[g.rsi]);
-              g.cvtsi2ss(g.xmm4, g.qword[g.rsi + 8]);
-          } },
+            [](G& g) {
+                g.cvtsi2ss(g.xmm1, g.eax);
+                g.cvtsi2ss(g.xmm2, g.rcx);
+                g.cvtsi2ss(g.xmm3, g.dword[g.rsi]);
+                g.cvtsi2ss(g.xmm4, g.qword[g.rsi + 8]);
+            } },
         { "cvtsi2sd", true,
-          [](G& g) {
-              g.cvtsi2sd(g.xmm1, g.edx);
-              g.cvtsi2sd(g.xmm2, g.r8);
-              g.cvtsi2sd(g.xmm3, g.dword[g.rsi + 16]);
-              g.cvtsi2sd(g.xmm4, g.qword[g.rsi + 24]);
-          } },
+            [](G& g) {
+                g.cvtsi2sd(g.xmm1, g.edx);
+                g.cvtsi2sd(g.xmm2, g.r8);
+                g.cvtsi2sd(g.xmm3, g.dword[g.rsi + 16]);
+                g.cvtsi2sd(g.xmm4, g.qword[g.rsi + 24]);
+            } },
         { "cvtss2si", false,
-          [](G& g) {
-              g.cvtss2si(g.eax, g.xmm1);
-              g.cvtss2si(g.rcx, g.xmm2);
-              g.cvtss2si(g.edx, g.dword[g.rsi + 4]);
-              g.cvtss2si(g.r9, g.dword[g.rsi + 12]);
-              g.cvttss2si(g.r10d, g.xmm3);
-              g.cvttss2si(g.r11, g.xmm4);
-              g.cvttss2si(g.ebx, g.dword[g.rsi + 20]);
-          } },
+            [](G& g) {
+                g.cvtss2si(g.eax, g.xmm1);
+                g.cvtss2si(g.rcx, g.xmm2);
+                g.cvtss2si(g.edx, g.dword[g.rsi + 4]);
+                g.cvtss2si(g.r9, g.dword[g.rsi + 12]);
+                g.cvttss2si(g.r10d, g.xmm3);
+                g.cvttss2si(g.r11, g.xmm4);
+                g.cvttss2si(g.ebx, g.dword[g.rsi + 20]);
+            } },
         { "cvtsd2si", true,
-          [](G& g) {
-              g.cvtsd2si(g.eax, g.xmm1);
-              g.cvtsd2si(g.rcx, g.xmm2);
-              g.cvtsd2si(g.edx, g.qword[g.rsi + 8]);
-              g.cvtsd2si(g.r9, g.qword[g.rsi + 16]);
-              g.cvttsd2si(g.r10d, g.xmm3);
-              g.cvttsd2si(g.r11, g.xmm4);
-              g.cvttsd2si(g.rbx, g.qword[g.rsi + 24]);
-          } },
+            [](G& g) {
+                g.cvtsd2si(g.eax, g.xmm1);
+                g.cvtsd2si(g.rcx, g.xmm2);
+                g.cvtsd2si(g.edx, g.qword[g.rsi + 8]);
+                g.cvtsd2si(g.r9, g.qword[g.rsi + 16]);
+                g.cvttsd2si(g.r10d, g.xmm3);
+                g.cvttsd2si(g.r11, g.xmm4);
+                g.cvttsd2si(g.rbx, g.qword[g.rsi + 24]);
+            } },
         { "mmx_cvt", false,
-          [](G& g) {
-              g.cvtpi2ps(g.xmm1, g.qword[g.rsi]);
-              g.movq(g.mm0, g.ptr[g.rsi + 8]);
-              g.cvtpi2ps(g.xmm2, g.mm0);
-              g.cvtpi2pd(g.xmm3, g.mm0);
-              g.cvtps2pi(g.mm1, g.xmm4);
-              g.cvttps2pi(g.mm2, g.qword[g.rsi + 16]);
-              g.movq(g.ptr[g.rsi + 64], g.mm1);
-              g.movq(g.ptr[g.rsi + 72], g.mm2);
-              g.emms();
-          } },
+            [](G& g) {
+                g.cvtpi2ps(g.xmm1, g.qword[g.rsi]);
+                g.movq(g.mm0, g.ptr[g.rsi + 8]);
+                g.cvtpi2ps(g.xmm2, g.mm0);
+                g.cvtpi2pd(g.xmm3, g.mm0);
+                g.cvtps2pi(g.mm1, g.xmm4);
+                g.cvttps2pi(g.mm2, g.qword[g.rsi + 16]);
+                g.movq(g.ptr[g.rsi + 64], g.mm1);
+                g.movq(g.ptr[g.rsi + 72], g.mm2);
+                g.emms();
+            } },
         { "mmx_cvt_pd", true,
-          [](G& g) {
-              g.cvtpd2pi(g.mm1, g.xmm4);
-              g.cvttpd2pi(g.mm2, g.ptr[g.rsi + 16]);
-              g.movq(g.ptr[g.rsi + 64], g.mm1);
-              g.movq(g.ptr[g.rsi + 72], g.mm2);
-              g.emms();
-          } },
+            [](G& g) {
+                g.cvtpd2pi(g.mm1, g.xmm4);
+                g.cvttpd2pi(g.mm2, g.ptr[g.rsi + 16]);
+                g.movq(g.ptr[g.rsi + 64], g.mm1);
+                g.movq(g.ptr[g.rsi + 72], g.mm2);
+                g.emms();
+            } },
     };
     for (const Case& c : cases) {
         HostProgram host(c.emit);
@@ -226,7 +257,8 @@ TEST(SoftSseFp, ReciprocalApproximationsWithinBound)
         VecState s;
         float in[4];
         for (float& f : in)
-            f = std::ldexp(1.0f + static_cast<float>(rng.below(1 << 20)) / (1 << 20), static_cast<int>(rng.below(60)) - 30);
+            f = std::ldexp(
+                1.0f + static_cast<float>(rng.below(1 << 20)) / (1 << 20), static_cast<int>(rng.below(60)) - 30);
         std::memcpy(s.xmm[1].data(), in, 16);
         ASSERT_FALSE(soft.run_state(
             [](G& g) {

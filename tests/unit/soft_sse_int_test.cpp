@@ -15,17 +15,17 @@ struct Case {
 #define RM(op)                                                                                                         \
     Case                                                                                                               \
     {                                                                                                                  \
-        #op, [](G& g) {                                                                                                \
+#op, [](G& g) {                                                                                                \
             g.op(g.xmm1, g.xmm2);                                                                                      \
             g.op(g.xmm3, g.ptr[g.rsi + 32]);                                                                           \
             g.op(g.xmm14, g.xmm9);                                                                                     \
-        }                                                                                                              \
+        }       \
     }
 // MMX register and memory forms.
 #define MM(op)                                                                                                         \
     Case                                                                                                               \
     {                                                                                                                  \
-        #op "_mmx", [](G& g) {                                                                                         \
+#op "_mmx", [](G& g) {                                                                                         \
             g.movq(g.mm1, g.ptr[g.rsi + 64]);                                                                          \
             g.movq(g.mm2, g.ptr[g.rsi + 72]);                                                                          \
             g.op(g.mm1, g.mm2);                                                                                        \
@@ -36,26 +36,121 @@ struct Case {
             g.movdq2q(g.mm3, g.xmm7);                                                                                  \
             g.movq(g.ptr[g.rsi + 104], g.mm3);                                                                         \
             g.emms();                                                                                                  \
-        }                                                                                                              \
+        }       \
     }
 
 std::vector<Case> binary_cases()
 {
     return {
-        RM(pand), RM(pandn), RM(por), RM(pxor), RM(andps), RM(andpd), RM(andnps), RM(andnpd), RM(orps), RM(orpd),
-        RM(xorps), RM(xorpd), RM(paddb), RM(paddw), RM(paddd), RM(paddq), RM(psubb), RM(psubw), RM(psubd),
-        RM(psubq), RM(paddsb), RM(paddsw), RM(paddusb), RM(paddusw), RM(psubsb), RM(psubsw), RM(psubusb),
-        RM(psubusw), RM(pcmpeqb), RM(pcmpeqw), RM(pcmpeqd), RM(pcmpgtb), RM(pcmpgtw), RM(pcmpgtd), RM(pminub),
-        RM(pmaxub), RM(pminsw), RM(pmaxsw), RM(pavgb), RM(pavgw), RM(psadbw), RM(pmullw), RM(pmulhw), RM(pmulhuw),
-        RM(pmuludq), RM(pmaddwd), RM(punpcklbw), RM(punpcklwd), RM(punpckldq), RM(punpcklqdq), RM(punpckhbw),
-        RM(punpckhwd), RM(punpckhdq), RM(punpckhqdq), RM(unpcklps), RM(unpckhps), RM(unpcklpd), RM(unpckhpd),
-        RM(packsswb), RM(packssdw), RM(packuswb), RM(psllw), RM(pslld), RM(psllq), RM(psrlw), RM(psrld),
-        RM(psrlq), RM(psraw), RM(psrad),
-        MM(pand), MM(pandn), MM(por), MM(pxor), MM(paddb), MM(paddw), MM(paddd), MM(paddq), MM(psubb), MM(psubq),
-        MM(paddsb), MM(paddusw), MM(psubsw), MM(psubusb), MM(pcmpeqb), MM(pcmpgtw), MM(pcmpgtd), MM(pminub),
-        MM(pmaxsw), MM(pavgb), MM(pavgw), MM(psadbw), MM(pmullw), MM(pmulhw), MM(pmulhuw), MM(pmuludq),
-        MM(pmaddwd), MM(punpcklbw), MM(punpcklwd), MM(punpckldq), MM(punpckhbw), MM(punpckhwd), MM(punpckhdq),
-        MM(packsswb), MM(packssdw), MM(packuswb), MM(psllw), MM(psrld), MM(psraw), MM(psrlq),
+        RM(pand),
+        RM(pandn),
+        RM(por),
+        RM(pxor),
+        RM(andps),
+        RM(andpd),
+        RM(andnps),
+        RM(andnpd),
+        RM(orps),
+        RM(orpd),
+        RM(xorps),
+        RM(xorpd),
+        RM(paddb),
+        RM(paddw),
+        RM(paddd),
+        RM(paddq),
+        RM(psubb),
+        RM(psubw),
+        RM(psubd),
+        RM(psubq),
+        RM(paddsb),
+        RM(paddsw),
+        RM(paddusb),
+        RM(paddusw),
+        RM(psubsb),
+        RM(psubsw),
+        RM(psubusb),
+        RM(psubusw),
+        RM(pcmpeqb),
+        RM(pcmpeqw),
+        RM(pcmpeqd),
+        RM(pcmpgtb),
+        RM(pcmpgtw),
+        RM(pcmpgtd),
+        RM(pminub),
+        RM(pmaxub),
+        RM(pminsw),
+        RM(pmaxsw),
+        RM(pavgb),
+        RM(pavgw),
+        RM(psadbw),
+        RM(pmullw),
+        RM(pmulhw),
+        RM(pmulhuw),
+        RM(pmuludq),
+        RM(pmaddwd),
+        RM(punpcklbw),
+        RM(punpcklwd),
+        RM(punpckldq),
+        RM(punpcklqdq),
+        RM(punpckhbw),
+        RM(punpckhwd),
+        RM(punpckhdq),
+        RM(punpckhqdq),
+        RM(unpcklps),
+        RM(unpckhps),
+        RM(unpcklpd),
+        RM(unpckhpd),
+        RM(packsswb),
+        RM(packssdw),
+        RM(packuswb),
+        RM(psllw),
+        RM(pslld),
+        RM(psllq),
+        RM(psrlw),
+        RM(psrld),
+        RM(psrlq),
+        RM(psraw),
+        RM(psrad),
+        MM(pand),
+        MM(pandn),
+        MM(por),
+        MM(pxor),
+        MM(paddb),
+        MM(paddw),
+        MM(paddd),
+        MM(paddq),
+        MM(psubb),
+        MM(psubq),
+        MM(paddsb),
+        MM(paddusw),
+        MM(psubsw),
+        MM(psubusb),
+        MM(pcmpeqb),
+        MM(pcmpgtw),
+        MM(pcmpgtd),
+        MM(pminub),
+        MM(pmaxsw),
+        MM(pavgb),
+        MM(pavgw),
+        MM(psadbw),
+        MM(pmullw),
+        MM(pmulhw),
+        MM(pmulhuw),
+        MM(pmuludq),
+        MM(pmaddwd),
+        MM(punpcklbw),
+        MM(punpcklwd),
+        MM(punpckldq),
+        MM(punpckhbw),
+        MM(punpckhwd),
+        MM(punpckhdq),
+        MM(packsswb),
+        MM(packssdw),
+        MM(packuswb),
+        MM(psllw),
+        MM(psrld),
+        MM(psraw),
+        MM(psrlq),
     };
 }
 

@@ -162,6 +162,28 @@ TEST(SoftSseMove, MaskMovDquStoresSelectedBytes)
     }
 }
 
+TEST(SoftSseMove, MaskMovqStoresSelectedBytes)
+{
+    SseRunner soft;
+    Cpu& c = soft.cpu();
+    Rng rng(8);
+    for (int i = 0; i < 16; ++i) {
+        uint8_t* mem = soft.mem(0x30000, 16);
+        uint8_t expect[16];
+        for (int j = 0; j < 16; ++j)
+            mem[j] = expect[j] = static_cast<uint8_t>(rng.next());
+        uint64_t data = rng.next(), mask = rng.next();
+        for (int j = 0; j < 8; ++j)
+            if ((mask >> (8 * j + 7)) & 1)
+                expect[3 + j] = static_cast<uint8_t>(data >> (8 * j));
+        fpu::fx_set<uint64_t>(c, fpu::kSt + 16 * 1, data); // MM1 and MM2 (TOP = 0)
+        fpu::fx_set<uint64_t>(c, fpu::kSt + 16 * 2, mask);
+        c.gpr[RDI] = 0x30003;
+        ASSERT_FALSE(soft.run([](G& g) { g.maskmovq(g.mm1, g.mm2); }));
+        ASSERT_EQ(std::memcmp(mem, expect, 16), 0);
+    }
+}
+
 TEST(SoftSseMove, SseDisabledOrTaskSwitched)
 {
     SseRunner soft;

@@ -1,36 +1,28 @@
 // Test support for the soft engine's SSE/x87 handlers: runs real instruction bytes (assembled
-// with Xbyak) both on the soft engine and natively on the host, from the same initial state, so
-// results can be compared with real silicon.
-//
-// The soft side decodes with Zydis into Insn itself (explicit operands only, like the engine's
-// decoder) and calls the registered handlers; it only supports what SSE/x87 tests need
-// (64-bit mode, paging off, memory operands based on RSI). It stays until the shared harness
-// (soft_test_support.h) covers these tests.
+// with Xbyak) both on the soft engine (decoder, block cache and interpreter, through
+// SoftHarness) and natively on the host, from the same initial state, so results can be
+// compared with real silicon.
 #pragma once
 
 #include <gtest/gtest.h>
 #include <immintrin.h>
-#include <sys/mman.h>
 
 #include <array>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <string>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
-#include <Zydis/Zydis.h>
 #include <xbyak/xbyak.h>
 
 #include "engine/soft/cpu.h"
 #include "engine/soft/flags.h"
 #include "engine/soft/fpu_state.h"
-#include "engine/soft/handlers.h"
-#include "engine/soft/mmu.h"
-#include "memory/guest_memory.h"
+#include "soft_test_support.h"
 
 namespace vessel::soft::test {
 
@@ -47,79 +39,51 @@ struct alignas(64) VecState {
 
 constexpr uint64_t kArithMask = 0x8d5; // CF PF AF ZF SF OF
 
-inline uint8_t* guest_ptr(const GuestMemory& m, uint64_t gpa, uint64_t len) { return m.host_ptr(gpa, len); }
-
+// The soft side: a long-mode SoftHarness (CPL 0, identity paging, CR4.OSXSAVE added) that
+// runs a program followed by HLT.
 class SseRunner {
 public:
-    static constexpr uint64_t kCode = 0x1000;
-    static constexpr uint64_t kData = 0x10000;
+    static constexpr uint64_t kCode = kCodeBase;
+    static constexpr uint64_t kData = kDataBase;
 
     SseRunner()
-        : m_mem(GuestMemory::create(16 << 20).release_value())
-        , m_machine(m_mem)
-        , m_cpu(std::make_unique<Cpu>())
     {
-        ZydisDecoderInit(&m_decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
-        Cpu& c = *m_cpu;
-        c.machine = &m_machine;
-        c.tlb.flush();
-        c.cr0 = x86::kCr0Pe | x86::kCr0Et | x86::kCr0Ne;
-        c.cr4 = x86::kCr4Osfxsr | x86::kCr4Osxmmexcpt | fpu::kCr4Osxsave;
-        c.efer = x86::kEferLme | x86::kEferLma;
-        c.seg[CS].l = 1;
-        c.seg[CS].present = 1;
-        c.update_mode();
-        fpu::fx_set<uint16_t>(c, fpu::kFcw, fpu::kFcwInit);
-        fpu::set_mxcsr(c, fpu::kMxcsrDefault);
+        Cpu& c = m_harness.cpu();
+        c.cr4 |= fpu::kCr4Osxsave;
     }
 
-    Cpu& cpu() { return *m_cpu; }
-    uint8_t* mem(uint64_t gpa, uint64_t len) { return guest_ptr(m_mem, gpa, len); }
+    Cpu& cpu() { return m_harness.cpu(); }
+    uint8_t* mem(uint64_t gpa, uint64_t len) { return m_harness.memory().host_ptr(gpa, len); }
 
-    // Runs the code; returns the fault that stopped it, if any (RIP then is the faulting
+    // Runs the program; returns the fault that stopped it, if any (RIP then is the faulting
     // instruction's).
-    std::optional<GuestFault> run(const uint8_t* code, size_t len)
+    std::optional<GuestFault> run(const Emit& emit)
     {
-        std::memcpy(mem(kCode, len), code, len);
-        Cpu& c = *m_cpu;
-        c.rip = kCode;
-        while (c.rip < kCode + len) {
-            ZydisDecodedInstruction z;
-            ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-            uint64_t off = c.rip - kCode;
-            if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&m_decoder, code + off, len - off, &z, ops))) {
-                ADD_FAILURE() << "undecodable test code at offset " << off;
-                return std::nullopt;
-            }
-            Insn in = to_insn(z, ops);
-            c.insn_start = c.rip;
-            c.rip += z.length;
-            try {
-                in.exec(c, in);
-            } catch (const GuestFault& f) {
-                c.rip = c.insn_start;
-                return f;
-            }
-        }
+        Xbyak::CodeGenerator g(16384, Xbyak::DontSetProtectRWE);
+        emit(g);
+        g.hlt();
+        m_harness.cache().flush(); // the code is rewritten behind the engine's back
+        m_harness.load(std::span<const uint8_t>(g.getCode(), g.getSize()));
+        RunResult r = m_harness.run(1'000'000);
+        if (r.kind == RunResult::Fault)
+            return r.fault;
+        if (r.kind != RunResult::Halted)
+            ADD_FAILURE() << "program did not reach HLT: " << int(r.kind) << " " << r.abort_message;
         return std::nullopt;
     }
 
-    std::optional<GuestFault> run(const Emit& emit)
-    {
-        Xbyak::CodeGenerator g(4096, Xbyak::DontSetProtectRWE);
-        emit(g);
-        return run(g.getCode(), g.getSize());
-    }
-
-    // Loads `s` (memory at kData, RSI = kData), runs, and stores the result back into `s`.
+    // Loads `s` (memory at kData, RSI = kData, x87 in the FNINIT state), runs, and stores the
+    // result back into `s`.
     std::optional<GuestFault> run_state(const Emit& emit, VecState& s)
     {
-        Cpu& c = *m_cpu;
+        Cpu& c = cpu();
         for (unsigned i = 0; i < 16; ++i)
             std::memcpy(c.fx.data() + fpu::kXmm + 16 * i, s.xmm[i].data(), 16);
+        uint64_t rsp = c.gpr[RSP];
         c.gpr = s.gpr;
         c.gpr[RSI] = kData;
-        std::memset(c.fx.data(), 0, fpu::kMxcsr); // FNINIT state, as on the host side
+        c.gpr[RSP] = rsp;
+        std::memset(c.fx.data(), 0, fpu::kMxcsr);
         std::memset(c.fx.data() + fpu::kSt, 0, 128);
         fpu::fx_set<uint16_t>(c, fpu::kFcw, fpu::kFcwInit);
         fpu::set_mxcsr(c, s.mxcsr);
@@ -132,104 +96,13 @@ public:
         s.gpr = c.gpr;
         s.gpr[RSI] = 0;
         s.mxcsr = fpu::mxcsr(c);
-        s.rflags = get_rflags_value(c) & kArithMask;
+        s.rflags = get_rflags(c) & kArithMask;
         std::memcpy(s.mem.data(), mem(kData, s.mem.size()), s.mem.size());
         return fault;
     }
 
 private:
-    static uint64_t get_rflags_value(Cpu& c);
-
-    static uint8_t gpr_index(ZydisRegister r)
-    {
-        ZydisRegister big = ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, r);
-        return static_cast<uint8_t>(ZydisRegisterGetId(big));
-    }
-
-    static uint8_t seg_index(ZydisRegister r)
-    {
-        switch (r) {
-        case ZYDIS_REGISTER_ES: return ES;
-        case ZYDIS_REGISTER_CS: return CS;
-        case ZYDIS_REGISTER_SS: return SS;
-        case ZYDIS_REGISTER_FS: return FS;
-        case ZYDIS_REGISTER_GS: return GS;
-        default: return DS;
-        }
-    }
-
-    static Insn to_insn(const ZydisDecodedInstruction& z, const ZydisDecodedOperand* ops)
-    {
-        Insn in;
-        in.mnemonic = static_cast<uint16_t>(z.mnemonic);
-        in.length = z.length;
-        in.osize = static_cast<uint8_t>(z.operand_width / 8);
-        in.asize = static_cast<uint8_t>(z.address_width / 8);
-        in.opcode = z.opcode;
-        switch (z.opcode_map) {
-        case ZYDIS_OPCODE_MAP_DEFAULT: in.opmap = 0; break;
-        case ZYDIS_OPCODE_MAP_0F: in.opmap = 1; break;
-        case ZYDIS_OPCODE_MAP_0F38: in.opmap = 2; break;
-        case ZYDIS_OPCODE_MAP_0F3A: in.opmap = 3; break;
-        default: in.opmap = 4; break;
-        }
-        in.modrm_reg = z.raw.modrm.reg;
-        if (z.attributes & ZYDIS_ATTRIB_HAS_REX)
-            in.flags |= kFlagRex;
-        if (z.raw.rex.W)
-            in.flags |= kFlagRexW;
-        if (z.attributes & ZYDIS_ATTRIB_HAS_SEGMENT)
-            in.flags |= kFlagSegOverride;
-        in.seg = DS;
-        unsigned n = 0;
-        for (unsigned i = 0; i < z.operand_count && n < 4; ++i) {
-            const ZydisDecodedOperand& o = ops[i];
-            if (o.visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT)
-                continue;
-            Operand& d = in.op[n++];
-            d.size = static_cast<uint8_t>(o.size / 8);
-            switch (o.type) {
-            case ZYDIS_OPERAND_TYPE_REGISTER: {
-                ZydisRegisterClass cls = ZydisRegisterGetClass(o.reg.value);
-                switch (cls) {
-                case ZYDIS_REGCLASS_XMM: d.kind = OpKind::Xmm; d.reg = static_cast<uint8_t>(ZydisRegisterGetId(o.reg.value)); break;
-                case ZYDIS_REGCLASS_MMX: d.kind = OpKind::Mmx; d.reg = static_cast<uint8_t>(ZydisRegisterGetId(o.reg.value)); break;
-                case ZYDIS_REGCLASS_X87: d.kind = OpKind::St; d.reg = static_cast<uint8_t>(ZydisRegisterGetId(o.reg.value)); break;
-                case ZYDIS_REGCLASS_GPR8:
-                case ZYDIS_REGCLASS_GPR16:
-                case ZYDIS_REGCLASS_GPR32:
-                case ZYDIS_REGCLASS_GPR64: d.kind = OpKind::Gpr; d.reg = gpr_index(o.reg.value); break;
-                default: ADD_FAILURE() << "register class not supported by the test decoder"; break;
-                }
-                break;
-            }
-            case ZYDIS_OPERAND_TYPE_MEMORY:
-                d.kind = OpKind::Mem;
-                in.flags |= kFlagHasMem;
-                in.seg = seg_index(o.mem.segment);
-                in.base = o.mem.base == ZYDIS_REGISTER_NONE ? kNoReg
-                          : o.mem.base == ZYDIS_REGISTER_RIP ? kRipReg
-                                                             : gpr_index(o.mem.base);
-                in.index = o.mem.index == ZYDIS_REGISTER_NONE ? kNoReg : gpr_index(o.mem.index);
-                in.scale = o.mem.scale ? o.mem.scale : 1;
-                in.disp = o.mem.disp.value;
-                break;
-            case ZYDIS_OPERAND_TYPE_IMMEDIATE:
-                d.kind = OpKind::Imm;
-                in.imm = o.imm.value.u;
-                break;
-            default: ADD_FAILURE() << "operand type not supported by the test decoder"; break;
-            }
-        }
-        in.nops = static_cast<uint8_t>(n);
-        in.exec = handler_table()[in.mnemonic];
-        return in;
-    }
-
-    GuestMemory m_mem;
-    SoftMachine m_machine;
-    std::unique_ptr<Cpu> m_cpu;
-    ZydisDecoder m_decoder;
+    SoftHarness m_harness { CpuMode::Long64 };
 };
 
 // The same program compiled for native execution: loads the state (RSI = the state's memory
@@ -314,8 +187,6 @@ private:
     Xbyak::CodeGenerator m_gen;
 };
 
-inline uint64_t SseRunner::get_rflags_value(Cpu& c) { return get_rflags(c); }
-
 // Bytes [from, to) of the memory buffer are not compared (e.g. FIP/FDP of a saved x87 image).
 struct Ignore {
     size_t from { 0 }, to { 0 };
@@ -328,18 +199,18 @@ inline std::string hex(uint64_t v)
     return buf;
 }
 
-inline ::testing::AssertionResult same_state(const VecState& guest, const VecState& host, bool flags,
-                                             std::initializer_list<Ignore> ignore = {})
+inline ::testing::AssertionResult same_state(
+    const VecState& guest, const VecState& host, bool flags, std::initializer_list<Ignore> ignore = {})
 {
     for (unsigned i = 0; i < 16; ++i)
         if (guest.xmm[i] != host.xmm[i])
-            return ::testing::AssertionFailure() << "xmm" << i << ": soft " << hex(guest.xmm[i][1]) << ":"
-                                                 << hex(guest.xmm[i][0]) << " host " << hex(host.xmm[i][1]) << ":"
-                                                 << hex(host.xmm[i][0]);
+            return ::testing::AssertionFailure()
+                << "xmm" << i << ": soft " << hex(guest.xmm[i][1]) << ":" << hex(guest.xmm[i][0]) << " host "
+                << hex(host.xmm[i][1]) << ":" << hex(host.xmm[i][0]);
     for (unsigned i = 0; i < 16; ++i)
         if (i != RSP && guest.gpr[i] != host.gpr[i])
-            return ::testing::AssertionFailure() << "gpr" << i << ": soft " << hex(guest.gpr[i]) << " host "
-                                                 << hex(host.gpr[i]);
+            return ::testing::AssertionFailure()
+                << "gpr" << i << ": soft " << hex(guest.gpr[i]) << " host " << hex(host.gpr[i]);
     if (guest.mxcsr != host.mxcsr)
         return ::testing::AssertionFailure() << "mxcsr: soft " << hex(guest.mxcsr) << " host " << hex(host.mxcsr);
     if (flags && guest.rflags != host.rflags)
@@ -349,22 +220,27 @@ inline ::testing::AssertionResult same_state(const VecState& guest, const VecSta
         for (const Ignore& r : ignore)
             skip |= i >= r.from && i < r.to;
         if (!skip && guest.mem[i] != host.mem[i])
-            return ::testing::AssertionFailure() << "mem[" << i << "]: soft " << int(guest.mem[i]) << " host "
-                                                 << int(host.mem[i]);
+            return ::testing::AssertionFailure()
+                << "mem[" << i << "]: soft " << int(guest.mem[i]) << " host " << int(host.mem[i]);
     }
     return ::testing::AssertionSuccess();
 }
 
 // Runs a program on both sides from `init` and compares the results.
+// `normalize` (optional) is applied to both results first (e.g. to clear what is undefined).
 inline ::testing::AssertionResult differential(SseRunner& soft, HostProgram& host, const Emit& emit,
-                                               const VecState& init, bool flags = false,
-                                               std::initializer_list<Ignore> ignore = {})
+    const VecState& init, bool flags = false, std::initializer_list<Ignore> ignore = {},
+    void (*normalize)(VecState&) = nullptr)
 {
     VecState g = init, h = init;
     auto fault = soft.run_state(emit, g);
     if (fault)
         return ::testing::AssertionFailure() << "soft engine raised vector " << int(fault->vector);
     host.run(h);
+    if (normalize) {
+        normalize(g);
+        normalize(h);
+    }
     return same_state(g, h, flags, ignore);
 }
 
@@ -388,11 +264,10 @@ public:
     // payloads, denormals, extremes, integers near conversion limits, small exact values.
     uint32_t f32()
     {
-        static constexpr uint32_t kSpecial[] = { 0x00000000, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000,
-                                                 0xffc00000, 0x7fa00001, 0xff812345, 0x00000001, 0x807fffff,
-                                                 0x00400000, 0x7f7fffff, 0xff7fffff, 0x00800000, 0x3f800000,
-                                                 0xbf800000, 0x4f000000, 0xcf000000, 0x4effffff, 0xcf000001,
-                                                 0x5f000000, 0xdf000000, 0x3f000000, 0x3fc00000, 0x40200000 };
+        static constexpr uint32_t kSpecial[] = { 0x00000000, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00000,
+            0x7fa00001, 0xff812345, 0x00000001, 0x807fffff, 0x00400000, 0x7f7fffff, 0xff7fffff, 0x00800000, 0x3f800000,
+            0xbf800000, 0x4f000000, 0xcf000000, 0x4effffff, 0xcf000001, 0x5f000000, 0xdf000000, 0x3f000000, 0x3fc00000,
+            0x40200000 };
         switch (below(4)) {
         case 0: return kSpecial[below(sizeof(kSpecial) / 4)];
         case 1: return static_cast<uint32_t>(next());
@@ -408,11 +283,33 @@ public:
     uint64_t f64()
     {
         static constexpr uint64_t kSpecial[] = {
-            0, 0x8000000000000000, 0x7ff0000000000000, 0xfff0000000000000, 0x7ff8000000000000, 0xfff8000000000000,
-            0x7ff4000000000001, 0xfff0000000012345, 1, 0x800fffffffffffff, 0x0008000000000000, 0x7fefffffffffffff,
-            0xffefffffffffffff, 0x0010000000000000, 0x3ff0000000000000, 0xbff0000000000000, 0x41e0000000000000,
-            0xc1e0000000000000, 0x41dfffffffc00000, 0xc1e0000000200000, 0x43e0000000000000, 0xc3e0000000000000,
-            0x3fe0000000000000, 0x3ff8000000000000, 0x4004000000000000, 0x36a0000000000000, 0x47efffffe0000000,
+            0,
+            0x8000000000000000,
+            0x7ff0000000000000,
+            0xfff0000000000000,
+            0x7ff8000000000000,
+            0xfff8000000000000,
+            0x7ff4000000000001,
+            0xfff0000000012345,
+            1,
+            0x800fffffffffffff,
+            0x0008000000000000,
+            0x7fefffffffffffff,
+            0xffefffffffffffff,
+            0x0010000000000000,
+            0x3ff0000000000000,
+            0xbff0000000000000,
+            0x41e0000000000000,
+            0xc1e0000000000000,
+            0x41dfffffffc00000,
+            0xc1e0000000200000,
+            0x43e0000000000000,
+            0xc3e0000000000000,
+            0x3fe0000000000000,
+            0x3ff8000000000000,
+            0x4004000000000000,
+            0x36a0000000000000,
+            0x47efffffe0000000,
         };
         switch (below(4)) {
         case 0: return kSpecial[below(sizeof(kSpecial) / 8)];

@@ -146,7 +146,7 @@ TEST_F(SoftSysMode, LongModeCrRulesAndTlbFlush)
     // CR8 goes to the TPR hook; bits above 3 are reserved.
     c.gpr[RAX] = 9;
     run(mov_to_cr(8, RAX, 8));
-    EXPECT_EQ(g_cr8, 9);
+    EXPECT_EQ(get_cr8(c), 9);
     c.gpr[RAX] = 0x10;
     EXPECT_EQ(fault_of(c, mov_to_cr(8, RAX, 8)).vector, kExcGP);
 }

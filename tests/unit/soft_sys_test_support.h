@@ -15,13 +15,11 @@
 #include "engine/soft/flags.h"
 #include "engine/soft/handlers.h"
 #include "engine/soft/mmu.h"
+#include "engine/soft/platform.h"
 #include "engine/soft/segments.h"
 #include "memory/guest_memory.h"
 
 namespace vessel::soft::systest {
-
-extern uint8_t g_cr8;
-extern unsigned g_halts;
 
 struct IoRecord {
     bool write;
@@ -80,8 +78,6 @@ protected:
         c.machine = &m_machine;
         c.io = &io;
         reset_cpu(c);
-        g_cr8 = 0;
-        g_halts = 0;
     }
 
     template<typename T>

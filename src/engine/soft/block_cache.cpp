@@ -6,18 +6,14 @@
 
 namespace vessel::soft {
 
-bool BlockCache::valid(const Block& b) const
-{
-    if (m_machine.page_generation(b.gpa) != b.gen)
-        return false;
-    return b.gpa2 == kNoPage || m_machine.page_generation(b.gpa2) == b.gen2;
-}
-
 void BlockCache::flush()
 {
     m_blocks.clear();
+    m_stale.clear();
     for (auto& f : m_fast)
         f = Fast {};
+    for (auto& j : m_jump)
+        j = Jump {};
 }
 
 const Block& BlockCache::get(Cpu& c, uint64_t linear, uint64_t gpa)
@@ -31,11 +27,14 @@ const Block& BlockCache::get(Cpu& c, uint64_t linear, uint64_t gpa)
         fast = Fast { k, it->second.get() };
         return *it->second;
     }
-    if (m_blocks.size() >= kMaxBlocks)
+    if (m_blocks.size() + m_stale.size() >= kMaxBlocks)
         flush();
     auto block = decode(c, linear, gpa);
     Block* raw = block.get();
-    m_blocks[k] = std::move(block);
+    auto& slot = m_blocks[k];
+    if (slot)
+        m_stale.push_back(std::move(slot));
+    slot = std::move(block);
     fast = Fast { k, raw };
     // The new block's pages are code pages now: stop caching writes to them (ours included).
     sync_code_epoch(c);

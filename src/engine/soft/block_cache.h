@@ -12,6 +12,7 @@
 
 #include "engine/soft/cpu.h"
 #include "engine/soft/decoder.h"
+#include "engine/soft/mmu.h"
 #include "engine/soft/insn.h"
 
 namespace vessel::soft {
@@ -38,12 +39,32 @@ public:
     // page, #UD when the first instruction does not decode).
     const Block& get(Cpu& c, uint64_t linear, uint64_t gpa);
 
+    // The block last executed at this linear RIP, if the TLB and the block are still what they
+    // were (no translation or page walk needed), else nullptr.
+    const Block* find_linear(const Cpu& c, uint64_t linear) const
+    {
+        const Jump& j = m_jump[(linear ^ (linear >> 12)) & (kJumpEntries - 1)];
+        if (j.linear == linear && j.tlb_gen == c.tlb.gen && j.mode == c.mode && j.user == (c.cpl == 3)
+            && valid(*j.block)) [[likely]]
+            return j.block;
+        return nullptr;
+    }
+    void remember_linear(const Cpu& c, uint64_t linear, const Block& b)
+    {
+        m_jump[(linear ^ (linear >> 12)) & (kJumpEntries - 1)] = Jump { linear, c.tlb.gen, &b, c.mode, c.cpl == 3 };
+    }
+
     void flush();
     size_t size() const { return m_blocks.size(); }
 
 private:
     static uint64_t key(uint64_t gpa, CpuMode mode) { return gpa | (static_cast<uint64_t>(mode) << 56); }
-    bool valid(const Block& b) const;
+    bool valid(const Block& b) const
+    {
+        if (m_machine.page_generation(b.gpa) != b.gen) [[unlikely]]
+            return false;
+        return b.gpa2 == kNoPage || m_machine.page_generation(b.gpa2) == b.gen2;
+    }
     std::unique_ptr<Block> decode(Cpu& c, uint64_t linear, uint64_t gpa);
 
     static constexpr size_t kFastEntries = 4096;
@@ -57,6 +78,18 @@ private:
         Block* block { nullptr };
     };
     std::vector<Fast> m_fast { kFastEntries };
+    struct Jump {
+        uint64_t linear { ~0ULL };
+        uint64_t tlb_gen { 0 };
+        const Block* block { nullptr };
+        CpuMode mode { CpuMode::Real };
+        bool user { false };
+    };
+    static constexpr size_t kJumpEntries = 4096;
+    std::vector<Jump> m_jump { kJumpEntries };
+    // Blocks replaced after their page was written: the fast and jump tables may still point at
+    // them (they fail valid()), so they live until the next flush().
+    std::vector<std::unique_ptr<Block>> m_stale;
 };
 
 } // namespace vessel::soft

@@ -107,6 +107,7 @@ constexpr size_t kTlbEntries = 1024;
 struct Tlb {
     // [0] supervisor accesses (CPL < 3 or implicit system accesses), [1] user accesses.
     std::array<std::array<TlbEntry, kTlbEntries>, 2> e;
+    uint64_t gen { 0 }; // bumped whenever translations are dropped (the jump cache keys on it)
     void flush();
     void flush_page(uint64_t linear);
     void flush_writes(); // drop write permission everywhere (a page became code)

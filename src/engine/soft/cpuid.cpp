@@ -6,10 +6,14 @@
 // leaves carry our own signature "VesselVessel" (no KVM paravirtual features are implemented,
 // so claiming KVM would buy nothing) and the VMware-style timing leaf 0x40000010 (EAX = TSC kHz,
 // EBX = LAPIC timer kHz) for guests that read it — Linux itself does not.
+// The LAPIC timer runs at Lapic::kBusFrequencyHz: leaf 0x15's crystal is that clock.
 #include "engine/soft/cpuid.h"
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
+
+#include "devices/irqchip/lapic.h"
 
 #include "engine/soft/mmu.h"
 #include "engine/soft/platform.h"
@@ -68,11 +72,21 @@ void cache_leaf(uint32_t subleaf, uint32_t cores, uint32_t out[4])
 
 } // namespace
 
-uint64_t cpuid_crystal_hz()
+TscRatio cpuid_tsc_ratio()
 {
-    uint64_t hz = guest_tsc_khz() * 1000;
-    uint64_t ratio = hz / 0x100000000ULL + 1;
-    return hz / ratio;
+    uint64_t tsc_khz = guest_tsc_khz();
+    uint64_t bus_khz = Lapic::kBusFrequencyHz / 1000;
+    uint64_t g = std::gcd(tsc_khz, bus_khz);
+    if (g) {
+        uint64_t num = tsc_khz / g, den = bus_khz / g;
+        if (bus_khz * num <= 0xffffffffULL && Lapic::kBusFrequencyHz <= 0xffffffffULL)
+            return { static_cast<uint32_t>(den), static_cast<uint32_t>(num),
+                static_cast<uint32_t>(Lapic::kBusFrequencyHz) };
+    }
+    // The crystal is the TSC clock divided by the smallest integer that fits 32 bits.
+    uint64_t hz = tsc_khz * 1000;
+    uint64_t div = hz / 0x100000000ULL + 1;
+    return { 1, static_cast<uint32_t>(div), static_cast<uint32_t>(hz / div) };
 }
 
 void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
@@ -154,14 +168,15 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
             out[0] = static_cast<uint32_t>(kXcr0Supported);
             out[1] = kXsaveAreaSize; // for the features enabled in XCR0 (x87/SSE live in the legacy area)
             out[2] = kXsaveAreaSize;
+        } else if (subleaf == 1) {
+            out[0] = kSseGroupXsaveLeafD1Eax;
         }
         break;
     case 0x15: {
-        uint64_t crystal = cpuid_crystal_hz();
-        uint64_t tsc_hz = tsc_khz * 1000;
-        out[0] = 1;
-        out[1] = static_cast<uint32_t>(crystal ? (tsc_hz + crystal / 2) / crystal : 0);
-        out[2] = static_cast<uint32_t>(crystal);
+        TscRatio r = cpuid_tsc_ratio();
+        out[0] = r.denominator;
+        out[1] = r.numerator;
+        out[2] = r.crystal_hz;
         break;
     }
     case 0x16: {
@@ -179,7 +194,7 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
         break;
     case 0x40000010:
         out[0] = static_cast<uint32_t>(tsc_khz);
-        out[1] = static_cast<uint32_t>(cpuid_crystal_hz() / 1000);
+        out[1] = static_cast<uint32_t>(Lapic::kBusFrequencyHz / 1000);
         break;
     case 0x80000000:
         out[0] = kMaxExtLeaf;

@@ -26,12 +26,14 @@ constexpr uint32_t kFpu = 1u << 0, kPse = 1u << 3, kTsc = 1u << 4, kMsr = 1u << 
 } // namespace cpuid1
 
 // ---- What the SSE/x87 group implements: edit these when it grows. ----
-// Leaf 1 EDX: x87, FXSAVE/FXRSTOR, SSE, SSE2 (the x86-64 baseline; add kMmx once MMX is in).
-constexpr uint32_t kSseGroupLeaf1Edx = cpuid1::kFpu | cpuid1::kFxsr | cpuid1::kSse | cpuid1::kSse2;
+// Leaf 1 EDX: x87, MMX, FXSAVE/FXRSTOR, SSE, SSE2 (the x86-64 baseline).
+constexpr uint32_t kSseGroupLeaf1Edx = cpuid1::kFpu | cpuid1::kMmx | cpuid1::kFxsr | cpuid1::kSse | cpuid1::kSse2;
 // Leaf 1 ECX: nothing beyond SSE2 yet (add kSse3, kSsse3, kSse41, kSse42, kPclmulqdq, kAes...).
 constexpr uint32_t kSseGroupLeaf1Ecx = 0;
-// XSAVE/XRSTOR with XCR0 = x87|SSE (XSAVEOPT/XSAVEC/XSAVES not advertised: leaf 0xD.1 EAX = 0).
+// XSAVE/XRSTOR with XCR0 = x87|SSE, and XSAVEOPT (leaf 0xD.1 EAX bit 0; it saves what XSAVE
+// saves, which is allowed). XSAVEC, XGETBV with ECX=1 and XSAVES are not offered.
 constexpr bool kSseGroupXsave = true;
+constexpr uint32_t kSseGroupXsaveLeafD1Eax = 1u << 0;
 constexpr uint64_t kXcr0Supported = 0x3;   // x87 | SSE
 constexpr uint32_t kXsaveAreaSize = 576;   // legacy region 512 + XSAVE header 64
 
@@ -54,9 +56,14 @@ constexpr uint64_t kArchCapabilities = (1ULL << 0) | (1ULL << 3) | (1ULL << 4) |
 
 constexpr unsigned kPhysAddrBits = 40, kVirtAddrBits = 48;
 
-// The core-crystal clock of leaf 0x15 (Hz), from which Linux derives the TSC frequency and
-// the LAPIC timer period (it assumes the LAPIC timer counts at this rate with divide-by-1).
-uint64_t cpuid_crystal_hz();
+// Leaf 0x15: TSC = crystal_hz × numerator / denominator. The crystal is the LAPIC timer's input
+// clock (Linux takes its timer period from it) whenever Linux's 32-bit arithmetic
+// (crystal kHz × numerator) can express the TSC frequency with it; otherwise the crystal is the
+// TSC clock itself (or an integer fraction of it above 4.29 GHz).
+struct TscRatio {
+    uint32_t denominator, numerator, crystal_hz;
+};
+TscRatio cpuid_tsc_ratio();
 
 // CPUID for vCPU `c` (c.id is its APIC ID; the vCPU count comes from c.machine).
 void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4]);

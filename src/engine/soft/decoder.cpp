@@ -1,4 +1,5 @@
 #include "engine/soft/decoder.h"
+#include "engine/soft/exec_fast.h"
 
 #include <initializer_list>
 
@@ -359,6 +360,8 @@ Decoder::Status Decoder::decode(CpuMode mode, const uint8_t* bytes, size_t len, 
         flags |= kFlagEndsBlock;
     out.flags = flags;
     out.exec = handler_table()[z.mnemonic];
+    if (ExecFn fast = specialize(out))
+        out.exec = fast;
     return Status::Ok;
 }
 

@@ -38,8 +38,14 @@ inline void set_xmm(Cpu& c, unsigned i, __m128i v)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(c.fx.data() + kXmm + 16 * (i & 15)), v);
 }
 
-inline uint64_t lo64(__m128i v) { return static_cast<uint64_t>(_mm_cvtsi128_si64(v)); }
-inline uint64_t hi64(__m128i v) { return static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v))); }
+inline uint64_t lo64(__m128i v)
+{
+    return static_cast<uint64_t>(_mm_cvtsi128_si64(v));
+}
+inline uint64_t hi64(__m128i v)
+{
+    return static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v)));
+}
 inline __m128i make128(uint64_t lo, uint64_t hi)
 {
     return _mm_set_epi64x(static_cast<int64_t>(hi), static_cast<int64_t>(lo));

@@ -11,14 +11,38 @@ namespace {
 
 using F2 = __m128i (*)(__m128i, __m128i);
 
-__m128i cvtdq2ps(__m128i, __m128i b) { return _mm_castps_si128(_mm_cvtepi32_ps(b)); }
-__m128i cvtps2dq(__m128i, __m128i b) { return _mm_cvtps_epi32(_mm_castsi128_ps(b)); }
-__m128i cvttps2dq(__m128i, __m128i b) { return _mm_cvttps_epi32(_mm_castsi128_ps(b)); }
-__m128i cvtdq2pd(__m128i, __m128i b) { return _mm_castpd_si128(_mm_cvtepi32_pd(b)); }
-__m128i cvtpd2dq(__m128i, __m128i b) { return _mm_cvtpd_epi32(_mm_castsi128_pd(b)); }
-__m128i cvttpd2dq(__m128i, __m128i b) { return _mm_cvttpd_epi32(_mm_castsi128_pd(b)); }
-__m128i cvtps2pd(__m128i, __m128i b) { return _mm_castpd_si128(_mm_cvtps_pd(_mm_castsi128_ps(b))); }
-__m128i cvtpd2ps(__m128i, __m128i b) { return _mm_castps_si128(_mm_cvtpd_ps(_mm_castsi128_pd(b))); }
+__m128i cvtdq2ps(__m128i, __m128i b)
+{
+    return _mm_castps_si128(_mm_cvtepi32_ps(b));
+}
+__m128i cvtps2dq(__m128i, __m128i b)
+{
+    return _mm_cvtps_epi32(_mm_castsi128_ps(b));
+}
+__m128i cvttps2dq(__m128i, __m128i b)
+{
+    return _mm_cvttps_epi32(_mm_castsi128_ps(b));
+}
+__m128i cvtdq2pd(__m128i, __m128i b)
+{
+    return _mm_castpd_si128(_mm_cvtepi32_pd(b));
+}
+__m128i cvtpd2dq(__m128i, __m128i b)
+{
+    return _mm_cvtpd_epi32(_mm_castsi128_pd(b));
+}
+__m128i cvttpd2dq(__m128i, __m128i b)
+{
+    return _mm_cvttpd_epi32(_mm_castsi128_pd(b));
+}
+__m128i cvtps2pd(__m128i, __m128i b)
+{
+    return _mm_castpd_si128(_mm_cvtps_pd(_mm_castsi128_ps(b)));
+}
+__m128i cvtpd2ps(__m128i, __m128i b)
+{
+    return _mm_castps_si128(_mm_cvtpd_ps(_mm_castsi128_pd(b)));
+}
 __m128i cvtss2sd(__m128i a, __m128i b)
 {
     return _mm_castpd_si128(_mm_cvtss_sd(_mm_castsi128_pd(a), _mm_castsi128_ps(b)));

@@ -2,7 +2,6 @@
 // (PS/SS, the host's approximation), CMPccPS/PD/SS/SD (8 predicates), COMISS/COMISD/UCOMISS/
 // UCOMISD. Each runs the host instruction with the guest's MXCSR controls (exec_sse_common.h).
 #include "engine/soft/exec_sse_common.h"
-#include "engine/soft/exec_string.h"
 #include "engine/soft/flags.h"
 
 namespace vessel::soft::sse {
@@ -134,13 +133,12 @@ void exec_cmp(Cpu& c, const Insn& in)
     fp_binary(c, in, kTable[in.imm & 7], kMem);
 }
 
-// Zydis calls both the string compare (A7) and the SSE2 scalar compare (F2 0F C2) CMPSD.
+// Zydis calls both the string compare (A7) and the SSE2 scalar compare (F2 0F C2) CMPSD. The
+// integer group registers after us, runs the string form and passes the SSE2 form here.
 void exec_cmpsd(Cpu& c, const Insn& in)
 {
-    if (in.opmap == 0) {
-        exec_string_cmps(c, in);
-        return;
-    }
+    if (in.opmap == 0)
+        return exec_unimplemented(c, in);
     exec_cmp<kCmpSd, 8>(c, in);
 }
 

@@ -119,9 +119,9 @@ void exec_pshift(Cpu& c, const Insn& in)
     const Operand& s = in.op[1];
     if (d.kind == OpKind::Mmx) {
         check_mmx(c);
-        uint64_t count = s.kind == OpKind::Imm   ? (in.imm & 0xff)
-                         : s.kind == OpKind::Mem ? read_mem(c, mem_linear(c, in), 8)
-                                                 : mm(c, s.reg);
+        uint64_t count = s.kind == OpKind::Imm ? (in.imm & 0xff)
+            : s.kind == OpKind::Mem            ? read_mem(c, mem_linear(c, in), 8)
+                                               : mm(c, s.reg);
         uint64_t r = lo64(F(make128(mm(c, d.reg), 0), make128(count, 0)));
         enter_mmx(c);
         set_mm(c, d.reg, r);
@@ -165,7 +165,10 @@ Lanes lanes(__m128i v)
     return l;
 }
 
-__m128i from_lanes(const Lanes& l) { return make128(l.q[0], l.q[1]); }
+__m128i from_lanes(const Lanes& l)
+{
+    return make128(l.q[0], l.q[1]);
+}
 
 void exec_pshufd(Cpu& c, const Insn& in)
 {

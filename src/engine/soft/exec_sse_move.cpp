@@ -1,8 +1,7 @@
 // SSE/SSE2 data movement: MOVD/MOVQ (XMM, MMX and GPR forms), full-register moves (aligned,
 // unaligned and non-temporal), MOVSS/MOVSD (the SSE2 scalar move; the string MOVSD goes to the
-// integer group), half-register moves, MOVNTI, MASKMOVDQU/MASKMOVQ, MOVMSKPS/PD.
+// integer group, exec_int_string.cpp), half-register moves, MOVNTI, MASKMOVDQU/MASKMOVQ, MOVMSKPS/PD.
 #include "engine/soft/exec_sse_common.h"
-#include "engine/soft/exec_string.h"
 
 namespace vessel::soft::sse {
 
@@ -107,15 +106,17 @@ void scalar_move(Cpu& c, const Insn& in)
         set_xmm(c, d.reg, make128(lo64(b), hi64(a)));
 }
 
-void exec_movss(Cpu& c, const Insn& in) { scalar_move<4>(c, in); }
+void exec_movss(Cpu& c, const Insn& in)
+{
+    scalar_move<4>(c, in);
+}
 
-// Zydis calls both the string move (A5) and the SSE2 scalar move (F2 0F 10/11) MOVSD.
+// Zydis calls both the string move (A5) and the SSE2 scalar move (F2 0F 10/11) MOVSD. The
+// integer group registers after us, runs the string form and passes the SSE2 form here.
 void exec_movsd(Cpu& c, const Insn& in)
 {
-    if (in.opmap == 0) {
-        exec_string_movs(c, in);
-        return;
-    }
+    if (in.opmap == 0)
+        return exec_unimplemented(c, in);
     scalar_move<8>(c, in);
 }
 
@@ -151,7 +152,10 @@ void exec_movlhps(Cpu& c, const Insn& in)
 }
 
 // MOVNTI is a GPR store: no CR0/CR4 conditions.
-void exec_movnti(Cpu& c, const Insn& in) { write_op(c, in, 0, read_op(c, in, 1)); }
+void exec_movnti(Cpu& c, const Insn& in)
+{
+    write_op(c, in, 0, read_op(c, in, 1));
+}
 
 // MASKMOVDQU / MASKMOVQ: stores the bytes of the first operand whose mask byte (second
 // operand) has its top bit set, to DS:rDI (segment override allowed). Every page that will be
@@ -217,7 +221,7 @@ void register_sse_move(HandlerTable& t)
     t[ZYDIS_MNEMONIC_MOVQ2DQ] = &exec_movq2dq;
     t[ZYDIS_MNEMONIC_MOVDQ2Q] = &exec_movdq2q;
     for (auto m : { ZYDIS_MNEMONIC_MOVDQA, ZYDIS_MNEMONIC_MOVAPS, ZYDIS_MNEMONIC_MOVAPD, ZYDIS_MNEMONIC_MOVNTDQ,
-                    ZYDIS_MNEMONIC_MOVNTPS, ZYDIS_MNEMONIC_MOVNTPD })
+             ZYDIS_MNEMONIC_MOVNTPS, ZYDIS_MNEMONIC_MOVNTPD })
         t[m] = &exec_mov128<true>;
     for (auto m : { ZYDIS_MNEMONIC_MOVDQU, ZYDIS_MNEMONIC_MOVUPS, ZYDIS_MNEMONIC_MOVUPD, ZYDIS_MNEMONIC_LDDQU })
         t[m] = &exec_mov128<false>;

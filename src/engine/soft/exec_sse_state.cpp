@@ -39,6 +39,7 @@ void load_x87(Cpu& c, const uint8_t* img, bool rexw)
 {
     std::memcpy(c.fx.data(), img, 8);
     c.fx[5] = 0;
+    fx_set<uint16_t>(c, kFcw, fcw_value(fx_get<uint16_t>(c, kFcw)));
     fx_set<uint16_t>(c, kFop, fx_get<uint16_t>(c, kFop) & 0x7ff);
     uint64_t fip, fdp;
     if (rexw) {
@@ -72,7 +73,10 @@ void init_x87(Cpu& c)
     std::memset(c.fx.data() + kSt, 0, 128);
 }
 
-unsigned xmm_count(const Cpu& c) { return c.long_mode() ? 16 : 8; }
+unsigned xmm_count(const Cpu& c)
+{
+    return c.long_mode() ? 16 : 8;
+}
 
 void check_fxsr(const Cpu& c)
 {
@@ -127,7 +131,10 @@ void check_xsave(const Cpu& c)
         raise_fault(kExcNM);
 }
 
-uint64_t rfbm(const Cpu& c) { return c.xcr0 & ((c.gpr[RDX] << 32) | (c.gpr[RAX] & 0xffffffffULL)); }
+uint64_t rfbm(const Cpu& c)
+{
+    return c.xcr0 & ((c.gpr[RDX] << 32) | (c.gpr[RAX] & 0xffffffffULL));
+}
 
 using XsaveArea = Bytes<kXsaveHeader + 64>;
 

@@ -34,8 +34,13 @@ uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget)
             sync_code_epoch(c);
             c.insn_start = c.rip;
             uint64_t linear = code_linear(c);
-            uint64_t gpa = translate_exec(c, linear);
-            const Block& block = cache.get(c, linear, gpa);
+            const Block* found = cache.find_linear(c, linear);
+            if (!found) [[unlikely]] {
+                uint64_t gpa = translate_exec(c, linear);
+                found = &cache.get(c, linear, gpa);
+                cache.remember_linear(c, linear, *found);
+            }
+            const Block& block = *found;
             bool had_shadow = c.interrupt_shadow != 0;
             c.stop_block = false;
             executed += run_block(c, block);

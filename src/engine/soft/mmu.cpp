@@ -61,6 +61,7 @@ void fill_tlb(Cpu& c, uint64_t linear, uint64_t gpa, bool user, bool can_write, 
 
 void Tlb::flush()
 {
+    ++gen;
     for (auto& level : e)
         for (auto& entry : level)
             entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0 };
@@ -68,6 +69,7 @@ void Tlb::flush()
 
 void Tlb::flush_page(uint64_t linear)
 {
+    ++gen;
     for (auto& level : e) {
         auto& entry = level[(linear >> 12) & (kTlbEntries - 1)];
         entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0 };

@@ -75,14 +75,14 @@ void phys_write(Cpu& c, uint64_t gpa, const void* in, unsigned size);
 void linear_read_slow(Cpu& c, uint64_t linear, void* out, unsigned size, bool user);
 void linear_write_slow(Cpu& c, uint64_t linear, const void* in, unsigned size, bool user);
 
-inline TlbEntry& tlb_entry(Cpu& c, uint64_t linear, bool user)
+[[gnu::always_inline]] inline TlbEntry& tlb_entry(Cpu& c, uint64_t linear, bool user)
 {
     return c.tlb.e[user][(linear >> 12) & (kTlbEntries - 1)];
 }
 
 // Linear-address accessors with the current privilege (CPL 3 = user).
 template<typename T>
-inline T read_linear(Cpu& c, uint64_t linear)
+[[gnu::always_inline]] inline T read_linear(Cpu& c, uint64_t linear)
 {
     bool user = c.cpl == 3;
     TlbEntry& e = tlb_entry(c, linear, user);
@@ -98,7 +98,7 @@ inline T read_linear(Cpu& c, uint64_t linear)
 }
 
 template<typename T>
-inline void write_linear(Cpu& c, uint64_t linear, T v)
+[[gnu::always_inline]] inline void write_linear(Cpu& c, uint64_t linear, T v)
 {
     bool user = c.cpl == 3;
     TlbEntry& e = tlb_entry(c, linear, user);
@@ -127,7 +127,7 @@ inline void write_sys(Cpu& c, uint64_t linear, T v)
 
 // Linear address of seg:offset in the current mode (offset already truncated to the address
 // size by the caller). No segment limit checks: Linux and our guests use flat segments.
-inline uint64_t seg_linear(const Cpu& c, uint8_t seg, uint64_t offset)
+[[gnu::always_inline]] inline uint64_t seg_linear(const Cpu& c, uint8_t seg, uint64_t offset)
 {
     uint64_t lin = c.segbase[seg] + offset;
     return c.mode == CpuMode::Long64 ? lin : (lin & 0xffffffffULL);

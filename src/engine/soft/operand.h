@@ -13,7 +13,7 @@ namespace vessel::soft {
 constexpr uint64_t addr_mask(unsigned asize) { return size_mask(asize); }
 
 // Offset part of the memory operand (before segmentation), truncated to the address size.
-inline uint64_t effective_address(const Cpu& c, const Insn& in)
+[[gnu::always_inline]] inline uint64_t effective_address(const Cpu& c, const Insn& in)
 {
     uint64_t a = static_cast<uint64_t>(in.disp);
     if (in.base == kRipReg)
@@ -25,12 +25,12 @@ inline uint64_t effective_address(const Cpu& c, const Insn& in)
     return a & addr_mask(in.asize);
 }
 
-inline uint64_t mem_linear(const Cpu& c, const Insn& in) { return seg_linear(c, in.seg, effective_address(c, in)); }
+[[gnu::always_inline]] inline uint64_t mem_linear(const Cpu& c, const Insn& in) { return seg_linear(c, in.seg, effective_address(c, in)); }
 
-inline uint64_t read_gpr(const Cpu& c, unsigned reg, unsigned size) { return c.gpr[reg] & size_mask(size); }
+[[gnu::always_inline]] inline uint64_t read_gpr(const Cpu& c, unsigned reg, unsigned size) { return c.gpr[reg] & size_mask(size); }
 
 // Register write with x86 semantics: 32-bit writes zero the upper half, 8/16-bit writes merge.
-inline void write_gpr(Cpu& c, unsigned reg, unsigned size, uint64_t v)
+[[gnu::always_inline]] inline void write_gpr(Cpu& c, unsigned reg, unsigned size, uint64_t v)
 {
     switch (size) {
     case 1: c.gpr[reg] = (c.gpr[reg] & ~0xffULL) | (v & 0xff); break;
@@ -40,7 +40,7 @@ inline void write_gpr(Cpu& c, unsigned reg, unsigned size, uint64_t v)
     }
 }
 
-inline uint64_t read_mem(Cpu& c, uint64_t linear, unsigned size)
+[[gnu::always_inline]] inline uint64_t read_mem(Cpu& c, uint64_t linear, unsigned size)
 {
     switch (size) {
     case 1: return read_linear<uint8_t>(c, linear);
@@ -50,7 +50,7 @@ inline uint64_t read_mem(Cpu& c, uint64_t linear, unsigned size)
     }
 }
 
-inline void write_mem(Cpu& c, uint64_t linear, unsigned size, uint64_t v)
+[[gnu::always_inline]] inline void write_mem(Cpu& c, uint64_t linear, unsigned size, uint64_t v)
 {
     switch (size) {
     case 1: write_linear<uint8_t>(c, linear, static_cast<uint8_t>(v)); break;
@@ -61,7 +61,7 @@ inline void write_mem(Cpu& c, uint64_t linear, unsigned size, uint64_t v)
 }
 
 // Value of explicit operand n, zero-extended from its size.
-inline uint64_t read_op(Cpu& c, const Insn& in, unsigned n)
+[[gnu::always_inline]] inline uint64_t read_op(Cpu& c, const Insn& in, unsigned n)
 {
     const Operand& o = in.op[n];
     switch (o.kind) {
@@ -74,7 +74,7 @@ inline uint64_t read_op(Cpu& c, const Insn& in, unsigned n)
     }
 }
 
-inline void write_op(Cpu& c, const Insn& in, unsigned n, uint64_t v)
+[[gnu::always_inline]] inline void write_op(Cpu& c, const Insn& in, unsigned n, uint64_t v)
 {
     const Operand& o = in.op[n];
     switch (o.kind) {
