@@ -387,5 +387,28 @@ TEST_F(SoftIntString, AddressSizeAndSegmentOverride)
     EXPECT_EQ(cpu().gpr[RAX] & 0xff, *ram(kSrc + 0x1000 + 32));
 }
 
+TEST_F(SoftIntString, MovsdAndCmpsdShareTheirMnemonicsWithSse2)
+{
+    fill_pattern(ram(kSrc), 64, 5);
+    std::memset(ram(kDst), 0, 64);
+    CodeGenerator g;
+    g.movsd(); // string: one dword, RSI/RDI + 4
+    g.movsd(g.xmm1, g.qword[g.rsi]); // SSE2 scalar load
+    g.movsd(g.qword[g.rdi], g.xmm1); // SSE2 scalar store
+    g.cmpsd(g.xmm1, g.xmm1, 4); // SSE2 compare (not-equal): all zeros unless NaN
+    g.movq(g.r8, g.xmm1);
+    g.cmpsd(); // string compare of the dwords at RSI and RDI: equal
+    g.hlt();
+    poke<uint64_t>(kSrc + 4, 0x3ff0'0000'0000'0000); // 1.0: not a NaN
+    cpu().gpr[RSI] = kSrc;
+    cpu().gpr[RDI] = kDst;
+    ASSERT_FALSE(run_code(g).has_value());
+    EXPECT_EQ(std::memcmp(ram(kDst), ram(kSrc), 12), 0);
+    EXPECT_EQ(cpu().gpr[RSI], kSrc + 8);
+    EXPECT_EQ(cpu().gpr[RDI], kDst + 8);
+    EXPECT_EQ(cpu().gpr[R8], 0u);
+    EXPECT_TRUE(flags() & kZF);
+}
+
 } // namespace
 } // namespace vessel::soft::testing

@@ -13,7 +13,6 @@
 #include <cstring>
 
 #include "engine/soft/exec_int.h"
-#include "engine/soft/exec_string.h"
 
 namespace vessel::soft::integer {
 
@@ -210,12 +209,31 @@ void exec_string(Cpu& c, const Insn& in)
     }
 }
 
+// MOVSD and CMPSD are also SSE2 mnemonics (F2 0F 10/11 and F2 0F C2): the SSE handler
+// registered before ours gets those forms.
+void exec_movsd(Cpu& c, const Insn& in)
+{
+    if (in.opmap == 0)
+        exec_string<Str::Movs, 4>(c, in);
+    else
+        call_previous(c, in);
+}
+
+void exec_cmpsd(Cpu& c, const Insn& in)
+{
+    if (in.opmap == 0)
+        exec_string<Str::Cmps, 4>(c, in);
+    else
+        call_previous(c, in);
+}
+
 } // namespace
 
 void register_string(HandlerTable& t)
 {
     set_handler(t, ZYDIS_MNEMONIC_MOVSB, &exec_string<Str::Movs, 1>);
     set_handler(t, ZYDIS_MNEMONIC_MOVSW, &exec_string<Str::Movs, 2>);
+    set_handler(t, ZYDIS_MNEMONIC_MOVSD, &exec_movsd);
     set_handler(t, ZYDIS_MNEMONIC_MOVSQ, &exec_string<Str::Movs, 8>);
     set_handler(t, ZYDIS_MNEMONIC_STOSB, &exec_string<Str::Stos, 1>);
     set_handler(t, ZYDIS_MNEMONIC_STOSW, &exec_string<Str::Stos, 2>);
@@ -227,6 +245,7 @@ void register_string(HandlerTable& t)
     set_handler(t, ZYDIS_MNEMONIC_LODSQ, &exec_string<Str::Lods, 8>);
     set_handler(t, ZYDIS_MNEMONIC_CMPSB, &exec_string<Str::Cmps, 1>);
     set_handler(t, ZYDIS_MNEMONIC_CMPSW, &exec_string<Str::Cmps, 2>);
+    set_handler(t, ZYDIS_MNEMONIC_CMPSD, &exec_cmpsd);
     set_handler(t, ZYDIS_MNEMONIC_CMPSQ, &exec_string<Str::Cmps, 8>);
     set_handler(t, ZYDIS_MNEMONIC_SCASB, &exec_string<Str::Scas, 1>);
     set_handler(t, ZYDIS_MNEMONIC_SCASW, &exec_string<Str::Scas, 2>);
@@ -235,31 +254,3 @@ void register_string(HandlerTable& t)
 }
 
 } // namespace vessel::soft::integer
-
-namespace vessel::soft {
-
-// MOVSD and CMPSD are also SSE2 mnemonics: the SSE group registers them and passes the string
-// forms (one-byte opcode map) here (exec_string.h).
-void exec_string_movs(Cpu& c, const Insn& in)
-{
-    using namespace integer;
-    switch (in.mnemonic) {
-    case ZYDIS_MNEMONIC_MOVSB: exec_string<Str::Movs, 1>(c, in); break;
-    case ZYDIS_MNEMONIC_MOVSW: exec_string<Str::Movs, 2>(c, in); break;
-    case ZYDIS_MNEMONIC_MOVSQ: exec_string<Str::Movs, 8>(c, in); break;
-    default: exec_string<Str::Movs, 4>(c, in); break;
-    }
-}
-
-void exec_string_cmps(Cpu& c, const Insn& in)
-{
-    using namespace integer;
-    switch (in.mnemonic) {
-    case ZYDIS_MNEMONIC_CMPSB: exec_string<Str::Cmps, 1>(c, in); break;
-    case ZYDIS_MNEMONIC_CMPSW: exec_string<Str::Cmps, 2>(c, in); break;
-    case ZYDIS_MNEMONIC_CMPSQ: exec_string<Str::Cmps, 8>(c, in); break;
-    default: exec_string<Str::Cmps, 4>(c, in); break;
-    }
-}
-
-} // namespace vessel::soft
