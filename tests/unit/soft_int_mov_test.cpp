@@ -47,7 +47,7 @@ TEST_F(SoftIntMov, MovForms)
     EXPECT_EQ(cpu().gpr[R9], 0x3344u);
     cpu().rip = kCodeAddr;
     Insn riprel = with_mem(make_insn(ZYDIS_MNEMONIC_MOV, { M(4), I(4) }, 0xcafe), kRipReg,
-                           static_cast<int64_t>(kData) + 8 - static_cast<int64_t>(kCodeAddr) - 4);
+        static_cast<int64_t>(kData) + 8 - static_cast<int64_t>(kCodeAddr) - 4);
     run(riprel);
     EXPECT_EQ(peek<uint32_t>(kData + 8), 0xcafeu);
     // MOV with segment/control registers is passed on to the system group's handler.
@@ -65,10 +65,10 @@ TEST_F(SoftIntMov, ExtensionsMatchHost)
         ZydisMnemonic m;
         unsigned dst, src;
     };
-    const Form forms[] = { { ZYDIS_MNEMONIC_MOVZX, 2, 1 }, { ZYDIS_MNEMONIC_MOVZX, 4, 1 }, { ZYDIS_MNEMONIC_MOVZX, 8, 1 },
-        { ZYDIS_MNEMONIC_MOVZX, 4, 2 }, { ZYDIS_MNEMONIC_MOVZX, 8, 2 }, { ZYDIS_MNEMONIC_MOVSX, 2, 1 },
-        { ZYDIS_MNEMONIC_MOVSX, 4, 1 }, { ZYDIS_MNEMONIC_MOVSX, 8, 1 }, { ZYDIS_MNEMONIC_MOVSX, 4, 2 },
-        { ZYDIS_MNEMONIC_MOVSX, 8, 2 }, { ZYDIS_MNEMONIC_MOVSXD, 8, 4 } };
+    const Form forms[] = { { ZYDIS_MNEMONIC_MOVZX, 2, 1 }, { ZYDIS_MNEMONIC_MOVZX, 4, 1 },
+        { ZYDIS_MNEMONIC_MOVZX, 8, 1 }, { ZYDIS_MNEMONIC_MOVZX, 4, 2 }, { ZYDIS_MNEMONIC_MOVZX, 8, 2 },
+        { ZYDIS_MNEMONIC_MOVSX, 2, 1 }, { ZYDIS_MNEMONIC_MOVSX, 4, 1 }, { ZYDIS_MNEMONIC_MOVSX, 8, 1 },
+        { ZYDIS_MNEMONIC_MOVSX, 4, 2 }, { ZYDIS_MNEMONIC_MOVSX, 8, 2 }, { ZYDIS_MNEMONIC_MOVSXD, 8, 4 } };
     for (const Form& f : forms) {
         HostOracle reg([&](CodeGenerator& g) {
             Xbyak::Reg d = host_reg(0, f.dst), s = host_reg(1, f.src);

@@ -277,7 +277,7 @@ TEST_F(SoftIntProgramDiff, FragmentsMatchHost)
                     r &= 0xff;
             }
             s.gpr[RSI] = splitmix(seed) & 0x1f8; // small offset for [rdi + rsi]
-            s.gpr[RDI] = 0x100;                  // RDI = buffer + 0x100
+            s.gpr[RDI] = 0x100; // RDI = buffer + 0x100
             s.rflags = splitmix(seed) & kArithFlags;
             for (auto& b : s.data)
                 b = static_cast<uint8_t>(splitmix(seed));

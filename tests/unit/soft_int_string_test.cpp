@@ -334,9 +334,9 @@ TEST_F(SoftIntString, LoadsSingleElementsAndDirection)
     EXPECT_EQ(cpu().gpr[R9], 0xffff'ffff'ffff'3322u);
     EXPECT_EQ(cpu().gpr[R10], 0x7766'5544u);
     EXPECT_EQ(cpu().gpr[R11], 0x7766'5588u); // the byte at kSrc + 7
-    EXPECT_EQ(cpu().gpr[RSI], kSrc + 4);     // lodsb, movsb, cmpsb backwards from kSrc + 7
+    EXPECT_EQ(cpu().gpr[RSI], kSrc + 4); // lodsb, movsb, cmpsb backwards from kSrc + 7
     EXPECT_EQ(cpu().gpr[RDI], kDst + 0x10 - 4);
-    EXPECT_EQ(*ram(kDst + 0x10), 0x77);     // movsb copied the byte at kSrc + 6
+    EXPECT_EQ(*ram(kDst + 0x10), 0x77); // movsb copied the byte at kSrc + 6
     EXPECT_EQ(*ram(kDst + 0x10 - 3), 0x88); // stosb of AL
     // rep lodsq ends with the last element in RAX.
     CodeGenerator r;

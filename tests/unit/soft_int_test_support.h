@@ -33,9 +33,18 @@ inline Operand R(unsigned reg, unsigned size)
 {
     return Operand { OpKind::Gpr, static_cast<uint8_t>(reg), static_cast<uint8_t>(size), 0 };
 }
-inline Operand H(unsigned reg) { return Operand { OpKind::GprHigh8, static_cast<uint8_t>(reg), 1, 0 }; }
-inline Operand M(unsigned size) { return Operand { OpKind::Mem, 0, static_cast<uint8_t>(size), 0 }; }
-inline Operand I(unsigned size) { return Operand { OpKind::Imm, 0, static_cast<uint8_t>(size), 0 }; }
+inline Operand H(unsigned reg)
+{
+    return Operand { OpKind::GprHigh8, static_cast<uint8_t>(reg), 1, 0 };
+}
+inline Operand M(unsigned size)
+{
+    return Operand { OpKind::Mem, 0, static_cast<uint8_t>(size), 0 };
+}
+inline Operand I(unsigned size)
+{
+    return Operand { OpKind::Imm, 0, static_cast<uint8_t>(size), 0 };
+}
 
 // An instruction with explicit operands; osize defaults to the first operand's size.
 inline Insn make_insn(ZydisMnemonic m, std::initializer_list<Operand> ops, uint64_t imm = 0, unsigned osize = 0)
@@ -248,13 +257,12 @@ protected:
         m_cpu.tlb.flush();
     }
 
-
     // Runs `in` on the vCPU and the host oracle from the same state; compares RAX, RCX, RDX, RBX,
     // the memory qword and the flags in `flag_mask`.
-    ::testing::AssertionResult matches_host(std::initializer_list<Insn> seq, const HostOracle& host,
-                                            const HostState& s, uint64_t flag_mask);
-    ::testing::AssertionResult matches_host(const Insn& in, const HostOracle& host, const HostState& s,
-                                            uint64_t flag_mask)
+    ::testing::AssertionResult matches_host(
+        std::initializer_list<Insn> seq, const HostOracle& host, const HostState& s, uint64_t flag_mask);
+    ::testing::AssertionResult matches_host(
+        const Insn& in, const HostOracle& host, const HostState& s, uint64_t flag_mask)
     {
         return matches_host({ in }, host, s, flag_mask);
     }
@@ -268,8 +276,8 @@ private:
 // Values with interesting carries/overflows at every width.
 inline const std::vector<uint64_t>& edge_values()
 {
-    static const std::vector<uint64_t> v = { 0, 1, 2, 0x0f, 0x10, 0x7f, 0x80, 0x81, 0xfe, 0xff, 0x100, 0x7fff,
-        0x8000, 0xffff, 0x12345, 0x7fffffff, 0x80000000, 0xffffffff, 0x100000000ULL, 0x123456789abcdef0ULL,
+    static const std::vector<uint64_t> v = { 0, 1, 2, 0x0f, 0x10, 0x7f, 0x80, 0x81, 0xfe, 0xff, 0x100, 0x7fff, 0x8000,
+        0xffff, 0x12345, 0x7fffffff, 0x80000000, 0xffffffff, 0x100000000ULL, 0x123456789abcdef0ULL,
         0x7fffffffffffffffULL, 0x8000000000000000ULL, 0xfffffffffffffffeULL, 0xffffffffffffffffULL };
     return v;
 }
@@ -278,10 +286,13 @@ inline const std::vector<uint64_t>& edge_values()
 
 namespace vessel::soft::testing {
 
-inline Insn mem_data(Insn in) { return with_mem(in, kNoReg, static_cast<int64_t>(kData)); }
+inline Insn mem_data(Insn in)
+{
+    return with_mem(in, kNoReg, static_cast<int64_t>(kData));
+}
 
-inline ::testing::AssertionResult SoftIntTest::matches_host(std::initializer_list<Insn> seq, const HostOracle& host,
-                                                            const HostState& s, uint64_t flag_mask)
+inline ::testing::AssertionResult SoftIntTest::matches_host(
+    std::initializer_list<Insn> seq, const HostOracle& host, const HostState& s, uint64_t flag_mask)
 {
     const Insn& in = *(seq.end() - 1);
     Cpu& c = m_cpu;
@@ -301,14 +312,15 @@ inline ::testing::AssertionResult SoftIntTest::matches_host(std::initializer_lis
         && got_flags == want_flags)
         return ::testing::AssertionSuccess();
     auto hex = [](uint64_t v) { return ::testing::PrintToString(reinterpret_cast<void*>(v)); };
-    return ::testing::AssertionFailure()
-        << ZydisMnemonicGetString(static_cast<ZydisMnemonic>(in.mnemonic)) << " size " << int(in.op[0].size)
-        << " in: rax=" << hex(s.rax) << " rcx=" << hex(s.rcx) << " rdx=" << hex(s.rdx) << " rbx=" << hex(s.rbx)
-        << " mem=" << hex(s.mem) << " flags=" << hex(s.rflags) << "\n  got:  rax=" << hex(c.gpr[RAX])
-        << " rcx=" << hex(c.gpr[RCX]) << " rdx=" << hex(c.gpr[RDX]) << " rbx=" << hex(c.gpr[RBX])
-        << " mem=" << hex(got_mem) << " flags=" << hex(got_flags) << "\n  host: rax=" << hex(h.rax)
-        << " rcx=" << hex(h.rcx) << " rdx=" << hex(h.rdx) << " rbx=" << hex(h.rbx) << " mem=" << hex(h.mem)
-        << " flags=" << hex(want_flags);
+    return ::testing::AssertionFailure() << ZydisMnemonicGetString(static_cast<ZydisMnemonic>(in.mnemonic)) << " size "
+                                         << int(in.op[0].size) << " in: rax=" << hex(s.rax) << " rcx=" << hex(s.rcx)
+                                         << " rdx=" << hex(s.rdx) << " rbx=" << hex(s.rbx) << " mem=" << hex(s.mem)
+                                         << " flags=" << hex(s.rflags) << "\n  got:  rax=" << hex(c.gpr[RAX])
+                                         << " rcx=" << hex(c.gpr[RCX]) << " rdx=" << hex(c.gpr[RDX])
+                                         << " rbx=" << hex(c.gpr[RBX]) << " mem=" << hex(got_mem)
+                                         << " flags=" << hex(got_flags) << "\n  host: rax=" << hex(h.rax)
+                                         << " rcx=" << hex(h.rcx) << " rdx=" << hex(h.rdx) << " rbx=" << hex(h.rbx)
+                                         << " mem=" << hex(h.mem) << " flags=" << hex(want_flags);
 }
 
 } // namespace vessel::soft::testing
@@ -378,8 +390,8 @@ protected:
         uint64_t rflags { x86::kRflagsFixed };
         std::array<uint8_t, 4096> data {};
     };
-    ::testing::AssertionResult matches_host_program(const std::function<void(Xbyak::CodeGenerator&)>& emit,
-                                                    const ProgState& in, uint64_t flag_mask);
+    ::testing::AssertionResult matches_host_program(
+        const std::function<void(Xbyak::CodeGenerator&)>& emit, const ProgState& in, uint64_t flag_mask);
 
 private:
     // The page table of the 2 MiB region holding `gpa`, splitting its large page first.
