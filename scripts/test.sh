@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 # Stock Debian kernels for the loader tests (cached in ~/.cache/vessel; tests skip without them).
 scripts/fetch-kernels.sh >/dev/null || echo "test.sh: could not fetch Debian kernels; their tests will skip"
+# The Linux test guest's busybox initramfs (cached there too; the linux.* tests skip without it).
+scripts/build-initramfs.sh >/dev/null || echo "test.sh: could not build the initramfs; the Linux guest tests will skip"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVESSEL_ASAN_TESTS=ON >/dev/null
 cmake --build build -j"$(nproc)"
 cd build

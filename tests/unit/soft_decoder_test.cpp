@@ -245,7 +245,7 @@ TEST(SoftDecoder, RepAndMandatoryPrefixes)
     EXPECT_EQ(in.mnemonic, ZYDIS_MNEMONIC_BSF);
     EXPECT_FALSE(in.flags & kFlagRep);
 
-    in = d64({ 0xf3, 0x0f, 0xbd, 0xc1 }); // lzcnt eax, ecx (CPUID advertises ABM)
+    in = d64({ 0xf3, 0x0f, 0xbd, 0xc1 }); // lzcnt eax, ecx: CPUID advertises LZCNT
     EXPECT_EQ(in.mnemonic, ZYDIS_MNEMONIC_LZCNT);
     EXPECT_FALSE(in.flags & kFlagRep);
     in = d64({ 0xf3, 0x0f, 0x1e, 0xfa }); // endbr64: a hint NOP without CET

@@ -200,6 +200,24 @@ TEST_F(SoftIntBits, ScansAndCountsMatchHost)
     }
 }
 
+// F3 0F BD is LZCNT (CPUID advertises it), not BSR with an ignored F3: decoded and run.
+class SoftIntBitsProgram : public SoftIntProgram { };
+
+TEST_F(SoftIntBitsProgram, LzcntEncodingRunsAsLzcnt)
+{
+    CodeGenerator g;
+    g.lzcnt(g.eax, g.ecx);
+    g.lzcnt(g.r8w, g.dx);
+    g.hlt();
+    cpu().gpr[RCX] = 1; // BSR would give 0
+    cpu().gpr[RDX] = 0; // LZCNT of zero: the operand width, CF
+    cpu().gpr[R8] = ~0ULL;
+    ASSERT_FALSE(run_code(g));
+    EXPECT_EQ(cpu().gpr[RAX], 31u);
+    EXPECT_EQ(cpu().gpr[R8], 0xffff'ffff'ffff'0010u);
+    EXPECT_EQ(flags() & (kCF | kZF), kCF);
+}
+
 TEST_F(SoftIntBits, ScansOfZeroAndPowersOfTwo)
 {
     Insn bsf = make_insn(ZYDIS_MNEMONIC_BSF, { R(RAX, 4), R(RCX, 4) });

@@ -59,6 +59,43 @@ TEST_F(SoftIntMov, MovForms)
     EXPECT_EQ(cpu().gpr[RDX], cpu().cr0);
 }
 
+// A non-canonical address reached through SS (an RSP/RBP base, PUSH/POP) is #SS(0); through
+// DS, or an FS override on an RBP base, it is #GP(0).
+class SoftIntMovProgram : public SoftIntProgram { };
+
+TEST_F(SoftIntMovProgram, NonCanonicalAddressThroughStackSegmentIsStackFault)
+{
+    struct Probe {
+        unsigned base;
+        uint8_t prefix; // 0 or a segment override
+        uint8_t vector;
+    };
+    for (Probe p : { Probe { RBP, 0, kExcSS }, Probe { RSP, 0, kExcSS }, Probe { RBX, 0, kExcGP },
+             Probe { RBP, 0x64, kExcGP } }) {
+        CodeGenerator g;
+        if (p.prefix)
+            g.db(p.prefix);
+        g.mov(g.eax, g.dword[Xbyak::Reg64(p.base) + 8]);
+        g.hlt();
+        uint64_t saved_rsp = cpu().gpr[RSP];
+        cpu().gpr[p.base] = 0x0000'8000'0000'0000;
+        auto f = run_code(g);
+        ASSERT_TRUE(f.has_value()) << "base " << p.base;
+        EXPECT_EQ(f->vector, p.vector) << "base " << p.base;
+        EXPECT_EQ(f->error_code, 0u);
+        EXPECT_EQ(cpu().rip, kCodeAddr);
+        cpu().gpr[RSP] = saved_rsp;
+    }
+    CodeGenerator push;
+    push.push(push.rax);
+    push.hlt();
+    cpu().gpr[RSP] = 0xffff'7fff'ffff'fff8;
+    auto f = run_code(push);
+    ASSERT_TRUE(f.has_value());
+    EXPECT_EQ(f->vector, kExcSS);
+    EXPECT_EQ(cpu().gpr[RSP], 0xffff'7fff'ffff'fff8u);
+}
+
 TEST_F(SoftIntMov, ExtensionsMatchHost)
 {
     struct Form {

@@ -249,6 +249,46 @@ TEST(SoftSseFp, KnownResults)
     EXPECT_EQ(s.mxcsr & 0x3f, 1u) << "invalid";
 }
 
+// With UM clear a tiny result faults (#XM) even when it is exact and whatever FTZ says; its
+// element reports UE without PE, while the other elements report their own flags (as measured
+// on hardware). The destination keeps its value.
+TEST(SoftSseFp, UnmaskedUnderflowReportsUeWithoutPe)
+{
+    SseRunner soft; // CR4.OSXMMEXCPT is set: #XM, not #UD
+    const uint32_t um_clear = 0x1f80 & ~(1u << 11);
+    struct Probe {
+        uint32_t a0, b0, a1, b1; // elements 0 and 1 of the operands
+        bool packed;
+        uint32_t mxcsr;
+        uint32_t flags; // MXCSR flags after the fault
+    };
+    const Probe probes[] = {
+        { 0x00800000, 0x00800000, 0, 0, false, um_clear, 0x10 },                   // tiny and inexact
+        { 0x00800000, 0x3f000000, 0, 0, false, um_clear, 0x10 },                   // tiny and exact
+        { 0x00800000, 0x3f000000, 0, 0, false, um_clear | 0x8000, 0x10 },          // FTZ set
+        { 0x00800000, 0x00800000, 0x3f8ccccd, 0x3fa66666, true, um_clear, 0x30 }, // element 1 inexact
+    };
+    for (const Probe& p : probes) {
+        VecState s;
+        s.xmm[1] = { p.a0 | (uint64_t { p.a1 } << 32), 0 };
+        s.xmm[2] = { p.b0 | (uint64_t { p.b1 } << 32), 0 };
+        s.mxcsr = p.mxcsr;
+        auto before = s.xmm[1];
+        auto f = soft.run_state(
+            [&](G& g) {
+                if (p.packed)
+                    g.mulps(g.xmm1, g.xmm2);
+                else
+                    g.mulss(g.xmm1, g.xmm2);
+            },
+            s);
+        ASSERT_TRUE(f.has_value());
+        EXPECT_EQ(f->vector, kExcXM);
+        EXPECT_EQ(s.mxcsr & 0x3f, p.flags) << std::hex << p.a0 << " * " << p.b0;
+        EXPECT_EQ(s.xmm[1], before);
+    }
+}
+
 TEST(SoftSseFp, ReciprocalApproximationsWithinBound)
 {
     SseRunner soft;

@@ -100,6 +100,7 @@ struct TlbEntry {
     uint64_t tag_exec;
     uint64_t addend;
     uint64_t gpa_page; // guest-physical page (for code-page tracking)
+    uint64_t global;   // 1: a global page (CR4.PGE and PTE.G), kept across CR3 writes
 };
 constexpr uint64_t kTlbInvalid = 1; // never equal to a page-aligned address
 constexpr size_t kTlbEntries = 1024;
@@ -110,6 +111,7 @@ struct Tlb {
     uint64_t gen { 0 }; // bumped whenever translations are dropped (the jump cache keys on it)
     void flush();
     void flush_page(uint64_t linear);
+    void flush_nonglobal(); // MOV to CR3 with CR4.PGE set
     void flush_writes(); // drop write permission everywhere (a page became code)
 };
 
@@ -170,6 +172,7 @@ struct Cpu {
     uint8_t cr8_no_lapic { 0 };        // CR8 when no LAPIC is attached (unit tests)
     uint32_t id { 0 };
     uint64_t code_epoch_seen { 0 };
+    std::array<uint64_t, 32> fault_counts {}; // exceptions delivered, by vector (diagnostics)
 
     // Recomputes mode, cpl, stack size and effective segment bases.
     void update_mode();

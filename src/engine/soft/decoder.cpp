@@ -216,8 +216,8 @@ Decoder::Decoder()
     ZydisDecoderInit(&m_decoder16, ZYDIS_MACHINE_MODE_LEGACY_16, ZYDIS_STACK_WIDTH_16);
     ZydisDecoderInit(&m_decoder32, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
     ZydisDecoderInit(&m_decoder64, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
-    // Decode like a CPU without MPX, CET and BMI1 (TZCNT), whose encodings are NOPs or BSF with
-    // an ignored F3 there (decoder.h). LZCNT stays on: CPUID advertises ABM.
+    // Decode like a CPU without MPX, CET and BMI1 (TZCNT), whose encodings are NOPs or BSF with an
+    // ignored F3 there (decoder.h). LZCNT is decoded: CPUID advertises it (cpuid.h).
     for (ZydisDecoder* d : { &m_decoder_real, &m_decoder16, &m_decoder32, &m_decoder64 }) {
         for (ZydisDecoderMode m : { ZYDIS_DECODER_MODE_MPX, ZYDIS_DECODER_MODE_CET, ZYDIS_DECODER_MODE_TZCNT })
             ZydisDecoderEnableMode(d, m, ZYAN_FALSE);

@@ -54,12 +54,11 @@
 //   EVEX, MVEX, XOP and 3DNow! return Invalid (the engine offers none of them). Real mode uses
 //   Zydis' real-mode decoder, so VEX and the protected-mode-only instructions (ARPL, SLDT, LAR,
 //   ...) are #UD there.
-// - The decoder behaves like a CPU with LZCNT (ABM, advertised by CPUID: F3 0F BD is LZCNT) but
-//   without MPX, CET and BMI1: F3 0F BC is BSF (the TZCNT encoding with an ignored F3),
-//   ENDBR64/ENDBR32 and the other CET and MPX
-//   encodings in 0F 1A/1B/1E are hint NOPs (mnemonic NOP, possibly with operands, which NOP
-//   must not access), F2 on branches (BND) and 3E on indirect branches (NOTRACK) are ignored.
-//   CPUID must not advertise those features unless this changes.
+// - The decoder behaves like a CPU without MPX, CET and BMI1, with LZCNT (CPUID advertises it):
+//   F3 0F BC is BSF (the TZCNT encoding with an ignored F3), F3 0F BD is LZCNT, ENDBR64/ENDBR32
+//   and the other CET and MPX encodings in 0F 1A/1B/1E are hint NOPs (mnemonic NOP, possibly
+//   with operands, which NOP must not access), F2 on branches (BND) and 3E on indirect branches
+//   (NOTRACK) are ignored. CPUID must not advertise MPX, CET or BMI1 unless this changes.
 // - An instruction longer than 15 bytes returns Invalid (the CPU would raise #GP(0)).
 #pragma once
 

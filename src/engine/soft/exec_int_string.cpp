@@ -209,9 +209,11 @@ void exec_string(Cpu& c, const Insn& in)
     }
 }
 
-// MOVSD and CMPSD are also SSE2 mnemonics (F2 0F 10/11 and F2 0F C2): the SSE handler
-// registered before ours gets those forms.
-void exec_movsd(Cpu& c, const Insn& in)
+} // namespace
+
+// MOVSD and CMPSD name both the dword string instructions (one-byte map, A5/A7) and the SSE2
+// scalar-double instructions (0F map), registered by the SSE group before us.
+void exec_movsd_dispatch(Cpu& c, const Insn& in)
 {
     if (in.opmap == 0)
         exec_string<Str::Movs, 4>(c, in);
@@ -219,7 +221,7 @@ void exec_movsd(Cpu& c, const Insn& in)
         call_previous(c, in);
 }
 
-void exec_cmpsd(Cpu& c, const Insn& in)
+void exec_cmpsd_dispatch(Cpu& c, const Insn& in)
 {
     if (in.opmap == 0)
         exec_string<Str::Cmps, 4>(c, in);
@@ -227,13 +229,12 @@ void exec_cmpsd(Cpu& c, const Insn& in)
         call_previous(c, in);
 }
 
-} // namespace
-
 void register_string(HandlerTable& t)
 {
+    set_handler(t, ZYDIS_MNEMONIC_MOVSD, &exec_movsd_dispatch);
+    set_handler(t, ZYDIS_MNEMONIC_CMPSD, &exec_cmpsd_dispatch);
     set_handler(t, ZYDIS_MNEMONIC_MOVSB, &exec_string<Str::Movs, 1>);
     set_handler(t, ZYDIS_MNEMONIC_MOVSW, &exec_string<Str::Movs, 2>);
-    set_handler(t, ZYDIS_MNEMONIC_MOVSD, &exec_movsd);
     set_handler(t, ZYDIS_MNEMONIC_MOVSQ, &exec_string<Str::Movs, 8>);
     set_handler(t, ZYDIS_MNEMONIC_STOSB, &exec_string<Str::Stos, 1>);
     set_handler(t, ZYDIS_MNEMONIC_STOSW, &exec_string<Str::Stos, 2>);
@@ -245,7 +246,6 @@ void register_string(HandlerTable& t)
     set_handler(t, ZYDIS_MNEMONIC_LODSQ, &exec_string<Str::Lods, 8>);
     set_handler(t, ZYDIS_MNEMONIC_CMPSB, &exec_string<Str::Cmps, 1>);
     set_handler(t, ZYDIS_MNEMONIC_CMPSW, &exec_string<Str::Cmps, 2>);
-    set_handler(t, ZYDIS_MNEMONIC_CMPSD, &exec_cmpsd);
     set_handler(t, ZYDIS_MNEMONIC_CMPSQ, &exec_string<Str::Cmps, 8>);
     set_handler(t, ZYDIS_MNEMONIC_SCASB, &exec_string<Str::Scas, 1>);
     set_handler(t, ZYDIS_MNEMONIC_SCASW, &exec_string<Str::Scas, 2>);

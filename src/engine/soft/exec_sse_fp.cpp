@@ -1,6 +1,8 @@
 // SSE/SSE2 floating-point arithmetic: ADD/SUB/MUL/DIV/MIN/MAX/SQRT (PS/PD/SS/SD), RCP/RSQRT
 // (PS/SS, the host's approximation), CMPccPS/PD/SS/SD (8 predicates), COMISS/COMISD/UCOMISS/
 // UCOMISD. Each runs the host instruction with the guest's MXCSR controls (exec_sse_common.h).
+#include <cstring>
+
 #include "engine/soft/exec_sse_common.h"
 #include "engine/soft/flags.h"
 
@@ -100,9 +102,48 @@ constexpr F2 kCmpSs[8] = { cmpeqss, cmpltss, cmpless, cmpunordss, cmpneqss, cmpn
 constexpr F2 kCmpPd[8] = { cmpeqpd, cmpltpd, cmplepd, cmpunordpd, cmpneqpd, cmpnltpd, cmpnlepd, cmpordpd };
 constexpr F2 kCmpSd[8] = { cmpeqsd, cmpltsd, cmplesd, cmpunordsd, cmpneqsd, cmpnltsd, cmpnlesd, cmpordsd };
 
+// With the underflow exception unmasked the CPU reports an element whose result is tiny (even
+// exact, and whatever FTZ says) as UE alone, without PE, and faults; a run with every exception
+// masked flags only tiny inexact results, and with PE. So redo the operation one element at a
+// time (the other elements 1.0, exact in ADD/SUB/MUL/DIV) with FTZ off and rebuild the flags.
+// `elem` = element bytes (4 or 8), `count` = elements computed (1 for scalar forms).
+uint32_t flags_with_unmasked_underflow(const Cpu& c, F2 f, __m128i a, __m128i b, unsigned elem, unsigned count)
+{
+    constexpr uint32_t kUE = 0x10, kPrecomputation = 0x7;
+    const uint64_t one = elem == 4 ? 0x3f8000003f800000ULL : 0x3ff0000000000000ULL;
+    M128 va, vb, vr;
+    _mm_store_si128(reinterpret_cast<__m128i*>(&va), a);
+    _mm_store_si128(reinterpret_cast<__m128i*>(&vb), b);
+    uint32_t out = 0;
+    for (unsigned i = 0; i < count; ++i) {
+        M128 ea { { one, one } }, eb { { one, one } };
+        // SAFETY: i * elem + elem <= 16, inside the 16-byte M128 values.
+        std::memcpy(reinterpret_cast<uint8_t*>(ea.q) + i * elem, reinterpret_cast<const uint8_t*>(va.q) + i * elem, elem);
+        std::memcpy(reinterpret_cast<uint8_t*>(eb.q) + i * elem, reinterpret_cast<const uint8_t*>(vb.q) + i * elem, elem);
+        __m128i x = _mm_load_si128(reinterpret_cast<const __m128i*>(&ea));
+        __m128i y = _mm_load_si128(reinterpret_cast<const __m128i*>(&eb));
+        uint32_t saved = _mm_getcsr();
+        _mm_setcsr((mxcsr(c) & 0x6040) | 0x1f80); // guest RC and DAZ, no FTZ, all masked
+        opaque(x);
+        opaque(y);
+        __m128i r = f(x, y);
+        opaque(r);
+        uint32_t flags = _mm_getcsr() & 0x3f;
+        _mm_setcsr(saved);
+        _mm_store_si128(reinterpret_cast<__m128i*>(&vr), r);
+        uint64_t bits = 0;
+        std::memcpy(&bits, reinterpret_cast<const uint8_t*>(vr.q) + i * elem, elem);
+        uint64_t exp_mask = elem == 4 ? 0x7f800000ULL : 0x7ff0000000000000ULL;
+        uint64_t frac_mask = elem == 4 ? 0x007fffffULL : 0x000fffffffffffffULL;
+        bool denormal = (bits & exp_mask) == 0 && (bits & frac_mask) != 0;
+        out |= (flags & kUE) || denormal ? (flags & kPrecomputation) | kUE : flags;
+    }
+    return out;
+}
+
 // dst = f(dst, src) under the guest MXCSR; the destination is written only if no unmasked
-// exception occurred.
-void fp_binary(Cpu& c, const Insn& in, F2 f, unsigned mem_size)
+// exception occurred. `elem` != 0 for operations that can underflow (see above).
+void fp_binary(Cpu& c, const Insn& in, F2 f, unsigned mem_size, unsigned elem = 0)
 {
     check_sse(c);
     __m128i b = read_src(c, in, 1, mem_size);
@@ -117,14 +158,16 @@ void fp_binary(Cpu& c, const Insn& in, F2 f, unsigned mem_size)
         opaque(r);
         flags = guard.flags();
     }
+    if (elem && !(mxcsr(c) & (1u << 11))) // UM clear
+        flags = flags_with_unmasked_underflow(c, f, a, b, elem, mem_size == 16 ? 16 / elem : 1);
     commit_mxcsr_flags(c, flags);
     set_xmm(c, in.op[0].reg, r);
 }
 
-template<F2 F, unsigned kMem>
+template<F2 F, unsigned kMem, unsigned kElem = 0>
 void exec_fp(Cpu& c, const Insn& in)
 {
-    fp_binary(c, in, F, kMem);
+    fp_binary(c, in, F, kMem, kElem);
 }
 
 template<const F2 (&kTable)[8], unsigned kMem>
@@ -177,22 +220,22 @@ void register_sse_fp(HandlerTable& t)
         ExecFn fn;
     };
     static constexpr Entry entries[] = {
-        { ZYDIS_MNEMONIC_ADDPS, &exec_fp<addps, 16> },
-        { ZYDIS_MNEMONIC_ADDSS, &exec_fp<addss, 4> },
-        { ZYDIS_MNEMONIC_ADDPD, &exec_fp<addpd, 16> },
-        { ZYDIS_MNEMONIC_ADDSD, &exec_fp<addsd, 8> },
-        { ZYDIS_MNEMONIC_SUBPS, &exec_fp<subps, 16> },
-        { ZYDIS_MNEMONIC_SUBSS, &exec_fp<subss, 4> },
-        { ZYDIS_MNEMONIC_SUBPD, &exec_fp<subpd, 16> },
-        { ZYDIS_MNEMONIC_SUBSD, &exec_fp<subsd, 8> },
-        { ZYDIS_MNEMONIC_MULPS, &exec_fp<mulps, 16> },
-        { ZYDIS_MNEMONIC_MULSS, &exec_fp<mulss, 4> },
-        { ZYDIS_MNEMONIC_MULPD, &exec_fp<mulpd, 16> },
-        { ZYDIS_MNEMONIC_MULSD, &exec_fp<mulsd, 8> },
-        { ZYDIS_MNEMONIC_DIVPS, &exec_fp<divps, 16> },
-        { ZYDIS_MNEMONIC_DIVSS, &exec_fp<divss, 4> },
-        { ZYDIS_MNEMONIC_DIVPD, &exec_fp<divpd, 16> },
-        { ZYDIS_MNEMONIC_DIVSD, &exec_fp<divsd, 8> },
+        { ZYDIS_MNEMONIC_ADDPS, &exec_fp<addps, 16, 4> },
+        { ZYDIS_MNEMONIC_ADDSS, &exec_fp<addss, 4, 4> },
+        { ZYDIS_MNEMONIC_ADDPD, &exec_fp<addpd, 16, 8> },
+        { ZYDIS_MNEMONIC_ADDSD, &exec_fp<addsd, 8, 8> },
+        { ZYDIS_MNEMONIC_SUBPS, &exec_fp<subps, 16, 4> },
+        { ZYDIS_MNEMONIC_SUBSS, &exec_fp<subss, 4, 4> },
+        { ZYDIS_MNEMONIC_SUBPD, &exec_fp<subpd, 16, 8> },
+        { ZYDIS_MNEMONIC_SUBSD, &exec_fp<subsd, 8, 8> },
+        { ZYDIS_MNEMONIC_MULPS, &exec_fp<mulps, 16, 4> },
+        { ZYDIS_MNEMONIC_MULSS, &exec_fp<mulss, 4, 4> },
+        { ZYDIS_MNEMONIC_MULPD, &exec_fp<mulpd, 16, 8> },
+        { ZYDIS_MNEMONIC_MULSD, &exec_fp<mulsd, 8, 8> },
+        { ZYDIS_MNEMONIC_DIVPS, &exec_fp<divps, 16, 4> },
+        { ZYDIS_MNEMONIC_DIVSS, &exec_fp<divss, 4, 4> },
+        { ZYDIS_MNEMONIC_DIVPD, &exec_fp<divpd, 16, 8> },
+        { ZYDIS_MNEMONIC_DIVSD, &exec_fp<divsd, 8, 8> },
         { ZYDIS_MNEMONIC_MINPS, &exec_fp<minps, 16> },
         { ZYDIS_MNEMONIC_MINSS, &exec_fp<minss, 4> },
         { ZYDIS_MNEMONIC_MINPD, &exec_fp<minpd, 16> },

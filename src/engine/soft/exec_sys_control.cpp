@@ -66,7 +66,9 @@ void write_cr3(Cpu& c, uint64_t v)
         v &= 0xffffffffULL;
     }
     c.cr3 = v;
-    flush_tlb(c); // global pages are not tracked: everything goes
+    // Global pages survive (SDM 4.10.4.1); without CR4.PGE no entry is global.
+    c.tlb.flush_nonglobal();
+    c.stop_block = true;
 }
 
 void write_cr4(Cpu& c, uint64_t v)
@@ -240,7 +242,10 @@ void exec_clts(Cpu& c, const Insn&)
 void exec_invlpg(Cpu& c, const Insn& in)
 {
     require_cpl0(c);
-    uint64_t lin = mem_linear(c, in);
+    // Not mem_linear(): INVLPG of a non-canonical address is a no-op, even through SS.
+    uint64_t lin = c.segbase[in.seg] + effective_address(c, in);
+    if (c.mode != CpuMode::Long64)
+        lin &= 0xffffffffULL;
     if (c.tlb_has_large)
         flush_tlb(c); // large pages are cached as 4 KiB pieces anywhere in the TLB
     else

@@ -50,6 +50,7 @@ uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget)
             c.rip = c.insn_start;
             c.stop_block = false;
             c.halted = false;
+            ++c.fault_counts[fault.vector & 31];
             deliver_fault(c, fault);
             ++executed;
         }

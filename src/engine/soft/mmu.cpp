@@ -11,7 +11,7 @@ namespace vessel::soft {
 namespace {
 
 constexpr uint64_t kPteP = 1ULL << 0, kPteRw = 1ULL << 1, kPteUs = 1ULL << 2, kPteA = 1ULL << 5,
-                   kPteD = 1ULL << 6, kPtePs = 1ULL << 7, kPteNx = 1ULL << 63;
+                   kPteD = 1ULL << 6, kPtePs = 1ULL << 7, kPteG = 1ULL << 8, kPteNx = 1ULL << 63;
 // Physical-address bits we report in CPUID 0x80000008 (cpuid.cpp); bits above are reserved.
 constexpr unsigned kPhysAddrBits = 40;
 constexpr uint64_t kAddrMask = ((1ULL << kPhysAddrBits) - 1) & ~0xfffULL;
@@ -42,7 +42,7 @@ void set_bits(uint64_t* pte, uint64_t bits)
         __atomic_fetch_or(pte, bits, __ATOMIC_SEQ_CST);
 }
 
-void fill_tlb(Cpu& c, uint64_t linear, uint64_t gpa, bool user, bool can_write, bool can_exec)
+void fill_tlb(Cpu& c, uint64_t linear, uint64_t gpa, bool user, bool can_write, bool can_exec, bool global = false)
 {
     uint64_t gpa_page = gpa & ~0xfffULL;
     uint8_t* host = c.machine->ram(gpa_page, 4096);
@@ -55,6 +55,7 @@ void fill_tlb(Cpu& c, uint64_t linear, uint64_t gpa, bool user, bool can_write, 
     e.tag_exec = can_exec ? page : kTlbInvalid;
     e.addend = reinterpret_cast<uint64_t>(host) - page;
     e.gpa_page = gpa_page;
+    e.global = global;
 }
 
 } // namespace
@@ -64,7 +65,7 @@ void Tlb::flush()
     ++gen;
     for (auto& level : e)
         for (auto& entry : level)
-            entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0 };
+            entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0, 0 };
 }
 
 void Tlb::flush_page(uint64_t linear)
@@ -72,8 +73,17 @@ void Tlb::flush_page(uint64_t linear)
     ++gen;
     for (auto& level : e) {
         auto& entry = level[(linear >> 12) & (kTlbEntries - 1)];
-        entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0 };
+        entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0, 0 };
     }
+}
+
+void Tlb::flush_nonglobal()
+{
+    ++gen;
+    for (auto& level : e)
+        for (auto& entry : level)
+            if (!entry.global)
+                entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0, 0 };
 }
 
 void Tlb::flush_writes()
@@ -174,8 +184,9 @@ uint64_t translate(Cpu& c, uint64_t linear, Access access, bool user)
             gpa = frame | (linear & ((1ULL << shift) - 1));
             bool write_ok = dirty && (can_write || (!user && !(c.cr0 & x86::kCr0Wp)));
             bool exec_ok = can_exec && (!user || can_user);
+            bool global = (c.cr4 & x86::kCr4Pge) && (e & kPteG);
             if (!user || can_user)
-                fill_tlb(c, linear, gpa, user, write_ok, exec_ok);
+                fill_tlb(c, linear, gpa, user, write_ok, exec_ok, global);
             if (large)
                 c.tlb_has_large = true;
             return gpa;

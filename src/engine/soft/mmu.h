@@ -130,7 +130,13 @@ inline void write_sys(Cpu& c, uint64_t linear, T v)
 [[gnu::always_inline]] inline uint64_t seg_linear(const Cpu& c, uint8_t seg, uint64_t offset)
 {
     uint64_t lin = c.segbase[seg] + offset;
-    return c.mode == CpuMode::Long64 ? lin : (lin & 0xffffffffULL);
+    if (c.mode != CpuMode::Long64)
+        return lin & 0xffffffffULL;
+    // A non-canonical reference through SS (stack operations, RSP/RBP-based operands) is
+    // #SS(0); through any other segment the page walk raises #GP(0).
+    if (seg == SS && static_cast<uint64_t>(static_cast<int64_t>(lin << 16) >> 16) != lin) [[unlikely]]
+        raise_fault(kExcSS, 0);
+    return lin;
 }
 
 template<typename T>

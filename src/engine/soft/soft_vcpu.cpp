@@ -47,7 +47,15 @@ SoftVcpu::SoftVcpu(SoftEngine& engine, uint32_t id, IoHandler& io)
     m_cpu.clock = &engine.irqchip().clock();
 }
 
-SoftVcpu::~SoftVcpu() = default;
+SoftVcpu::~SoftVcpu()
+{
+    std::string faults;
+    for (size_t v = 0; v < m_cpu.fault_counts.size(); ++v)
+        if (m_cpu.fault_counts[v])
+            faults += fmt::format(" #{}:{}", v, m_cpu.fault_counts[v]);
+    log_debug("soft engine: vCPU {} executed {} instructions; exceptions delivered:{}", m_id, m_instructions,
+              faults.empty() ? " none" : faults);
+}
 
 Result<std::unique_ptr<SoftVcpu>> SoftVcpu::create(SoftEngine& engine, uint32_t id, IoHandler& io)
 {
