@@ -34,10 +34,16 @@ bool is_logic(ZydisMnemonic m)
 }
 
 // AF is undefined after logic instructions.
-uint64_t binary_mask(ZydisMnemonic m) { return is_logic(m) ? kArithFlags & ~kAF : kArithFlags; }
+uint64_t binary_mask(ZydisMnemonic m)
+{
+    return is_logic(m) ? kArithFlags & ~kAF : kArithFlags;
+}
 
 // Input flags: the carry under test plus other bits that must be overwritten.
-uint64_t flags_in(bool cf) { return cf ? (kCF | kZF | kOF) : (kSF | kAF | kPF); }
+uint64_t flags_in(bool cf)
+{
+    return cf ? (kCF | kZF | kOF) : (kSF | kAF | kPF);
+}
 
 class SoftIntAlu : public SoftIntTest { };
 
@@ -284,8 +290,8 @@ TEST_F(SoftIntAlu, OperandSizeWritesAndConditionCodes)
     run(cmp);
     EXPECT_TRUE(test_cc(cpu(), 12)); // L: -128 < 1
     EXPECT_FALSE(test_cc(cpu(), 2)); // B: 0x80 < 1 is false
-    EXPECT_TRUE(test_cc(cpu(), 0));  // O
-    EXPECT_TRUE(test_cc(cpu(), 7));  // A
+    EXPECT_TRUE(test_cc(cpu(), 0)); // O
+    EXPECT_TRUE(test_cc(cpu(), 7)); // A
     // TEST does not write.
     Insn test = make_insn(ZYDIS_MNEMONIC_TEST, { R(RAX, 8), R(RCX, 8) });
     run(test);

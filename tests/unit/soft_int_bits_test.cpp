@@ -74,7 +74,7 @@ TEST_F(SoftIntBits, MemoryFormReachesOtherBytesWithSignedOffsets)
         unsigned size;
         int64_t offset;
         uint64_t byte_addr; // byte holding the bit
-        unsigned bit;       // bit within that byte
+        unsigned bit; // bit within that byte
     };
     const Case cases[] = {
         { 4, 0, kBase, 0 },
@@ -163,9 +163,9 @@ TEST_F(SoftIntBits, ScansAndCountsMatchHost)
         ZydisMnemonic m;
         uint64_t flags;
     };
-    for (Op op : { Op { ZYDIS_MNEMONIC_BSF, kZF }, Op { ZYDIS_MNEMONIC_BSR, kZF },
-             Op { ZYDIS_MNEMONIC_TZCNT, kCF | kZF }, Op { ZYDIS_MNEMONIC_LZCNT, kCF | kZF },
-             Op { ZYDIS_MNEMONIC_POPCNT, kArithFlags } }) {
+    for (Op op :
+        { Op { ZYDIS_MNEMONIC_BSF, kZF }, Op { ZYDIS_MNEMONIC_BSR, kZF }, Op { ZYDIS_MNEMONIC_TZCNT, kCF | kZF },
+            Op { ZYDIS_MNEMONIC_LZCNT, kCF | kZF }, Op { ZYDIS_MNEMONIC_POPCNT, kArithFlags } }) {
         for (unsigned size : { 2u, 4u, 8u }) {
             HostOracle reg([&](CodeGenerator& g) {
                 Xbyak::Reg d = host_reg(0, size), s = host_reg(1, size);
@@ -201,7 +201,9 @@ TEST_F(SoftIntBits, ScansAndCountsMatchHost)
 }
 
 // F3 0F BD is LZCNT (CPUID advertises it), not BSR with an ignored F3: decoded and run.
-TEST_F(SoftIntProgram, LzcntEncodingRunsAsLzcnt)
+class SoftIntBitsProgram : public SoftIntProgram { };
+
+TEST_F(SoftIntBitsProgram, LzcntEncodingRunsAsLzcnt)
 {
     CodeGenerator g;
     g.lzcnt(g.eax, g.ecx);

@@ -188,9 +188,9 @@ TEST_F(SoftIntFlow, PushPopForms)
 {
     CodeGenerator g;
     g.mov(g.rsp, kStackTop);
-    g.push(g.rsp);      // pushes the old RSP
-    g.pop(g.rax);       // = kStackTop
-    g.push(-2);         // 6A: sign-extended to 64 bits
+    g.push(g.rsp); // pushes the old RSP
+    g.pop(g.rax); // = kStackTop
+    g.push(-2); // 6A: sign-extended to 64 bits
     g.pop(g.rbx);
     g.push(0x12345678); // 68
     g.pop(g.rcx);
@@ -274,10 +274,10 @@ TEST_F(SoftIntFlow, EnterLeave)
     EXPECT_EQ(peek<uint64_t>(frame1), 0x1111u);
     uint64_t frame2 = frame1 - 0x20 - 8;
     EXPECT_EQ(cpu().gpr[R10], frame2);
-    EXPECT_EQ(peek<uint64_t>(frame2), frame1);        // pushed RBP
-    EXPECT_EQ(peek<uint64_t>(frame2 - 8), 0xaaaau);   // [frame1 - 8]
-    EXPECT_EQ(peek<uint64_t>(frame2 - 16), 0xbbbbu);  // [frame1 - 16]
-    EXPECT_EQ(peek<uint64_t>(frame2 - 24), frame2);   // the new frame pointer
+    EXPECT_EQ(peek<uint64_t>(frame2), frame1); // pushed RBP
+    EXPECT_EQ(peek<uint64_t>(frame2 - 8), 0xaaaau); // [frame1 - 8]
+    EXPECT_EQ(peek<uint64_t>(frame2 - 16), 0xbbbbu); // [frame1 - 16]
+    EXPECT_EQ(peek<uint64_t>(frame2 - 24), frame2); // the new frame pointer
     EXPECT_EQ(cpu().gpr[R11], frame2 - 24 - 0x10);
     EXPECT_EQ(cpu().gpr[R12], frame2 + 8);
     EXPECT_EQ(cpu().gpr[R13], frame1);

@@ -47,7 +47,7 @@ TEST_F(SoftIntMov, MovForms)
     EXPECT_EQ(cpu().gpr[R9], 0x3344u);
     cpu().rip = kCodeAddr;
     Insn riprel = with_mem(make_insn(ZYDIS_MNEMONIC_MOV, { M(4), I(4) }, 0xcafe), kRipReg,
-                           static_cast<int64_t>(kData) + 8 - static_cast<int64_t>(kCodeAddr) - 4);
+        static_cast<int64_t>(kData) + 8 - static_cast<int64_t>(kCodeAddr) - 4);
     run(riprel);
     EXPECT_EQ(peek<uint32_t>(kData + 8), 0xcafeu);
     // MOV with segment/control registers is passed on to the system group's handler.
@@ -61,7 +61,9 @@ TEST_F(SoftIntMov, MovForms)
 
 // A non-canonical address reached through SS (an RSP/RBP base, PUSH/POP) is #SS(0); through
 // DS, or an FS override on an RBP base, it is #GP(0).
-TEST_F(SoftIntProgram, NonCanonicalAddressThroughStackSegmentIsStackFault)
+class SoftIntMovProgram : public SoftIntProgram { };
+
+TEST_F(SoftIntMovProgram, NonCanonicalAddressThroughStackSegmentIsStackFault)
 {
     struct Probe {
         unsigned base;
@@ -100,10 +102,10 @@ TEST_F(SoftIntMov, ExtensionsMatchHost)
         ZydisMnemonic m;
         unsigned dst, src;
     };
-    const Form forms[] = { { ZYDIS_MNEMONIC_MOVZX, 2, 1 }, { ZYDIS_MNEMONIC_MOVZX, 4, 1 }, { ZYDIS_MNEMONIC_MOVZX, 8, 1 },
-        { ZYDIS_MNEMONIC_MOVZX, 4, 2 }, { ZYDIS_MNEMONIC_MOVZX, 8, 2 }, { ZYDIS_MNEMONIC_MOVSX, 2, 1 },
-        { ZYDIS_MNEMONIC_MOVSX, 4, 1 }, { ZYDIS_MNEMONIC_MOVSX, 8, 1 }, { ZYDIS_MNEMONIC_MOVSX, 4, 2 },
-        { ZYDIS_MNEMONIC_MOVSX, 8, 2 }, { ZYDIS_MNEMONIC_MOVSXD, 8, 4 } };
+    const Form forms[] = { { ZYDIS_MNEMONIC_MOVZX, 2, 1 }, { ZYDIS_MNEMONIC_MOVZX, 4, 1 },
+        { ZYDIS_MNEMONIC_MOVZX, 8, 1 }, { ZYDIS_MNEMONIC_MOVZX, 4, 2 }, { ZYDIS_MNEMONIC_MOVZX, 8, 2 },
+        { ZYDIS_MNEMONIC_MOVSX, 2, 1 }, { ZYDIS_MNEMONIC_MOVSX, 4, 1 }, { ZYDIS_MNEMONIC_MOVSX, 8, 1 },
+        { ZYDIS_MNEMONIC_MOVSX, 4, 2 }, { ZYDIS_MNEMONIC_MOVSX, 8, 2 }, { ZYDIS_MNEMONIC_MOVSXD, 8, 4 } };
     for (const Form& f : forms) {
         HostOracle reg([&](CodeGenerator& g) {
             Xbyak::Reg d = host_reg(0, f.dst), s = host_reg(1, f.src);

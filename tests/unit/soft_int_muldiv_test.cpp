@@ -73,8 +73,8 @@ bool divide_faults(bool is_signed, unsigned size, uint64_t rax, uint64_t rdx, ui
 
 TEST_F(SoftIntMulDiv, DivideMatchesHostAndFaults)
 {
-    const uint64_t highs[] = { 0, 1, 0x7f, 0xffff'ffff'ffff'ffff, 0x8000'0000'0000'0000, 0x0000'0000'0000'7fff,
-        0xffff'ffff'ffff'ff80 };
+    const uint64_t highs[]
+        = { 0, 1, 0x7f, 0xffff'ffff'ffff'ffff, 0x8000'0000'0000'0000, 0x0000'0000'0000'7fff, 0xffff'ffff'ffff'ff80 };
     for (bool is_signed : { false, true }) {
         for (unsigned size : kSizes) {
             HostOracle host([&](CodeGenerator& g) {
@@ -115,14 +115,14 @@ TEST_F(SoftIntMulDiv, DivideErrorEdges)
     };
     const Case faults[] = {
         { ZYDIS_MNEMONIC_DIV, 4, 0, 5, 0 },
-        { ZYDIS_MNEMONIC_DIV, 1, 0, 0x100, 1 },               // quotient 0x100 > 0xff
-        { ZYDIS_MNEMONIC_DIV, 8, 1, 0, 1 },                   // quotient 2^64
-        { ZYDIS_MNEMONIC_IDIV, 1, 0, 0xff80, 0xff },          // -128 / -1
-        { ZYDIS_MNEMONIC_IDIV, 2, 0xffff, 0x8000, 0xffff },   // -32768 / -1
+        { ZYDIS_MNEMONIC_DIV, 1, 0, 0x100, 1 }, // quotient 0x100 > 0xff
+        { ZYDIS_MNEMONIC_DIV, 8, 1, 0, 1 }, // quotient 2^64
+        { ZYDIS_MNEMONIC_IDIV, 1, 0, 0xff80, 0xff }, // -128 / -1
+        { ZYDIS_MNEMONIC_IDIV, 2, 0xffff, 0x8000, 0xffff }, // -32768 / -1
         { ZYDIS_MNEMONIC_IDIV, 4, 0xffffffff, 0x80000000, 0xffffffff }, // INT32_MIN / -1
-        { ZYDIS_MNEMONIC_IDIV, 8, ~0ULL, 0x8000000000000000, ~0ULL },   // INT64_MIN / -1
-        { ZYDIS_MNEMONIC_IDIV, 8, 0x8000000000000000, 0, ~0ULL },       // INT128_MIN / -1
-        { ZYDIS_MNEMONIC_IDIV, 1, 0, 0x80, 1 },               // +128 does not fit
+        { ZYDIS_MNEMONIC_IDIV, 8, ~0ULL, 0x8000000000000000, ~0ULL }, // INT64_MIN / -1
+        { ZYDIS_MNEMONIC_IDIV, 8, 0x8000000000000000, 0, ~0ULL }, // INT128_MIN / -1
+        { ZYDIS_MNEMONIC_IDIV, 1, 0, 0x80, 1 }, // +128 does not fit
         { ZYDIS_MNEMONIC_IDIV, 4, 0, 0, 0 },
     };
     for (const Case& c : faults) {
@@ -139,7 +139,7 @@ TEST_F(SoftIntMulDiv, DivideErrorEdges)
     // Largest quotients that fit.
     Insn idiv8 = make_insn(ZYDIS_MNEMONIC_IDIV, { R(RCX, 1) });
     cpu().gpr[RAX] = 0xff81; // -127
-    cpu().gpr[RCX] = 0xff;   // -1
+    cpu().gpr[RCX] = 0xff; // -1
     run(idiv8);
     EXPECT_EQ(cpu().gpr[RAX] & 0xffff, 0x007fu); // AL = 127, AH = 0
     Insn idiv64 = make_insn(ZYDIS_MNEMONIC_IDIV, { R(RCX, 8) });

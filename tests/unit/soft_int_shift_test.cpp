@@ -12,7 +12,10 @@ constexpr ZydisMnemonic kShifts[] = { ZYDIS_MNEMONIC_SHL, ZYDIS_MNEMONIC_SHR, ZY
 constexpr unsigned kSizes[] = { 1, 2, 4, 8 };
 constexpr uint64_t kCounts[] = { 0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 18, 31, 32, 33, 63, 64, 65, 0xff };
 
-bool is_rotate(ZydisMnemonic m) { return m != ZYDIS_MNEMONIC_SHL && m != ZYDIS_MNEMONIC_SHR && m != ZYDIS_MNEMONIC_SAR; }
+bool is_rotate(ZydisMnemonic m)
+{
+    return m != ZYDIS_MNEMONIC_SHL && m != ZYDIS_MNEMONIC_SHR && m != ZYDIS_MNEMONIC_SAR;
+}
 
 void emit_shift(CodeGenerator& g, ZydisMnemonic m, const Xbyak::Operand& d, const Xbyak::Reg8& count)
 {

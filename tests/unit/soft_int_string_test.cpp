@@ -334,9 +334,9 @@ TEST_F(SoftIntString, LoadsSingleElementsAndDirection)
     EXPECT_EQ(cpu().gpr[R9], 0xffff'ffff'ffff'3322u);
     EXPECT_EQ(cpu().gpr[R10], 0x7766'5544u);
     EXPECT_EQ(cpu().gpr[R11], 0x7766'5588u); // the byte at kSrc + 7
-    EXPECT_EQ(cpu().gpr[RSI], kSrc + 4);     // lodsb, movsb, cmpsb backwards from kSrc + 7
+    EXPECT_EQ(cpu().gpr[RSI], kSrc + 4); // lodsb, movsb, cmpsb backwards from kSrc + 7
     EXPECT_EQ(cpu().gpr[RDI], kDst + 0x10 - 4);
-    EXPECT_EQ(*ram(kDst + 0x10), 0x77);     // movsb copied the byte at kSrc + 6
+    EXPECT_EQ(*ram(kDst + 0x10), 0x77); // movsb copied the byte at kSrc + 6
     EXPECT_EQ(*ram(kDst + 0x10 - 3), 0x88); // stosb of AL
     // rep lodsq ends with the last element in RAX.
     CodeGenerator r;
@@ -385,6 +385,29 @@ TEST_F(SoftIntString, AddressSizeAndSegmentOverride)
     ASSERT_FALSE(run_code(f).has_value());
     EXPECT_EQ(std::memcmp(ram(kDst + 0x100), ram(kSrc + 0x1000), 32), 0);
     EXPECT_EQ(cpu().gpr[RAX] & 0xff, *ram(kSrc + 0x1000 + 32));
+}
+
+TEST_F(SoftIntString, MovsdAndCmpsdShareTheirMnemonicsWithSse2)
+{
+    fill_pattern(ram(kSrc), 64, 5);
+    std::memset(ram(kDst), 0, 64);
+    CodeGenerator g;
+    g.movsd(); // string: one dword, RSI/RDI + 4
+    g.movsd(g.xmm1, g.qword[g.rsi]); // SSE2 scalar load
+    g.movsd(g.qword[g.rdi], g.xmm1); // SSE2 scalar store
+    g.cmpsd(g.xmm1, g.xmm1, 4); // SSE2 compare (not-equal): all zeros unless NaN
+    g.movq(g.r8, g.xmm1);
+    g.cmpsd(); // string compare of the dwords at RSI and RDI: equal
+    g.hlt();
+    poke<uint64_t>(kSrc + 4, 0x3ff0'0000'0000'0000); // 1.0: not a NaN
+    cpu().gpr[RSI] = kSrc;
+    cpu().gpr[RDI] = kDst;
+    ASSERT_FALSE(run_code(g).has_value());
+    EXPECT_EQ(std::memcmp(ram(kDst), ram(kSrc), 12), 0);
+    EXPECT_EQ(cpu().gpr[RSI], kSrc + 8);
+    EXPECT_EQ(cpu().gpr[RDI], kDst + 8);
+    EXPECT_EQ(cpu().gpr[R8], 0u);
+    EXPECT_TRUE(flags() & kZF);
 }
 
 } // namespace

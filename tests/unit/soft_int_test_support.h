@@ -9,10 +9,12 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <optional>
+#include <sstream>
 #include <vector>
 
 #include <xbyak/xbyak.h>
@@ -31,9 +33,18 @@ inline Operand R(unsigned reg, unsigned size)
 {
     return Operand { OpKind::Gpr, static_cast<uint8_t>(reg), static_cast<uint8_t>(size), 0 };
 }
-inline Operand H(unsigned reg) { return Operand { OpKind::GprHigh8, static_cast<uint8_t>(reg), 1, 0 }; }
-inline Operand M(unsigned size) { return Operand { OpKind::Mem, 0, static_cast<uint8_t>(size), 0 }; }
-inline Operand I(unsigned size) { return Operand { OpKind::Imm, 0, static_cast<uint8_t>(size), 0 }; }
+inline Operand H(unsigned reg)
+{
+    return Operand { OpKind::GprHigh8, static_cast<uint8_t>(reg), 1, 0 };
+}
+inline Operand M(unsigned size)
+{
+    return Operand { OpKind::Mem, 0, static_cast<uint8_t>(size), 0 };
+}
+inline Operand I(unsigned size)
+{
+    return Operand { OpKind::Imm, 0, static_cast<uint8_t>(size), 0 };
+}
 
 // An instruction with explicit operands; osize defaults to the first operand's size.
 inline Insn make_insn(ZydisMnemonic m, std::initializer_list<Operand> ops, uint64_t imm = 0, unsigned osize = 0)
@@ -246,13 +257,12 @@ protected:
         m_cpu.tlb.flush();
     }
 
-
     // Runs `in` on the vCPU and the host oracle from the same state; compares RAX, RCX, RDX, RBX,
     // the memory qword and the flags in `flag_mask`.
-    ::testing::AssertionResult matches_host(std::initializer_list<Insn> seq, const HostOracle& host,
-                                            const HostState& s, uint64_t flag_mask);
-    ::testing::AssertionResult matches_host(const Insn& in, const HostOracle& host, const HostState& s,
-                                            uint64_t flag_mask)
+    ::testing::AssertionResult matches_host(
+        std::initializer_list<Insn> seq, const HostOracle& host, const HostState& s, uint64_t flag_mask);
+    ::testing::AssertionResult matches_host(
+        const Insn& in, const HostOracle& host, const HostState& s, uint64_t flag_mask)
     {
         return matches_host({ in }, host, s, flag_mask);
     }
@@ -266,8 +276,8 @@ private:
 // Values with interesting carries/overflows at every width.
 inline const std::vector<uint64_t>& edge_values()
 {
-    static const std::vector<uint64_t> v = { 0, 1, 2, 0x0f, 0x10, 0x7f, 0x80, 0x81, 0xfe, 0xff, 0x100, 0x7fff,
-        0x8000, 0xffff, 0x12345, 0x7fffffff, 0x80000000, 0xffffffff, 0x100000000ULL, 0x123456789abcdef0ULL,
+    static const std::vector<uint64_t> v = { 0, 1, 2, 0x0f, 0x10, 0x7f, 0x80, 0x81, 0xfe, 0xff, 0x100, 0x7fff, 0x8000,
+        0xffff, 0x12345, 0x7fffffff, 0x80000000, 0xffffffff, 0x100000000ULL, 0x123456789abcdef0ULL,
         0x7fffffffffffffffULL, 0x8000000000000000ULL, 0xfffffffffffffffeULL, 0xffffffffffffffffULL };
     return v;
 }
@@ -276,10 +286,13 @@ inline const std::vector<uint64_t>& edge_values()
 
 namespace vessel::soft::testing {
 
-inline Insn mem_data(Insn in) { return with_mem(in, kNoReg, static_cast<int64_t>(kData)); }
+inline Insn mem_data(Insn in)
+{
+    return with_mem(in, kNoReg, static_cast<int64_t>(kData));
+}
 
-inline ::testing::AssertionResult SoftIntTest::matches_host(std::initializer_list<Insn> seq, const HostOracle& host,
-                                                            const HostState& s, uint64_t flag_mask)
+inline ::testing::AssertionResult SoftIntTest::matches_host(
+    std::initializer_list<Insn> seq, const HostOracle& host, const HostState& s, uint64_t flag_mask)
 {
     const Insn& in = *(seq.end() - 1);
     Cpu& c = m_cpu;
@@ -299,14 +312,15 @@ inline ::testing::AssertionResult SoftIntTest::matches_host(std::initializer_lis
         && got_flags == want_flags)
         return ::testing::AssertionSuccess();
     auto hex = [](uint64_t v) { return ::testing::PrintToString(reinterpret_cast<void*>(v)); };
-    return ::testing::AssertionFailure()
-        << ZydisMnemonicGetString(static_cast<ZydisMnemonic>(in.mnemonic)) << " size " << int(in.op[0].size)
-        << " in: rax=" << hex(s.rax) << " rcx=" << hex(s.rcx) << " rdx=" << hex(s.rdx) << " rbx=" << hex(s.rbx)
-        << " mem=" << hex(s.mem) << " flags=" << hex(s.rflags) << "\n  got:  rax=" << hex(c.gpr[RAX])
-        << " rcx=" << hex(c.gpr[RCX]) << " rdx=" << hex(c.gpr[RDX]) << " rbx=" << hex(c.gpr[RBX])
-        << " mem=" << hex(got_mem) << " flags=" << hex(got_flags) << "\n  host: rax=" << hex(h.rax)
-        << " rcx=" << hex(h.rcx) << " rdx=" << hex(h.rdx) << " rbx=" << hex(h.rbx) << " mem=" << hex(h.mem)
-        << " flags=" << hex(want_flags);
+    return ::testing::AssertionFailure() << ZydisMnemonicGetString(static_cast<ZydisMnemonic>(in.mnemonic)) << " size "
+                                         << int(in.op[0].size) << " in: rax=" << hex(s.rax) << " rcx=" << hex(s.rcx)
+                                         << " rdx=" << hex(s.rdx) << " rbx=" << hex(s.rbx) << " mem=" << hex(s.mem)
+                                         << " flags=" << hex(s.rflags) << "\n  got:  rax=" << hex(c.gpr[RAX])
+                                         << " rcx=" << hex(c.gpr[RCX]) << " rdx=" << hex(c.gpr[RDX])
+                                         << " rbx=" << hex(c.gpr[RBX]) << " mem=" << hex(got_mem)
+                                         << " flags=" << hex(got_flags) << "\n  host: rax=" << hex(h.rax)
+                                         << " rcx=" << hex(h.rcx) << " rdx=" << hex(h.rdx) << " rbx=" << hex(h.rbx)
+                                         << " mem=" << hex(h.mem) << " flags=" << hex(want_flags);
 }
 
 } // namespace vessel::soft::testing
@@ -367,6 +381,18 @@ protected:
         cpu().tlb.flush();
     }
 
+    // Differential program test: `emit` (a code fragment using any GPR but RSP, memory only
+    // through registers, balanced stack use) runs on the host CPU and in the guest from the same
+    // registers and flags, with RDI pointing at a 4 KiB data buffer (host copy vs guest kData).
+    // Register values inside the buffer are compared as offsets from its base.
+    struct ProgState {
+        std::array<uint64_t, 16> gpr {};
+        uint64_t rflags { x86::kRflagsFixed };
+        std::array<uint8_t, 4096> data {};
+    };
+    ::testing::AssertionResult matches_host_program(
+        const std::function<void(Xbyak::CodeGenerator&)>& emit, const ProgState& in, uint64_t flag_mask);
+
 private:
     // The page table of the 2 MiB region holding `gpa`, splitting its large page first.
     uint64_t split(uint64_t gpa)
@@ -385,5 +411,103 @@ private:
     test::SoftHarness m_h;
     uint64_t m_insns { 0 };
 };
+
+} // namespace vessel::soft::testing
+
+namespace vessel::soft::testing {
+
+// Host side of matches_host_program: loads all GPRs but RSP and the flags from a ProgState,
+// runs the fragment, stores them back.
+class HostProgram : public Xbyak::CodeGenerator {
+public:
+    explicit HostProgram(const std::function<void(Xbyak::CodeGenerator&)>& emit)
+    {
+        using namespace Xbyak::util;
+        const Xbyak::Reg64 regs[16] = { rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15 };
+        for (const auto& r : { rbx, rbp, r12, r13, r14, r15 })
+            push(r);
+        push(rdi); // the ProgState*
+        push(qword[rdi + 16 * 8]);
+        popf();
+        for (int i = 0; i < 16; ++i)
+            if (i != RSP && i != RDI)
+                mov(regs[i], qword[rdi + i * 8]);
+        mov(rdi, qword[rdi + RDI * 8]);
+        emit(*this);
+        pushf();
+        cld(); // the ABI wants DF clear again
+        push(rax);
+        mov(rax, qword[rsp + 16]);
+        for (int i = 1; i < 16; ++i)
+            if (i != RSP)
+                mov(qword[rax + i * 8], regs[i]);
+        pop(qword[rax]);
+        pop(qword[rax + 16 * 8]);
+        add(rsp, 8);
+        for (const auto& r : { r15, r14, r13, r12, rbp, rbx })
+            pop(r);
+        ret();
+        ready();
+    }
+};
+
+inline ::testing::AssertionResult SoftIntProgram::matches_host_program(
+    const std::function<void(Xbyak::CodeGenerator&)>& emit, const ProgState& in, uint64_t flag_mask)
+{
+    // Host run: RDI = the host buffer.
+    ProgState host = in;
+    const uint64_t host_base = reinterpret_cast<uint64_t>(host.data.data());
+    host.gpr[RDI] = host_base + in.gpr[RDI];
+    host.rflags = (in.rflags & kArithFlags) | x86::kRflagsFixed;
+    HostProgram hp(emit);
+    hp.getCode<void (*)(ProgState*)>()(&host);
+    // Guest run: RDI = kData + offset, the same registers and flags.
+    Xbyak::CodeGenerator g;
+    emit(g);
+    g.hlt();
+    Cpu& c = cpu();
+    for (unsigned i = 0; i < 16; ++i)
+        if (i != RSP)
+            c.gpr[i] = in.gpr[i];
+    c.gpr[RDI] = kData + in.gpr[RDI];
+    c.gpr[RSP] = kStackTop;
+    c.lf.op = FlagOp::None;
+    c.rflags = (in.rflags & kArithFlags) | x86::kRflagsFixed;
+    std::memcpy(ram(kData), in.data.data(), in.data.size());
+    if (auto f = run_code(g))
+        return ::testing::AssertionFailure() << "guest fault " << int(f->vector) << " at " << c.rip;
+    auto normalize = [](uint64_t v, uint64_t base) { return v >= base && v < base + 4096 ? v - base : v; };
+    ::testing::AssertionResult result = ::testing::AssertionSuccess();
+    bool ok = true;
+    std::ostringstream diff;
+    for (unsigned i = 0; i < 16; ++i) {
+        if (i == RSP)
+            continue;
+        uint64_t h = normalize(host.gpr[i], host_base), v = normalize(c.gpr[i], kData);
+        if (h != v) {
+            ok = false;
+            diff << " gpr" << i << ": guest " << std::hex << v << " host " << h << std::dec;
+        }
+    }
+    if (c.gpr[RSP] != kStackTop) {
+        ok = false;
+        diff << " rsp moved by " << static_cast<int64_t>(c.gpr[RSP] - kStackTop);
+    }
+    uint64_t gf = flags() & flag_mask, hf = host.rflags & flag_mask;
+    if (gf != hf) {
+        ok = false;
+        diff << std::hex << " flags: guest " << gf << " host " << hf << std::dec;
+    }
+    for (size_t i = 0; i < in.data.size(); ++i) {
+        if (*ram(kData + i) != host.data[i]) {
+            ok = false;
+            diff << " data[" << i << "]: guest " << int(*ram(kData + i)) << " host " << int(host.data[i]);
+            break;
+        }
+    }
+    if (ok)
+        return result;
+    return ::testing::AssertionFailure() << diff.str();
+}
 
 } // namespace vessel::soft::testing

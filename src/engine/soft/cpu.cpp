@@ -39,10 +39,10 @@ const HandlerTable& handler_table()
         register_system_handlers(t);
         register_sse_handlers(t);
         register_x87_handlers(t);
-        // Last: MOV, PUSH/POP and JMP/CALL/RET are shared with the system group; the integer
-        // handlers pass the forms they do not own (control/debug/segment registers, far
-        // transfers) on to the handler registered before them. (MOVSD/CMPSD: the SSE group
-        // registers them and calls exec_string_movs/cmps for the string forms.)
+        // Last: MOV, PUSH/POP and JMP/CALL/RET are shared with the system group, MOVSD and CMPSD
+        // with the SSE group; the integer handlers pass the forms they do not own
+        // (control/debug/segment registers, far transfers, SSE2 MOVSD/CMPSD) on to the handler
+        // registered before them.
         register_integer_handlers(t);
         return t;
     }();

@@ -26,7 +26,10 @@ void set_handler(HandlerTable& t, ZydisMnemonic m, ExecFn fn);
 void call_previous(Cpu& c, const Insn& in);
 
 // Memory operand of the instruction as a linear address plus the operand-0 helpers below.
-inline bool op_is_mem(const Insn& in, unsigned n) { return in.op[n].kind == OpKind::Mem; }
+inline bool op_is_mem(const Insn& in, unsigned n)
+{
+    return in.op[n].kind == OpKind::Mem;
+}
 
 // Host atomics on guest RAM. `p` comes from host_ptr() and covers the access inside one page;
 // x86 hosts perform locked operations at any alignment.
@@ -123,8 +126,14 @@ inline uint64_t szp_flags(uint64_t res, unsigned size)
 }
 
 // Source segment of string instructions and XLAT: DS unless overridden.
-inline uint8_t string_src_seg(const Insn& in) { return (in.flags & kFlagSegOverride) ? in.seg : static_cast<uint8_t>(DS); }
+inline uint8_t string_src_seg(const Insn& in)
+{
+    return (in.flags & kFlagSegOverride) ? in.seg : static_cast<uint8_t>(DS);
+}
 
-inline bool df_set(const Cpu& c) { return (c.rflags & kDF) != 0; }
+inline bool df_set(const Cpu& c)
+{
+    return (c.rflags & kDF) != 0;
+}
 
 } // namespace vessel::soft::integer

@@ -9,7 +9,10 @@ namespace vessel::soft::integer {
 
 namespace {
 
-bool canonical(uint64_t v) { return static_cast<uint64_t>(static_cast<int64_t>(v << 16) >> 16) == v; }
+bool canonical(uint64_t v)
+{
+    return static_cast<uint64_t>(static_cast<int64_t>(v << 16) >> 16) == v;
+}
 
 // A near branch target that would fault does so before the instruction changes anything
 // (64-bit mode: #GP(0) for a non-canonical target, reported at the branch).
@@ -25,7 +28,10 @@ inline void branch(Cpu& c, uint64_t target, unsigned osize)
     jump_to(c, target, osize);
 }
 
-inline uint64_t rel_target(const Cpu& c, const Insn& in) { return c.rip + in.imm; }
+inline uint64_t rel_target(const Cpu& c, const Insn& in)
+{
+    return c.rip + in.imm;
+}
 
 inline void set_sp(Cpu& c, uint64_t sp)
 {
@@ -42,7 +48,8 @@ void exec_jcc(Cpu& c, const Insn& in)
 
 bool is_far(const Insn& in)
 {
-    return in.op[0].kind == OpKind::Ptr || (in.opcode == 0xff && in.opmap == 0 && (in.modrm_reg == 3 || in.modrm_reg == 5));
+    return in.op[0].kind == OpKind::Ptr
+        || (in.opcode == 0xff && in.opmap == 0 && (in.modrm_reg == 3 || in.modrm_reg == 5));
 }
 
 void exec_jmp(Cpu& c, const Insn& in)

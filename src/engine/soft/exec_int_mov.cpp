@@ -9,7 +9,10 @@ namespace vessel::soft::integer {
 
 namespace {
 
-bool is_system_operand(OpKind k) { return k == OpKind::Cr || k == OpKind::Dr || k == OpKind::Seg; }
+bool is_system_operand(OpKind k)
+{
+    return k == OpKind::Cr || k == OpKind::Dr || k == OpKind::Seg;
+}
 
 void exec_mov(Cpu& c, const Insn& in)
 {
@@ -21,7 +24,10 @@ void exec_mov(Cpu& c, const Insn& in)
     write_op(c, in, 0, read_op(c, in, 1));
 }
 
-void exec_movzx(Cpu& c, const Insn& in) { write_op(c, in, 0, read_op(c, in, 1)); }
+void exec_movzx(Cpu& c, const Insn& in)
+{
+    write_op(c, in, 0, read_op(c, in, 1));
+}
 
 void exec_movsx(Cpu& c, const Insn& in)
 {
@@ -29,10 +35,16 @@ void exec_movsx(Cpu& c, const Insn& in)
     write_op(c, in, 0, static_cast<uint64_t>(sign_extend(v, in.op[1].size)));
 }
 
-void exec_lea(Cpu& c, const Insn& in) { write_op(c, in, 0, effective_address(c, in)); }
+void exec_lea(Cpu& c, const Insn& in)
+{
+    write_op(c, in, 0, effective_address(c, in));
+}
 
 // Memory operand index of a two-operand instruction (the register is the other one).
-unsigned mem_index(const Insn& in) { return op_is_mem(in, 0) ? 0 : 1; }
+unsigned mem_index(const Insn& in)
+{
+    return op_is_mem(in, 0) ? 0 : 1;
+}
 
 void exec_xchg(Cpu& c, const Insn& in)
 {
@@ -218,11 +230,26 @@ void exec_sahf(Cpu& c, const Insn&)
     set_rflags_bits(c, (c.gpr[RAX] >> 8) & 0xff, kSF | kZF | kAF | kPF | kCF);
 }
 
-void exec_clc(Cpu& c, const Insn&) { set_rflags_bits(c, 0, kCF); }
-void exec_stc(Cpu& c, const Insn&) { set_rflags_bits(c, kCF, kCF); }
-void exec_cmc(Cpu& c, const Insn&) { set_rflags_bits(c, flag_cf(c) ? 0 : kCF, kCF); }
-void exec_cld(Cpu& c, const Insn&) { c.rflags &= ~kDF; }
-void exec_std(Cpu& c, const Insn&) { c.rflags |= kDF; }
+void exec_clc(Cpu& c, const Insn&)
+{
+    set_rflags_bits(c, 0, kCF);
+}
+void exec_stc(Cpu& c, const Insn&)
+{
+    set_rflags_bits(c, kCF, kCF);
+}
+void exec_cmc(Cpu& c, const Insn&)
+{
+    set_rflags_bits(c, flag_cf(c) ? 0 : kCF, kCF);
+}
+void exec_cld(Cpu& c, const Insn&)
+{
+    c.rflags &= ~kDF;
+}
+void exec_std(Cpu& c, const Insn&)
+{
+    c.rflags |= kDF;
+}
 
 void exec_xlat(Cpu& c, const Insn& in)
 {
@@ -231,7 +258,9 @@ void exec_xlat(Cpu& c, const Insn& in)
     write_gpr(c, RAX, 1, v);
 }
 
-void exec_nop(Cpu&, const Insn&) { }
+void exec_nop(Cpu&, const Insn&)
+{
+}
 
 // The CMOVcc/SETcc mnemonics in condition-code order (cc 0..15).
 constexpr ZydisMnemonic kCmov[16] = { ZYDIS_MNEMONIC_CMOVO, ZYDIS_MNEMONIC_CMOVNO, ZYDIS_MNEMONIC_CMOVB,

@@ -98,8 +98,8 @@ void exec_div(Cpu& c, const Insn& in)
         q = static_cast<uint64_t>(n / divisor);
         r = static_cast<uint64_t>(n % divisor);
     } else {
-        uint64_t n = size == 1 ? (c.gpr[RAX] & 0xffff)
-                               : (read_gpr(c, RDX, size) << (size * 8)) | read_gpr(c, RAX, size);
+        uint64_t n
+            = size == 1 ? (c.gpr[RAX] & 0xffff) : (read_gpr(c, RDX, size) << (size * 8)) | read_gpr(c, RAX, size);
         q = n / divisor;
         r = n % divisor;
         if (q > size_mask(size))
@@ -141,7 +141,10 @@ void exec_idiv(Cpu& c, const Insn& in)
 
 // BCD adjustments (AL/AH). Flags the SDM leaves undefined: SF/ZF/PF from AL, OF = 0.
 
-inline uint64_t al(const Cpu& c) { return c.gpr[RAX] & 0xff; }
+inline uint64_t al(const Cpu& c)
+{
+    return c.gpr[RAX] & 0xff;
+}
 
 void exec_daa(Cpu& c, const Insn&)
 {

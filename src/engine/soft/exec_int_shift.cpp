@@ -9,7 +9,10 @@ namespace {
 
 enum class Shift : uint8_t { Shl, Shr, Sar, Rol, Ror, Rcl, Rcr };
 
-inline uint64_t msb(uint64_t v, unsigned bits) { return (v >> (bits - 1)) & 1; }
+inline uint64_t msb(uint64_t v, unsigned bits)
+{
+    return (v >> (bits - 1)) & 1;
+}
 
 // Operand 0 for a shift: the value and, for memory, its linear address.
 struct Dest {
@@ -35,7 +38,10 @@ inline void write_dest(Cpu& c, const Insn& in, const Dest& d, uint64_t v)
         write_op(c, in, 0, v);
 }
 
-inline uint64_t count_mask(unsigned size) { return size == 8 ? 63 : 31; }
+inline uint64_t count_mask(unsigned size)
+{
+    return size == 8 ? 63 : 31;
+}
 
 template<Shift K>
 void exec_shift(Cpu& c, const Insn& in)

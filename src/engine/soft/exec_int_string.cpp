@@ -21,7 +21,7 @@ namespace {
 enum class Str : uint8_t { Movs, Stos, Lods, Cmps, Scas };
 
 constexpr uint64_t kRepMaxBytes = 64 * 1024; // bulk bytes per execution of a REP instruction
-constexpr unsigned kRepMaxElements = 4096;   // element-wise iterations per execution
+constexpr unsigned kRepMaxElements = 4096; // element-wise iterations per execution
 
 inline void advance(Cpu& c, unsigned reg, const Insn& in, int64_t delta)
 {
