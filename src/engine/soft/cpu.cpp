@@ -49,6 +49,19 @@ const HandlerTable& handler_table()
     return table;
 }
 
+void HandlerChain::set(HandlerTable& table, ZydisMnemonic mnemonic, ExecFn fn)
+{
+    if (table[mnemonic] != fn)
+        m_previous[mnemonic] = table[mnemonic];
+    table[mnemonic] = fn;
+}
+
+void HandlerChain::call_previous(Cpu& c, const Insn& in) const
+{
+    ExecFn prev = in.mnemonic < m_previous.size() ? m_previous[in.mnemonic] : nullptr;
+    (prev ? prev : &exec_unimplemented)(c, in);
+}
+
 void exec_unimplemented(Cpu& c, const Insn& in)
 {
     static std::mutex lock;

@@ -10,26 +10,14 @@ namespace integer {
 
 namespace {
 
-// Handlers registered before ours for the mnemonics we share (see set_handler). Written once
-// while handler_table() is built, read-only afterwards.
-std::array<ExecFn, ZYDIS_MNEMONIC_MAX_VALUE + 1> g_previous {};
+// This group's registrations over handlers of groups registered before it.
+HandlerChain g_chain;
 
 } // namespace
 
-void set_handler(HandlerTable& t, ZydisMnemonic m, ExecFn fn)
-{
-    if (t[m] != fn)
-        g_previous[m] = t[m];
-    t[m] = fn;
-}
+void set_handler(HandlerTable& t, ZydisMnemonic m, ExecFn fn) { g_chain.set(t, m, fn); }
 
-void call_previous(Cpu& c, const Insn& in)
-{
-    ExecFn prev = in.mnemonic < g_previous.size() ? g_previous[in.mnemonic] : nullptr;
-    if (!prev)
-        prev = &exec_unimplemented;
-    prev(c, in);
-}
+void call_previous(Cpu& c, const Insn& in) { g_chain.call_previous(c, in); }
 
 } // namespace integer
 
