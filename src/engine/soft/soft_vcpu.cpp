@@ -98,6 +98,9 @@ void SoftVcpu::lapic_kick() { wake(); }
 
 void SoftVcpu::lapic_init()
 {
+    // A SIPI from before this INIT is void; one sent after it must survive until this vCPU
+    // thread gets round to the INIT (on a busy host INIT and both SIPIs often arrive first).
+    m_sipi_pending.store(-1, std::memory_order_release);
     m_init_pending.store(true, std::memory_order_release);
     wake();
 }
@@ -154,7 +157,6 @@ void SoftVcpu::handle_init_sipi()
         c.tsc_offset = tsc_offset;
         c.halted = false;
         c.mp_state = m_id == 0 ? MpState::Runnable : MpState::InitReceived;
-        m_sipi_pending.store(-1, std::memory_order_release);
     }
     int sipi = m_sipi_pending.exchange(-1, std::memory_order_acq_rel);
     if (sipi >= 0 && c.mp_state == MpState::InitReceived) {
