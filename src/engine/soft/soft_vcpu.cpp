@@ -72,7 +72,7 @@ Result<std::unique_ptr<SoftVcpu>> SoftVcpu::create(SoftEngine& engine, uint32_t 
         return make_error("soft engine: vCPU {} reset: {}", id, abort.what);
     }
     c.apic_base = lapic->apic_base_msr();
-    set_guest_tsc(c, 0);
+    // TSC offset 0 on every vCPU: the guest TSC is the VM's clock, identical on all vCPUs.
     // The BSP runs from its boot state; APs wait for INIT and SIPI from the guest.
     c.mp_state = id == 0 ? MpState::Runnable : MpState::Uninitialized;
     return vcpu;
@@ -236,7 +236,18 @@ Result<CpuState> SoftVcpu::get_state()
 
 Result<void> SoftVcpu::set_state(const CpuState& state)
 {
+    // Like KVM's TSC matching: a TSC value within a second of this vCPU's current one (a boot
+    // state, or vCPUs restored one after the other) keeps the shared offset, so vCPUs never
+    // drift apart by the microseconds between their set_state calls.
+    uint64_t current_tsc = guest_tsc(m_cpu);
+    int64_t offset = m_cpu.tsc_offset;
+    uint64_t diff = state.tsc > current_tsc ? state.tsc - current_tsc : current_tsc - state.tsc;
+    bool matches = diff < guest_tsc_khz() * 1000;
     cpu_from_state(m_cpu, state);
+    if (matches) {
+        m_cpu.tsc_offset = offset;
+        m_lapic->set_tsc_offset(offset);
+    }
     m_lapic->write_msr(Lapic::kMsrApicBase, state.apic_base);
     m_lapic->restore_regs(state.lapic);
     m_cpu.apic_base = m_lapic->apic_base_msr();
