@@ -134,11 +134,8 @@ public:
         c.halted = false;
         try {
             while (r.insns < budget) {
-                if (deliver_faults) {
-                    r.insns += execute(c, m_cache, budget - r.insns);
-                } else {
-                    r.insns += execute_no_delivery(c, budget - r.insns);
-                }
+                r.insns += execute(c, m_cache, budget - r.insns,
+                                   deliver_faults ? Faults::Deliver : Faults::Propagate);
                 if (c.halted) {
                     r.kind = RunResult::Halted;
                     return r;
@@ -175,33 +172,6 @@ public:
     RecordingIo io;
 
 private:
-    // Like execute() but a fault escapes to the test (RIP rewound to the faulting instruction).
-    uint64_t execute_no_delivery(Cpu& c, uint64_t budget)
-    {
-        uint64_t executed = 0;
-        while (executed < budget && !c.halted) {
-            try {
-                c.insn_start = c.rip;
-                uint64_t linear = code_linear(c);
-                uint64_t gpa = translate_exec(c, linear);
-                const Block& b = m_cache.get(c, linear, gpa);
-                c.stop_block = false;
-                for (uint32_t i = 0; i < b.count; ++i) {
-                    c.insn_start = c.rip;
-                    c.rip += b.insns[i].length;
-                    b.insns[i].exec(c, b.insns[i]);
-                    ++executed;
-                    if (c.stop_block)
-                        break;
-                }
-            } catch (const GuestFault&) {
-                c.rip = c.insn_start;
-                throw;
-            }
-        }
-        return executed;
-    }
-
     void write_gdt()
     {
         const uint64_t gdt[] = {

@@ -26,7 +26,7 @@ uint64_t run_block(Cpu& c, const Block& b)
 
 } // namespace
 
-uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget)
+uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget, Faults faults)
 {
     uint64_t executed = 0;
     while (executed < budget && !c.halted && !c.attention.load(std::memory_order_relaxed)) {
@@ -49,6 +49,8 @@ uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget)
         } catch (const GuestFault& fault) {
             c.rip = c.insn_start;
             c.stop_block = false;
+            if (faults == Faults::Propagate)
+                throw;
             c.halted = false;
             ++c.fault_counts[fault.vector & 31];
             deliver_fault(c, fault);

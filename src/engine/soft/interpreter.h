@@ -10,10 +10,14 @@
 
 namespace vessel::soft {
 
+// What execute() does with a guest fault: deliver it through the IDT/IVT (a vCPU), or rewind
+// RIP to the faulting instruction and rethrow the GuestFault (instruction tests).
+enum class Faults { Deliver, Propagate };
+
 // Runs guest code until about `budget` instructions have executed (checked at block
-// boundaries), the vCPU halts, or c.attention is set. Guest faults are delivered through the
-// IDT/IVT; TripleFault (exceptions.h) and EngineAbort propagate. Returns instructions executed.
-uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget);
+// boundaries), the vCPU halts, or c.attention is set. TripleFault (exceptions.h) and
+// EngineAbort propagate. Returns instructions executed.
+uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget, Faults faults = Faults::Deliver);
 
 // Linear address of CS:RIP.
 inline uint64_t code_linear(const Cpu& c)

@@ -17,6 +17,14 @@ constexpr unsigned kPhysAddrBits = 40;
 constexpr uint64_t kAddrMask = ((1ULL << kPhysAddrBits) - 1) & ~0xfffULL;
 constexpr uint64_t kRsvdHigh = ~((1ULL << kPhysAddrBits) - 1) & ~kPteNx & ~(0x7ffULL << 52);
 
+constexpr TlbEntry kEmptyEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0, 0 };
+
+// The vCPU's own LAPIC registers, when its APIC is enabled and `gpa` lies in their page.
+bool in_apic_page(const Cpu& c, uint64_t gpa)
+{
+    return c.apic_page && (c.apic_base & (1ULL << 11)) && (gpa & ~0xfffULL) == (c.apic_base & ~0xfffULL);
+}
+
 bool canonical(uint64_t linear) { return static_cast<uint64_t>(static_cast<int64_t>(linear << 16) >> 16) == linear; }
 
 [[noreturn]] void page_fault(uint64_t linear, uint32_t bits, Access access, bool user, bool nx_on)
@@ -65,7 +73,7 @@ void Tlb::flush()
     ++gen;
     for (auto& level : e)
         for (auto& entry : level)
-            entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0, 0 };
+            entry = kEmptyEntry;
 }
 
 void Tlb::flush_page(uint64_t linear)
@@ -73,7 +81,7 @@ void Tlb::flush_page(uint64_t linear)
     ++gen;
     for (auto& level : e) {
         auto& entry = level[(linear >> 12) & (kTlbEntries - 1)];
-        entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0, 0 };
+        entry = kEmptyEntry;
     }
 }
 
@@ -83,7 +91,7 @@ void Tlb::flush_nonglobal()
     for (auto& level : e)
         for (auto& entry : level)
             if (!entry.global)
-                entry = TlbEntry { kTlbInvalid, kTlbInvalid, kTlbInvalid, 0, 0, 0 };
+                entry = kEmptyEntry;
 }
 
 void Tlb::flush_writes()
@@ -203,7 +211,7 @@ void phys_read(Cpu& c, uint64_t gpa, void* out, unsigned size)
         return;
     }
     auto bytes = std::span(static_cast<uint8_t*>(out), size);
-    if (c.apic_page && (c.apic_base & (1ULL << 11)) && (gpa & ~0xfffULL) == (c.apic_base & ~0xfffULL)) {
+    if (in_apic_page(c, gpa)) {
         c.apic_page->read(gpa & 0xfff, bytes);
         return;
     }
@@ -222,7 +230,7 @@ void phys_write(Cpu& c, uint64_t gpa, const void* in, unsigned size)
         return;
     }
     auto bytes = std::span(static_cast<const uint8_t*>(in), size);
-    if (c.apic_page && (c.apic_base & (1ULL << 11)) && (gpa & ~0xfffULL) == (c.apic_base & ~0xfffULL)) {
+    if (in_apic_page(c, gpa)) {
         c.apic_page->write(gpa & 0xfff, bytes);
         c.stop_block = true; // EOI/TPR/ICR writes can make an interrupt deliverable
         return;

@@ -9,8 +9,8 @@ namespace vessel::soft {
 
 namespace {
 
-constexpr uint32_t kMsrApicBase = 0x1b;
-constexpr uint32_t kMsrTscDeadline = 0x6e0;
+constexpr uint32_t kMsrApicBase = Lapic::kMsrApicBase;
+constexpr uint32_t kMsrTscDeadline = Lapic::kMsrTscDeadline;
 
 // The clock TSC before the vCPU's offset.
 uint64_t clock_tsc(const Cpu& c)

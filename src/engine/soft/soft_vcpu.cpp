@@ -240,14 +240,10 @@ Result<void> SoftVcpu::set_state(const CpuState& state)
     // state, or vCPUs restored one after the other) keeps the shared offset, so vCPUs never
     // drift apart by the microseconds between their set_state calls.
     uint64_t current_tsc = guest_tsc(m_cpu);
-    int64_t offset = m_cpu.tsc_offset;
     uint64_t diff = state.tsc > current_tsc ? state.tsc - current_tsc : current_tsc - state.tsc;
-    bool matches = diff < guest_tsc_khz() * 1000;
     cpu_from_state(m_cpu, state);
-    if (matches) {
-        m_cpu.tsc_offset = offset;
-        m_lapic->set_tsc_offset(offset);
-    }
+    if (diff >= guest_tsc_khz() * 1000)
+        set_guest_tsc(m_cpu, state.tsc);
     m_lapic->write_msr(Lapic::kMsrApicBase, state.apic_base);
     m_lapic->restore_regs(state.lapic);
     m_cpu.apic_base = m_lapic->apic_base_msr();

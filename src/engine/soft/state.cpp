@@ -89,8 +89,6 @@ void cpu_from_state(Cpu& c, const CpuState& s)
     c.update_mode();
     c.tlb.flush();
     c.tlb_has_large = false;
-    set_guest_tsc(c, s.tsc);
-    set_cr8(c, static_cast<uint8_t>(s.cr8));
 }
 
 } // namespace vessel::soft

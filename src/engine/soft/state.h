@@ -8,7 +8,8 @@
 namespace vessel::soft {
 
 CpuState state_from_cpu(Cpu& c);
-// Loads everything but the LAPIC; flushes the TLB and recomputes the mode.
+// Loads everything but what lives with the vCPU's LAPIC and clock (the LAPIC page, APIC base,
+// CR8 = TPR and the TSC: SoftVcpu::set_state); flushes the TLB and recomputes the mode.
 void cpu_from_state(Cpu& c, const CpuState& s);
 
 } // namespace vessel::soft
