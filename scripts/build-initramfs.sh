@@ -5,7 +5,12 @@
 # busybox package version and a hash of the init script and of this script.
 # Prints the archive's path on stdout; a stable link initramfs.cpio.gz points at it.
 #
-# Archive layout: /init, /bin/busybox (applet links are made at boot by `busybox --install -s`),
+# With a kernel flavour (`build-initramfs.sh amd64` or `cloud-amd64`), the archive also carries that
+# kernel's modules (~/.cache/vessel/kernels/modules-<flavour>, from scripts/fetch-kernels.sh) in
+# /lib/modules with their load order, for the virtio device tests; its stable link is
+# initramfs-<flavour>.cpio.gz. Modules must match the kernel exactly, hence one archive per kernel.
+#
+# Archive layout: /init, /vessel/*.sh (extra test modes, guests/linux/modes), /bin/busybox (applet links are made at boot by `busybox --install -s`),
 # empty /proc /sys /dev /tmp /root /etc /sbin /usr/bin /usr/sbin, /dev/console (so the kernel can
 # give init a console before devtmpfs is mounted), and /lib/modules, empty: the hook for kernel
 # modules (see the "kernel modules hook" in guests/linux/init).
@@ -13,6 +18,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 INIT="$ROOT/guests/linux/init"
+MODES="$ROOT/guests/linux/modes"
+FLAVOUR="${1:-}"
 CACHE="${VESSEL_CACHE:-$HOME/.cache/vessel}/initramfs"
 BUSYBOX=/bin/busybox
 
@@ -27,7 +34,7 @@ file -L "$BUSYBOX" 2>/dev/null | grep -q "statically linked" ||
   { echo "build-initramfs: $BUSYBOX is not a static binary (busybox-static expected)" >&2; exit 1; }
 
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
-hash=$(cat "$INIT" "$0" | sha256sum | cut -c1-12)
+hash=$(cat "$INIT" "$0" "$MODES"/*.sh | sha256sum | cut -c1-12)
 name="vessel-busybox-$(tr -c 'A-Za-z0-9.+\n-' _ <<<"$bb_version")-$hash.cpio.gz"
 mkdir -p "$CACHE"
 out="$CACHE/$name"
@@ -45,8 +52,9 @@ newc_entry() { # path, mode (octal), device major, device minor
 if [ ! -s "$out" ]; then
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
-  mkdir -p "$stage/root/"{bin,sbin,usr/bin,usr/sbin,proc,sys,tmp,root,etc,lib/modules}
+  mkdir -p "$stage/root/"{bin,sbin,usr/bin,usr/sbin,proc,sys,tmp,root,etc,lib/modules,vessel}
   cp "$BUSYBOX" "$stage/root/bin/busybox"
+  cp "$MODES"/*.sh "$stage/root/vessel/"
   cp "$INIT" "$stage/root/init"
   chmod 755 "$stage/root/init" "$stage/root/bin/busybox"
   find "$stage/root" -exec touch -h -d @0 {} +
@@ -65,4 +73,27 @@ if [ ! -s "$out" ]; then
   echo "build-initramfs: built $out" >&2
 fi
 ln -sfn "$name" "$CACHE/initramfs.cpio.gz"
-echo "$out"
+[ -n "$FLAVOUR" ] || { echo "$out"; exit 0; }
+
+# The base archive plus one with the kernel's modules (the kernel unpacks concatenated archives).
+modules="${VESSEL_CACHE:-$HOME/.cache/vessel}/kernels/modules-$FLAVOUR"
+[ -s "$modules/load" ] || { echo "build-initramfs: no $modules/load (run scripts/fetch-kernels.sh)" >&2; exit 1; }
+version=$(basename "$(readlink -f "$modules")")
+mhash=$(cat "$out" "$modules/load" | sha256sum | cut -c1-12)
+mname="vessel-busybox-$version-$mhash.cpio.gz"
+mout="$CACHE/$mname"
+if [ ! -s "$mout" ]; then
+  stage=$(mktemp -d)
+  trap 'rm -rf "$stage"' EXIT
+  mkdir -p "$stage/root/lib/modules"
+  cp "$modules"/*.ko "$modules/load" "$stage/root/lib/modules/"
+  find "$stage/root" -exec touch -h -d @0 {} +
+  cp "$out" "$stage/all.cpio.gz"
+  (cd "$stage/root" && find lib -mindepth 1 | LC_ALL=C sort |
+    cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -9 -n >>"$stage/all.cpio.gz"
+  find "$CACHE" -maxdepth 1 -name "vessel-busybox-$version-*.cpio.gz" ! -name "$mname" -delete
+  mv "$stage/all.cpio.gz" "$mout"
+  echo "build-initramfs: built $mout" >&2
+fi
+ln -sfn "$mname" "$CACHE/initramfs-$FLAVOUR.cpio.gz"
+echo "$mout"

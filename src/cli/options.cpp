@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
@@ -27,7 +29,151 @@ std::string resolve_path(const std::string& path, const std::string& base_dir)
     return (std::filesystem::path(base_dir) / path).lexically_normal().string();
 }
 
+// "a,b=c,d" → [("a",""), ("b","c"), ("d","")]. A first element without '=' is `positional`'s value
+// when `positional` is given (e.g. the disk path).
+Result<std::vector<std::pair<std::string, std::string>>> split_spec(const std::string& text, const char* positional)
+{
+    std::vector<std::pair<std::string, std::string>> out;
+    if (text.empty())
+        return make_error("empty specification");
+    size_t start = 0;
+    bool first = true;
+    while (start <= text.size()) {
+        size_t comma = text.find(',', start);
+        std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        if (item.empty())
+            return make_error("empty item in '{}'", text);
+        size_t eq = item.find('=');
+        if (eq == std::string::npos) {
+            if (first && positional)
+                out.emplace_back(positional, item);
+            else
+                out.emplace_back(item, "");
+        } else {
+            out.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+        }
+        first = false;
+        if (comma == std::string::npos)
+            break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+// A JSON device entry: a spec string, or an object whose keys are the spec's keys (true for
+// flags such as "ro"), turned into the spec string.
+Result<std::string> json_spec(const nlohmann::json& v)
+{
+    if (v.is_string())
+        return v.get<std::string>();
+    if (!v.is_object())
+        return make_error("must be a string such as \"path,ro\" or an object");
+    std::string spec;
+    for (auto& [key, value] : v.items()) {
+        std::string item;
+        if (value.is_boolean()) {
+            if (!value.get<bool>())
+                continue;
+            item = key;
+        } else if (value.is_string()) {
+            item = key + "=" + value.get<std::string>();
+        } else if (value.is_number_unsigned()) {
+            item = key + "=" + std::to_string(value.get<uint64_t>());
+        } else {
+            return make_error("\"{}\" must be a string, a number or true/false", key);
+        }
+        if (item.find(',') != std::string::npos)
+            return make_error("\"{}\" must not contain a comma", key);
+        spec += (spec.empty() ? "" : ",") + item;
+    }
+    return spec;
+}
+
 } // namespace
+
+Result<std::array<uint8_t, 6>> parse_mac(const std::string& text)
+{
+    std::array<uint8_t, 6> mac {};
+    unsigned b[6];
+    char tail;
+    if (text.size() != 17 ||
+        std::sscanf(text.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6)
+        return make_error("'{}' is not a MAC address like 52:54:00:12:34:56", text);
+    for (int i = 0; i < 6; ++i)
+        mac[i] = static_cast<uint8_t>(b[i]);
+    if (mac[0] & 1)
+        return make_error("'{}' is a multicast MAC address", text);
+    return mac;
+}
+
+Result<DiskConfig> parse_disk_spec(const std::string& text)
+{
+    DiskConfig disk;
+    for (auto& [key, value] : TRY(split_spec(text, "path"))) {
+        if (key == "path")
+            disk.path = value;
+        else if ((key == "ro" || key == "readonly") && value.empty())
+            disk.read_only = true;
+        else if (key == "serial") {
+            if (value.size() > 20)
+                return make_error("serial '{}' is longer than 20 bytes", value);
+            disk.serial = value;
+        } else
+            return make_error("unknown disk option '{}' (path[,ro][,serial=ID])", key);
+    }
+    if (disk.path.empty())
+        return make_error("a disk needs an image path (path[,ro][,serial=ID])");
+    return disk;
+}
+
+Result<NetConfig> parse_net_spec(const std::string& text)
+{
+    NetConfig net;
+    for (auto& [key, value] : TRY(split_spec(text, nullptr))) {
+        if (key == "tap") {
+            if (value.empty() || value.size() > 15)
+                return make_error("tap name '{}' must be 1 to 15 characters", value);
+            net.tap = value;
+        } else if (key == "mac") {
+            net.mac = TRY(parse_mac(value));
+        } else {
+            return make_error("unknown net option '{}' (tap=NAME[,mac=MAC])", key);
+        }
+    }
+    return net;
+}
+
+Result<VsockConfig> parse_vsock_spec(const std::string& text)
+{
+    VsockConfig vsock;
+    bool have_cid = false;
+    for (auto& [key, value] : TRY(split_spec(text, nullptr))) {
+        if (key == "cid") {
+            char* end = nullptr;
+            unsigned long long cid = std::strtoull(value.c_str(), &end, 0);
+            if (value.empty() || *end || cid < 3 || cid > UINT32_MAX - 1)
+                return make_error("cid '{}' must be a number from 3 to {}", value, UINT32_MAX - 1);
+            vsock.cid = static_cast<uint32_t>(cid);
+            have_cid = true;
+        } else if (key == "socket") {
+            vsock.socket = value;
+        } else {
+            return make_error("unknown vsock option '{}' (cid=N,socket=PATH)", key);
+        }
+    }
+    if (!have_cid || vsock.socket.empty())
+        return make_error("vsock needs cid=N and socket=PATH");
+    return vsock;
+}
+
+Result<ConsoleKind> parse_console(const std::string& text)
+{
+    if (text == "serial")
+        return ConsoleKind::Serial;
+    if (text == "virtio")
+        return ConsoleKind::Virtio;
+    return make_error("unknown console '{}' (choose serial or virtio)", text);
+}
 
 uint64_t host_memory_bytes()
 {
@@ -118,6 +264,46 @@ Result<void> apply_json_config(VmConfig& config, const std::string& json_text, c
                 config.on_reset = ResetAction::Exit;
             else
                 return make_error("config '{}': \"on_reset\" must be \"reboot\" or \"exit\"", origin);
+        } else if (key == "disks" || key == "net") {
+            if (!value.is_array())
+                return make_error("config '{}': \"{}\" must be a list", origin, key);
+            if (key == "disks")
+                config.disks.clear();
+            else
+                config.nets.clear();
+            for (auto& item : value) {
+                auto spec = json_spec(item);
+                if (!spec.ok())
+                    return make_error("config '{}': \"{}\": {}", origin, key, spec.error().message());
+                if (key == "disks") {
+                    auto disk = parse_disk_spec(spec.value());
+                    if (!disk.ok())
+                        return make_error("config '{}': \"disks\": {}", origin, disk.error().message());
+                    disk.value().path = resolve_path(disk.value().path, base_dir);
+                    config.disks.push_back(disk.value());
+                } else {
+                    auto net = parse_net_spec(spec.value());
+                    if (!net.ok())
+                        return make_error("config '{}': \"net\": {}", origin, net.error().message());
+                    config.nets.push_back(net.value());
+                }
+            }
+        } else if (key == "vsock") {
+            auto spec = json_spec(value);
+            auto vsock = spec.ok() ? parse_vsock_spec(spec.value()) : Result<VsockConfig>(spec.error());
+            if (!vsock.ok())
+                return make_error("config '{}': \"vsock\": {}", origin, vsock.error().message());
+            vsock.value().socket = resolve_path(vsock.value().socket, base_dir);
+            config.vsock = vsock.value();
+        } else if (key == "rng" || key == "balloon") {
+            if (!value.is_boolean())
+                return make_error("config '{}': \"{}\" must be true or false", origin, key);
+            (key == "rng" ? config.rng : config.balloon) = value.get<bool>();
+        } else if (key == "console") {
+            auto console = parse_console(TRY(want_string(key, value)));
+            if (!console.ok())
+                return make_error("config '{}': \"console\": {}", origin, console.error().message());
+            config.console = console.value();
         } else {
             return make_error("config '{}': unknown key \"{}\"", origin, key);
         }
@@ -164,7 +350,9 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
     run->fallthrough(); // --log-level may follow the subcommand
     std::string kernel, initrd, cmdline, mem, engine, boot, config_path;
     uint32_t cpus = 0;
-    bool no_reboot = false, hugepages = false;
+    bool no_reboot = false, hugepages = false, rng = false, balloon = false;
+    std::vector<std::string> disks, nets;
+    std::string vsock, console;
     run->add_option("--kernel", kernel,
                     "Guest kernel: Linux bzImage, ELF vmlinux with a PVH note, or Multiboot 1 ELF");
     run->add_option("--initrd", initrd, "Initial ramdisk loaded next to the kernel");
@@ -180,6 +368,20 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
     run->add_option("--config", config_path, "JSON file with the same settings (flags override it)");
     run->add_flag("--no-reboot", no_reboot, "Exit (status 0) when the guest resets instead of rebooting it");
     run->add_flag("--hugepages", hugepages, "Back guest RAM with 2 MiB huge pages");
+    run->add_option("--disk", disks,
+                    "virtio-blk disk from a raw image: path[,ro][,serial=ID] (repeat for more disks; the "
+                    "guest sees /dev/vda, /dev/vdb, ...)");
+    run->add_option("--net", nets,
+                    "virtio-net on a host tap device: tap=NAME[,mac=52:54:00:..] (without tap=, Vessel "
+                    "creates one); repeatable");
+    run->add_option("--vsock", vsock,
+                    "virtio-vsock: cid=N,socket=PATH (host side: a Unix socket; connect and send "
+                    "\"CONNECT <port>\\n\" to reach a guest port; guest connections to CID 2 port P arrive "
+                    "on PATH_P)");
+    run->add_flag("--rng", rng, "virtio-rng fed by the host's getrandom()");
+    run->add_flag("--balloon", balloon, "virtio-balloon (inflate/deflate through the API, guest statistics)");
+    run->add_option("--console", console,
+                    "Where stdin/stdout go: serial (COM1, default) or virtio (virtio-console, the guest's hvc0)");
     run->footer("Exit status: 0 after a clean power-off, (v << 1) | 1 after the guest writes v to the debug-exit "
                 "port 0xf4, 2 after a triple fault, 1 on any error, 128+N on signal N.\n"
                 "Console: the guest's COM1 is on stdin/stdout; with a terminal, Ctrl-A x quits.");
@@ -248,6 +450,40 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
             return make_error("--boot: {}", path.error().message());
         vm.boot = path.value();
     }
+    if (run->count("--disk")) {
+        vm.disks.clear();
+        for (auto& spec : disks) {
+            auto disk = parse_disk_spec(spec);
+            if (!disk.ok())
+                return make_error("--disk {}: {}", spec, disk.error().message());
+            vm.disks.push_back(disk.value());
+        }
+    }
+    if (run->count("--net")) {
+        vm.nets.clear();
+        for (auto& spec : nets) {
+            auto net = parse_net_spec(spec);
+            if (!net.ok())
+                return make_error("--net {}: {}", spec, net.error().message());
+            vm.nets.push_back(net.value());
+        }
+    }
+    if (run->count("--vsock")) {
+        auto v = parse_vsock_spec(vsock);
+        if (!v.ok())
+            return make_error("--vsock {}: {}", vsock, v.error().message());
+        vm.vsock = v.value();
+    }
+    if (run->count("--console")) {
+        auto c = parse_console(console);
+        if (!c.ok())
+            return make_error("--console: {}", c.error().message());
+        vm.console = c.value();
+    }
+    if (rng)
+        vm.rng = true;
+    if (balloon)
+        vm.balloon = true;
     if (no_reboot)
         vm.on_reset = ResetAction::Exit;
     if (hugepages)

@@ -35,6 +35,14 @@ Result<void> validate_config(const VmConfig& config, uint32_t engine_max_vcpus);
 uint64_t host_memory_bytes();
 
 Result<EngineKind> parse_engine(const std::string& text);
+
+// Device specs, as given to --disk/--net/--vsock/--console (the JSON config accepts the same
+// strings, or objects with the same keys). Errors say what is wrong, not which flag.
+Result<DiskConfig> parse_disk_spec(const std::string& text);
+Result<NetConfig> parse_net_spec(const std::string& text);
+Result<VsockConfig> parse_vsock_spec(const std::string& text);
+Result<ConsoleKind> parse_console(const std::string& text);
+Result<std::array<uint8_t, 6>> parse_mac(const std::string& text);
 Result<BootPath> parse_boot_path(const std::string& text);
 
 } // namespace vessel

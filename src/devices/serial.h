@@ -24,11 +24,12 @@
 #include <vector>
 
 #include "bus/bus.h"
+#include "devices/console_input.h"
 #include "devices/irq.h"
 
 namespace vessel {
 
-class Serial final : public BusDevice {
+class Serial final : public BusDevice, public ConsoleInput {
 public:
     using OutputSink = std::function<void(std::span<const uint8_t>)>;
 
@@ -76,15 +77,15 @@ public:
 
     // Host input (any thread). Bytes that find both the receiver FIFO and the host queue full
     // are dropped and set LSR.OE.
-    void enqueue_input(std::span<const uint8_t> bytes);
+    void enqueue_input(std::span<const uint8_t> bytes) override;
     // True while the host-side input queue has room.
-    bool wants_input() const;
+    bool wants_input() const override;
     // How many bytes enqueue_input() is sure to take without dropping (room in the host queue).
-    size_t input_space() const;
+    size_t input_space() const override;
     // Called (on a vCPU thread, with no device lock held) once the guest has drained a full
     // queue to half, so an event loop that stopped reading stdin can resume. Set before the VM
     // runs.
-    void set_input_space_notifier(std::function<void()> notifier);
+    void set_input_space_notifier(std::function<void()> notifier) override;
 
     State save() const;
     // Replaces the state and drives the IRQ line to match it. Call while the vCPUs are stopped.

@@ -76,6 +76,9 @@ public:
     virtual uint32_t max_vcpus() const = 0;
     // Stops/restarts guest time while the VM is paused (engines that keep their own clock).
     virtual void pause_clock(bool /*paused*/) { }
+    // The VMM wrote [gpa, gpa+len) of guest RAM from outside the guest (device DMA, restore):
+    // engines that cache anything derived from guest memory (decoded code) drop it. Any thread.
+    virtual void memory_written(uint64_t /*gpa*/, uint64_t /*len*/) { }
 };
 
 } // namespace vessel

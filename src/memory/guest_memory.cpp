@@ -59,6 +59,7 @@ GuestMemory& GuestMemory::operator=(GuestMemory&& other) noexcept
         m_size = std::exchange(other.m_size, 0);
         m_regions = std::move(other.m_regions);
         other.m_regions.clear();
+        m_write_observer = std::move(other.m_write_observer);
     }
     return *this;
 }
@@ -104,6 +105,7 @@ Result<void> GuestMemory::write(uint64_t gpa, std::span<const uint8_t> in)
     if (!dst)
         return make_error("guest write of {} bytes at {:#x} is outside guest RAM", in.size(), gpa);
     std::memcpy(dst, in.data(), in.size());
+    note_written(gpa, in.size());
     return {};
 }
 
@@ -113,6 +115,7 @@ Result<void> GuestMemory::fill(uint64_t gpa, uint8_t value, uint64_t len)
     if (!dst)
         return make_error("guest fill of {} bytes at {:#x} is outside guest RAM", len, gpa);
     std::memset(dst, value, len);
+    note_written(gpa, len);
     return {};
 }
 

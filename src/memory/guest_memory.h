@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -65,6 +66,17 @@ public:
     // Highest guest-physical address + 1 of RAM.
     uint64_t end_address() const;
 
+    // Writes the VMM makes to guest RAM are reported to an observer (the soft engine drops
+    // decoded code of the pages; later the dirty log). write() and fill() report themselves;
+    // code that writes through host_ptr() (device DMA) calls note_written() once it is done.
+    using WriteObserver = std::function<void(uint64_t gpa, uint64_t len)>;
+    void set_write_observer(WriteObserver observer) { m_write_observer = std::move(observer); }
+    void note_written(uint64_t gpa, uint64_t len) const
+    {
+        if (m_write_observer && len)
+            m_write_observer(gpa, len);
+    }
+
 private:
     GuestMemory() = default;
     void release();
@@ -73,6 +85,7 @@ private:
     uint8_t* m_base { nullptr };
     uint64_t m_size { 0 };
     std::vector<MemoryRegion> m_regions;
+    WriteObserver m_write_observer;
 };
 
 } // namespace vessel

@@ -20,6 +20,7 @@
 #include "devices/post_port.h"
 #include "devices/rtc.h"
 #include "devices/serial.h"
+#include "devices/virtio/mmio.h"
 #include "arch/x86/layout.h"
 #include "loader/boot.h"
 #include "vmm/console.h"
@@ -43,6 +44,10 @@ Vm::~Vm()
             if (t.joinable())
                 t.join();
     }
+    // Device threads stop before the engine they report guest-memory writes to goes away.
+    for (auto& transport : m_virtio)
+        transport->shutdown();
+    m_memory.set_write_observer(nullptr);
     if (m_wake_event >= 0)
         ::close(m_wake_event);
 }
@@ -62,6 +67,9 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFacto
     // Map RAM only after every boot structure is written: some KVM implementations (PVM) do not
     // see page-table writes made from outside the guest after the slot is registered.
     TRY(vm->m_engine->map_memory(vm->m_memory));
+    vm->m_memory.set_write_observer([engine = vm->m_engine.get()](uint64_t gpa, uint64_t len) {
+        engine->memory_written(gpa, len);
+    });
 
     for (uint32_t i = 0; i < config.cpus; ++i) {
         auto vcpu = TRY(vm->m_engine->create_vcpu(i, *vm));
@@ -86,6 +94,7 @@ Result<void> Vm::load_guest()
     AcpiConfig acpi;
     acpi.vcpus = m_config.cpus;
     acpi.devices = legacy_acpi_devices();
+    acpi.devices.insert(acpi.devices.end(), m_virtio_acpi.begin(), m_virtio_acpi.end());
     uint64_t rsdp = TRY_CTX(build_acpi_tables(m_memory, acpi), "building ACPI tables");
 
     // The MP table is only for kernels without ACPI; a VM too big for it still boots with ACPI.
@@ -142,8 +151,8 @@ Result<void> Vm::build_devices()
     m_serial = std::make_shared<Serial>(irq(layout::kCom1Irq), [](std::span<const uint8_t> bytes) {
         Console::write_output(bytes);
     });
-    m_serial->set_input_space_notifier([this] { wake_event_loop(); });
     TRY(m_pio_bus.insert(m_serial, layout::kCom1Port, 8));
+    m_console_input = m_serial.get();
     // The i8042 answers at 0x60 and 0x64 only: 0x61 (PIT channel 2 gate, NMI status) belongs to
     // the PIT model (in-kernel with KVM), and a 5-port range would shadow it.
     auto i8042 = std::make_shared<I8042>(irq(1), stop);
@@ -153,6 +162,9 @@ Result<void> Vm::build_devices()
     TRY(m_pio_bus.insert(std::make_shared<DebugExit>(stop), layout::kDebugExitPort, 4));
     TRY(m_pio_bus.insert(std::make_shared<AcpiPm>(stop), layout::kAcpiSleepControlPort, 3));
     TRY(m_pio_bus.insert(std::make_shared<PostPort>(), 0x80, 1));
+    TRY_CTX(build_virtio_devices(), "virtio devices");
+    // stdin goes to the virtio console if there is one (build_virtio_devices() chose).
+    m_console_input->set_input_space_notifier([this] { wake_event_loop(); });
     return {};
 }
 
@@ -292,7 +304,7 @@ Result<void> Vm::event_loop()
 
     auto read_stdin = [&]() {
         uint8_t buf[256];
-        size_t space = m_serial ? std::min(sizeof(buf), m_serial->input_space()) : sizeof(buf);
+        size_t space = m_console_input ? std::min(sizeof(buf), m_console_input->input_space()) : sizeof(buf);
         if (space == 0)
             return;
         ssize_t n = ::read(STDIN_FILENO, buf, space);
@@ -307,14 +319,14 @@ Result<void> Vm::event_loop()
         }
         bool quit = false;
         auto bytes = console.filter_input(std::span<const uint8_t>(buf, static_cast<size_t>(n)), quit);
-        if (m_serial && !bytes.empty())
-            m_serial->enqueue_input(bytes);
+        if (m_console_input && !bytes.empty())
+            m_console_input->enqueue_input(bytes);
         if (quit)
             request_stop({ StopReason::UserQuit, 0 });
     };
 
     while (!m_stopping.load()) {
-        bool room = m_serial && m_serial->wants_input();
+        bool room = m_console_input && m_console_input->wants_input();
         if (stdin_open && stdin_polled && room != stdin_armed) {
             // Back-pressure: stop polling stdin while the UART's receive buffer is full. The fd
             // leaves the epoll set (events=0 would still report EPOLLHUP of a closed pipe).

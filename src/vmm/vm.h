@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "arch/x86/acpi.h"
 #include "bus/bus.h"
 #include "devices/vm_control.h"
 #include "engine/engine.h"
@@ -19,6 +20,10 @@
 namespace vessel {
 
 class Serial;
+class ConsoleInput;
+namespace virtio {
+class MmioTransport;
+}
 
 struct VmExitInfo {
     StopRequest stop;
@@ -55,6 +60,7 @@ public:
 private:
     Vm(const VmConfig& config, GuestMemory memory);
     Result<void> build_devices();
+    Result<void> build_virtio_devices(); // vm_virtio.cpp
     Result<void> load_guest();
     void vcpu_thread(uint32_t index);
     Result<void> event_loop();
@@ -75,6 +81,9 @@ private:
     std::vector<std::unique_ptr<Vcpu>> m_vcpus;
     std::vector<std::thread> m_threads;
     std::shared_ptr<Serial> m_serial;
+    ConsoleInput* m_console_input { nullptr }; // where stdin goes
+    std::vector<std::shared_ptr<virtio::MmioTransport>> m_virtio;
+    std::vector<AcpiDevice> m_virtio_acpi;
     CpuState m_boot_state;
 
     std::mutex m_stop_mutex;

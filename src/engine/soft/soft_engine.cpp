@@ -32,6 +32,16 @@ Result<void> SoftEngine::map_memory(const GuestMemory& memory)
     return {};
 }
 
+void SoftEngine::memory_written(uint64_t gpa, uint64_t len)
+{
+    if (!m_machine || len == 0)
+        return;
+    // Only pages holding decoded blocks need work; the check is one relaxed load per page.
+    for (uint64_t page = gpa & ~0xfffULL; page < gpa + len && page >= (gpa & ~0xfffULL); page += 0x1000)
+        if (m_machine->is_code_page(page))
+            m_machine->code_page_written(page);
+}
+
 Result<void> SoftEngine::register_devices(Bus& pio, Bus& mmio) { return m_irqchip->register_devices(pio, mmio); }
 
 Result<std::unique_ptr<Vcpu>> SoftEngine::create_vcpu(uint32_t id, IoHandler& io)

@@ -24,6 +24,7 @@ public:
     Result<void> set_irq_line(uint32_t gsi, bool level) override;
     uint32_t max_vcpus() const override;
     void pause_clock(bool paused) override;
+    void memory_written(uint64_t gpa, uint64_t len) override;
 
     Irqchip& irqchip() { return *m_irqchip; }
     soft::SoftMachine& machine() { return *m_machine; }

@@ -1,0 +1,47 @@
+// The VM's virtio devices: one virtio-mmio window each (layout::kVirtioMmioBase + i * 4 KiB),
+// an IOAPIC pin each, and a DSDT entry each (built here, emitted by load_guest()).
+#include <array>
+
+#include "arch/x86/acpi.h"
+#include "arch/x86/layout.h"
+#include "base/log.h"
+#include "devices/virtio/mmio.h"
+#include "devices/virtio/rng.h"
+#include "vmm/vm.h"
+
+namespace vessel {
+
+namespace {
+
+// IOAPIC pins for virtio devices: 16-23 first (no ISA device there), then the ISA pins no
+// legacy device of this machine uses (0-2 timer/cascade, 1 keyboard, 4 COM1, 8 RTC are taken;
+// 3 is left for a COM2).
+constexpr std::array<uint32_t, 17> kVirtioGsis { 16, 17, 18, 19, 20, 21, 22, 23, 5, 6, 7, 9, 10, 11, 12, 14, 15 };
+
+} // namespace
+
+Result<void> Vm::build_virtio_devices()
+{
+    std::vector<std::shared_ptr<virtio::VirtioDevice>> devices;
+
+    // Order decides the guest's probe order: disks first, so the first --disk is /dev/vda.
+    if (m_config.rng)
+        devices.push_back(std::make_shared<virtio::RngDevice>());
+
+    if (devices.size() > kVirtioGsis.size())
+        return make_error("{} virtio devices requested, at most {} fit", devices.size(), kVirtioGsis.size());
+    for (size_t i = 0; i < devices.size(); ++i) {
+        uint64_t base = layout::kVirtioMmioBase + i * layout::kVirtioMmioSize;
+        uint32_t gsi = kVirtioGsis[i];
+        IrqLine irq(gsi, [this](uint32_t g, bool level) { set_irq(g, level); });
+        auto transport = std::make_shared<virtio::MmioTransport>(devices[i], m_memory, std::move(irq));
+        TRY(m_mmio_bus.insert(transport, base, layout::kVirtioMmioSize));
+        m_virtio.push_back(transport);
+        m_virtio_acpi.push_back(virtio_mmio_acpi_device(static_cast<uint32_t>(i), base, layout::kVirtioMmioSize, gsi,
+                                                         AcpiIrqTrigger::Edge));
+        log_debug("virtio-{} at {:#x}, GSI {}", devices[i]->name(), base, gsi);
+    }
+    return {};
+}
+
+} // namespace vessel
