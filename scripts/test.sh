@@ -9,6 +9,8 @@ scripts/install-deps.sh
 scripts/fetch-kernels.sh >/dev/null || echo "test.sh: could not fetch Debian kernels; their tests will skip"
 # The Linux test guest's busybox initramfs (cached there too; the linux.* tests skip without it).
 scripts/build-initramfs.sh >/dev/null || echo "test.sh: could not build the initramfs; the Linux guest tests will skip"
+# The same with the generic kernel's virtio modules, for the virtio device tests.
+scripts/build-initramfs.sh amd64 >/dev/null || echo "test.sh: could not build the modules initramfs; the virtio tests will skip"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVESSEL_ASAN_TESTS=ON >/dev/null
 cmake --build build -j"$(nproc)"
 cd build
