@@ -6,6 +6,7 @@
 #include "arch/x86/layout.h"
 #include "base/log.h"
 #include "devices/virtio/mmio.h"
+#include "devices/virtio/net.h"
 #include "devices/virtio/rng.h"
 #include "vmm/vm.h"
 
@@ -25,6 +26,19 @@ Result<void> Vm::build_virtio_devices()
     std::vector<std::shared_ptr<virtio::VirtioDevice>> devices;
 
     // Order decides the guest's probe order: disks first, so the first --disk is /dev/vda.
+
+    // virtio-net, one per --net (eth0, eth1, ...). The tap is opened here, at start-up: no
+    // /dev/net/tun, no permission or a busy tap is an error naming the tap.
+    for (size_t i = 0; i < m_config.nets.size(); ++i) {
+        const NetConfig& net = m_config.nets[i];
+        auto tap = TRY_CTX(TapBackend::open(net.tap), "--net");
+        if (tap->created())
+            log_warn("--net: created tap {} (up, no address: add it to a bridge or give it one; it goes away when "
+                     "Vessel exits)",
+                     tap->ifname());
+        auto mac = net.mac.value_or(virtio::NetDevice::default_mac(tap->ifname(), i));
+        devices.push_back(std::make_shared<virtio::NetDevice>(std::move(tap), mac));
+    }
     if (m_config.rng)
         devices.push_back(std::make_shared<virtio::RngDevice>());
 

@@ -1,0 +1,513 @@
+#include "devices/virtio/net.h"
+
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+
+#include "base/log.h"
+#include "base/log_limit.h"
+
+namespace vessel::virtio {
+
+namespace {
+
+// readv/writev take at most this many pieces (UIO_MAXIOV).
+constexpr size_t kMaxIov = 1024;
+// Frames handled per pass over a queue before the other queue gets its turn.
+constexpr unsigned kBudget = 256;
+
+// Backend errors after which it will never give a frame again (tap gone, peer closed): the
+// device stops polling it instead of spinning on EPOLLERR/EPOLLHUP.
+bool backend_gone(ssize_t err)
+{
+    switch (-err) {
+    case EBADF:
+    case EBADFD:
+    case EIO:
+    case ENXIO:
+    case ENODEV:
+    case ECONNRESET:
+    case ENOTCONN:
+    case EPIPE: return true;
+    default: return false;
+    }
+}
+
+} // namespace
+
+NetDevice::NetDevice(std::unique_ptr<NetBackend> backend, std::array<uint8_t, 6> mac, Mode mode)
+    : m_backend(std::move(backend))
+    , m_mac(mac)
+    , m_mode(mode)
+{
+    // Guest → host offloads: a tap with IFF_VNET_HDR takes partially checksummed and GSO
+    // frames and finishes them itself. Host → guest ones only where the backend can (probed).
+    m_features = kNetFMac | kNetFStatus | kNetFMrgRxbuf | kNetFCsum | kNetFHostTso4 | kNetFHostTso6 | kNetFHostEcn;
+    uint32_t offloads = m_backend->supported_offloads();
+    if (offloads & kNetOffloadCsum) {
+        m_features |= kNetFGuestCsum;
+        if (offloads & kNetOffloadTso4)
+            m_features |= kNetFGuestTso4;
+        if (offloads & kNetOffloadTso6)
+            m_features |= kNetFGuestTso6;
+        if ((offloads & kNetOffloadTsoEcn) && (offloads & (kNetOffloadTso4 | kNetOffloadTso6)))
+            m_features |= kNetFGuestEcn;
+    }
+    m_iov.reserve(kMaxIov);
+}
+
+NetDevice::~NetDevice()
+{
+    stop_thread();
+}
+
+std::array<uint8_t, 6> NetDevice::default_mac(std::string_view backend_name, size_t index)
+{
+    // FNV-1a over the name and the index: stable across runs, different across taps.
+    uint32_t h = 2166136261u;
+    auto mix = [&](uint8_t b) { h = (h ^ b) * 16777619u; };
+    for (char c : backend_name)
+        mix(static_cast<uint8_t>(c));
+    for (int i = 0; i < 8; ++i)
+        mix(static_cast<uint8_t>(index >> (8 * i)));
+    // 0x52: locally administered (bit 1), unicast (bit 0 clear); 52:54:00 as QEMU's default.
+    return { 0x52, 0x54, 0x00, static_cast<uint8_t>(h >> 16), static_cast<uint8_t>(h >> 8), static_cast<uint8_t>(h) };
+}
+
+void NetDevice::read_config(uint64_t offset, std::span<uint8_t> data)
+{
+    // struct virtio_net_config (5.1.4): mac[6], status, max_virtqueue_pairs, then fields of
+    // features not offered (read as zero).
+    uint8_t config[10] = {};
+    std::memcpy(config, m_mac.data(), 6);
+    config[6] = kNetStatusLinkUp;
+    config[8] = 1;
+    for (size_t i = 0; i < data.size(); ++i) {
+        uint64_t at = offset + i;
+        data[i] = at < sizeof(config) ? config[at] : 0;
+    }
+}
+
+Result<void> NetDevice::activate(const ActivateContext& ctx)
+{
+    if (ctx.queues.size() < 2 || !ctx.queues[kRxQueue].active() || !ctx.queues[kTxQueue].active())
+        return make_error("virtio-net: the receive and transmit queues must both be set up");
+    stop_thread();
+    const uint64_t f = ctx.features;
+    m_mergeable = f & kNetFMrgRxbuf;
+    bool guest_gso = f & (kNetFGuestTso4 | kNetFGuestTso6 | kNetFGuestUfo);
+    m_rx_need = kNetHeaderBytes + (guest_gso ? kNetMaxFrameBytes : kNetMaxPlainFrameBytes);
+
+    // Segmentation offloads need checksum offload (5.1.3.1); a driver that accepted them
+    // without it gets full-sized, checksummed frames.
+    uint32_t offloads = 0;
+    if (f & kNetFGuestCsum) {
+        offloads |= kNetOffloadCsum;
+        if (f & kNetFGuestTso4)
+            offloads |= kNetOffloadTso4;
+        if (f & kNetFGuestTso6)
+            offloads |= kNetOffloadTso6;
+        if ((f & kNetFGuestEcn) && (offloads & (kNetOffloadTso4 | kNetOffloadTso6)))
+            offloads |= kNetOffloadTsoEcn;
+    }
+    TRY_CTX(m_backend->set_offloads(offloads & m_backend->supported_offloads()), "virtio-net");
+
+    m_ctx = ctx;
+    m_rx_chains.resize(ctx.queues[kRxQueue].size());
+    m_rx_head = m_rx_count = 0;
+    m_rx_capacity = 0;
+    m_failed = m_tx_blocked = m_rx_starved = m_backend_dead = false;
+    m_kicked.store(0);
+    m_active = true;
+
+    if (m_mode == Mode::Thread) {
+        m_kick = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        m_epoll = ::epoll_create1(EPOLL_CLOEXEC);
+        if (m_kick < 0 || m_epoll < 0) {
+            auto err = Error::from_errno("virtio-net: eventfd/epoll");
+            stop_thread();
+            m_active = false;
+            return err;
+        }
+        epoll_event ev {};
+        ev.events = EPOLLIN;
+        ev.data.fd = m_kick;
+        ::epoll_ctl(m_epoll, EPOLL_CTL_ADD, m_kick, &ev);
+        m_backend_events = 0;
+        m_stop.store(false);
+        m_thread = std::thread([this] { run(); });
+        ::pthread_setname_np(m_thread.native_handle(), "virtio-net"); // for top -H, perf, gdb
+    }
+    return {};
+}
+
+void NetDevice::stop_thread()
+{
+    if (m_thread.joinable()) {
+        m_stop.store(true, std::memory_order_release);
+        uint64_t one = 1;
+        // The eventfd's counter cannot overflow here (one write per stop); a failed write would
+        // only mean the thread is already awake.
+        [[maybe_unused]] ssize_t r = ::write(m_kick, &one, sizeof(one));
+        m_thread.join();
+    }
+    if (m_epoll >= 0)
+        ::close(m_epoll);
+    if (m_kick >= 0)
+        ::close(m_kick);
+    m_epoll = m_kick = -1;
+    m_backend_events = 0;
+}
+
+void NetDevice::reset()
+{
+    stop_thread();
+    if (m_active)
+        log_info("virtio-net: {}: received {} frames ({} bytes, {} dropped), sent {} frames ({} bytes, {} dropped)",
+            m_backend->describe(), m_stats.rx_frames.load(), m_stats.rx_bytes.load(), m_stats.rx_dropped.load(),
+            m_stats.tx_frames.load(), m_stats.tx_bytes.load(), m_stats.tx_dropped.load());
+    m_active = false;
+    m_ctx = {};
+    m_rx_head = m_rx_count = 0;
+    m_rx_capacity = 0;
+}
+
+void NetDevice::notify(uint16_t queue)
+{
+    if (queue > kTxQueue || !m_active)
+        return;
+    m_kicked.fetch_or(1u << queue, std::memory_order_acq_rel);
+    if (m_kick >= 0) {
+        uint64_t one = 1;
+        // Non-blocking: a full counter (2^64-2 kicks pending) still leaves the thread awake.
+        [[maybe_unused]] ssize_t r = ::write(m_kick, &one, sizeof(one));
+    }
+}
+
+void NetDevice::fail(std::string_view why)
+{
+    m_failed = true;
+    m_ctx.interrupt->device_error(why);
+}
+
+void NetDevice::poll()
+{
+    if (!m_active || m_mode != Mode::Manual)
+        return;
+    m_tx_blocked = false;
+    m_kicked.store(0);
+    // Bounded: a peer that keeps sending cannot keep the caller here forever.
+    for (int round = 0; round < 64; ++round) {
+        bool more = process_tx();
+        more |= process_rx();
+        if (!more)
+            break;
+    }
+}
+
+// --- transmit ---------------------------------------------------------------------------------
+
+bool NetDevice::process_tx()
+{
+    if (m_failed || m_tx_blocked)
+        return false;
+    Queue& q = m_ctx.queues[kTxQueue];
+    bool used = false;
+    bool more = false;
+    unsigned budget = kBudget;
+    q.disable_notifications();
+    for (;;) {
+        auto popped = q.pop(m_tx_chain);
+        if (!popped.ok()) {
+            fail(popped.error().message());
+            return false;
+        }
+        if (!popped.value()) {
+            // Ask for a kick at the next buffer, then look once more (one may have raced in).
+            if (q.enable_notifications()) {
+                q.disable_notifications();
+                continue;
+            }
+            break;
+        }
+        if (!transmit(m_tx_chain)) {
+            // The backend is full: keep the chain for when it is writable again.
+            q.undo_pop();
+            m_tx_blocked = true;
+            break;
+        }
+        q.add_used(m_tx_chain, 0);
+        used = true;
+        if (--budget == 0) {
+            more = true;
+            break;
+        }
+    }
+    if (used && q.needs_interrupt())
+        m_ctx.interrupt->signal_queue(kTxQueue);
+    return more;
+}
+
+bool NetDevice::transmit(const Chain& chain)
+{
+    auto drop = [&](std::string_view why) {
+        m_stats.tx_dropped.fetch_add(1, std::memory_order_relaxed);
+        if (log_allowed(m_log_count))
+            log_debug("virtio-net: dropped a transmit buffer of {} bytes: {}", chain.readable_bytes, why);
+        return true;
+    };
+    if (chain.readable_bytes < kNetHeaderBytes)
+        return drop("shorter than the header");
+    if (chain.readable_bytes > kNetHeaderBytes + kNetMaxFrameBytes)
+        return drop("longer than the largest frame");
+
+    // The header is copied out: the backend must see the header checked here, not whatever
+    // another vCPU writes into guest memory meanwhile.
+    NetHeader hdr;
+    ChainReader reader(chain);
+    reader.read(std::span(reinterpret_cast<uint8_t*>(&hdr), sizeof(hdr)));
+    const uint64_t f = m_ctx.features;
+    if ((hdr.flags & kNetHdrFNeedsCsum) && !(f & kNetFCsum))
+        return drop("checksum offload not negotiated");
+    if ((hdr.gso_type & kNetHdrGsoEcn) && !(f & kNetFHostEcn))
+        return drop("ECN segmentation not negotiated");
+    switch (hdr.gso_type & ~kNetHdrGsoEcn) {
+    case kNetHdrGsoNone: break;
+    case kNetHdrGsoTcpV4:
+        if (!(f & kNetFHostTso4))
+            return drop("TSOv4 not negotiated");
+        break;
+    case kNetHdrGsoTcpV6:
+        if (!(f & kNetFHostTso6))
+            return drop("TSOv6 not negotiated");
+        break;
+    default: return drop("unsupported segmentation type");
+    }
+    hdr.flags &= kNetHdrFNeedsCsum; // DATA_VALID / RSC_INFO are receive-only (5.1.6.2)
+    hdr.num_buffers = 0;
+
+    m_iov.clear();
+    m_iov.push_back({ &hdr, sizeof(hdr) });
+    bool too_many = false;
+    reader.for_each(reader.remaining(), [&](const uint8_t* p, size_t n) {
+        if (m_iov.size() == kMaxIov) {
+            too_many = true;
+            return;
+        }
+        // Guest RAM, checked by Queue::pop(); the backend only reads it.
+        m_iov.push_back({ const_cast<uint8_t*>(p), n });
+    });
+    if (too_many)
+        return drop("more than 1023 pieces");
+
+    ssize_t n = m_backend->write_frame(m_iov);
+    if (n == -EAGAIN || n == -EWOULDBLOCK || n == -ENOBUFS)
+        return false;
+    if (n < 0) {
+        m_stats.tx_dropped.fetch_add(1, std::memory_order_relaxed);
+        if (log_allowed(m_log_count))
+            log_warn("virtio-net: {}: frame not sent: {}", m_backend->describe(), std::strerror(static_cast<int>(-n)));
+        return true;
+    }
+    m_stats.tx_frames.fetch_add(1, std::memory_order_relaxed);
+    m_stats.tx_bytes.fetch_add(chain.readable_bytes - kNetHeaderBytes, std::memory_order_relaxed);
+    return true;
+}
+
+// --- receive ----------------------------------------------------------------------------------
+
+bool NetDevice::fill_rx_chains()
+{
+    Queue& q = m_ctx.queues[kRxQueue];
+    const size_t ring = m_rx_chains.size();
+    q.disable_notifications();
+    // With MRG_RXBUF a frame may take many chains: gather enough for the largest frame (or
+    // every chain the ring can hold). Without it, each frame goes into one chain.
+    auto enough = [&] { return m_mergeable ? m_rx_capacity >= m_rx_need : m_rx_count > 0; };
+    while (!enough() && m_rx_count < ring) {
+        Chain& c = m_rx_chains[(m_rx_head + m_rx_count) % ring];
+        auto popped = q.pop(c);
+        if (!popped.ok()) {
+            fail(popped.error().message());
+            return false;
+        }
+        if (!popped.value()) {
+            if (q.enable_notifications()) {
+                q.disable_notifications();
+                continue;
+            }
+            // Out of buffers: wait for the driver's notify (notifications stay enabled).
+            m_rx_starved = true;
+            return false;
+        }
+        if (c.writable_bytes < kNetHeaderBytes) {
+            // Cannot even hold the header: give it back unused.
+            q.add_used(c, 0);
+            m_rx_returned = true;
+            continue;
+        }
+        ++m_rx_count;
+        m_rx_capacity += c.writable_bytes;
+    }
+    m_rx_starved = false;
+    return m_rx_count > 0;
+}
+
+bool NetDevice::process_rx()
+{
+    if (m_failed || m_backend_dead)
+        return false;
+    Queue& q = m_ctx.queues[kRxQueue];
+    const size_t ring = m_rx_chains.size();
+    bool more = false;
+    for (unsigned budget = kBudget;; --budget) {
+        if (budget == 0) {
+            more = true;
+            break;
+        }
+        if (!fill_rx_chains())
+            break;
+        // The pending chains' buffers, up to what the largest frame needs.
+        m_iov.clear();
+        uint64_t bytes = 0;
+        size_t chains = m_mergeable ? m_rx_count : 1;
+        for (size_t i = 0; i < chains && bytes < m_rx_need && m_iov.size() < kMaxIov; ++i) {
+            for (const Segment& s : m_rx_chains[(m_rx_head + i) % ring].segments) {
+                if (!s.writable || s.len == 0)
+                    continue;
+                if (m_iov.size() == kMaxIov)
+                    break;
+                m_iov.push_back({ s.host, s.len }); // guest RAM, checked by Queue::pop()
+                bytes += s.len;
+            }
+        }
+        ssize_t n = m_backend->read_frame(m_iov);
+        if (n == -EAGAIN || n == -EWOULDBLOCK)
+            break;
+        if (n < 0 && backend_gone(n)) {
+            log_warn("virtio-net: {}: {}; no more frames will be received", m_backend->describe(),
+                std::strerror(static_cast<int>(-n)));
+            m_backend_dead = true;
+            break;
+        }
+        if (n < static_cast<ssize_t>(kNetHeaderBytes)) {
+            // Lost by the backend (did not fit), or a runt without a header: the buffers stay
+            // pending for the next frame.
+            m_stats.rx_dropped.fetch_add(1, std::memory_order_relaxed);
+            if (n == 0) { // an orderly shutdown of a socket peer
+                m_backend_dead = true;
+                break;
+            }
+            continue;
+        }
+        deliver_rx(static_cast<size_t>(n));
+        if (q.needs_interrupt())
+            m_ctx.interrupt->signal_queue(kRxQueue);
+    }
+    if (m_rx_returned) {
+        m_rx_returned = false;
+        if (q.needs_interrupt())
+            m_ctx.interrupt->signal_queue(kRxQueue);
+    }
+    return more && !m_failed;
+}
+
+void NetDevice::deliver_rx(size_t frame_bytes)
+{
+    Queue& q = m_ctx.queues[kRxQueue];
+    const size_t ring = m_rx_chains.size();
+    // How many chains the frame filled (only the first one without MRG_RXBUF).
+    size_t k = 0;
+    for (uint64_t left = frame_bytes; left > 0 && k < m_rx_count; ++k)
+        left -= std::min<uint64_t>(left, m_rx_chains[(m_rx_head + k) % ring].writable_bytes);
+
+    // num_buffers is the device's (a tap skips it): 1 without MRG_RXBUF (5.1.6.4).
+    uint16_t num_buffers = static_cast<uint16_t>(m_mergeable ? k : 1);
+    ChainWriter header(m_rx_chains[m_rx_head]);
+    header.skip(offsetof(NetHeader, num_buffers));
+    header.write(std::span(reinterpret_cast<const uint8_t*>(&num_buffers), sizeof(num_buffers)));
+
+    uint64_t left = frame_bytes;
+    for (size_t i = 0; i < k; ++i) {
+        Chain& c = m_rx_chains[m_rx_head];
+        uint32_t written = static_cast<uint32_t>(std::min<uint64_t>(left, c.writable_bytes));
+        left -= written;
+        q.add_used(c, written);
+        m_rx_capacity -= c.writable_bytes;
+        m_rx_head = (m_rx_head + 1) % ring;
+        --m_rx_count;
+    }
+    m_stats.rx_frames.fetch_add(1, std::memory_order_relaxed);
+    m_stats.rx_bytes.fetch_add(frame_bytes - kNetHeaderBytes, std::memory_order_relaxed);
+}
+
+// --- the I/O thread ---------------------------------------------------------------------------
+
+void NetDevice::update_backend_events()
+{
+    uint32_t want = 0;
+    if (!m_failed && !m_backend_dead) {
+        if (!m_rx_starved)
+            want |= EPOLLIN;
+        if (m_tx_blocked)
+            want |= EPOLLOUT;
+    }
+    if (want == m_backend_events)
+        return;
+    epoll_event ev {};
+    ev.events = want;
+    ev.data.fd = m_backend->fd();
+    // Removed rather than set to 0 events: EPOLLHUP/EPOLLERR are reported regardless of the mask.
+    int op = want == 0 ? EPOLL_CTL_DEL : (m_backend_events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD);
+    if (::epoll_ctl(m_epoll, op, m_backend->fd(), &ev) != 0 && log_allowed(m_log_count))
+        log_warn("virtio-net: epoll_ctl on {}: {}", m_backend->describe(), std::strerror(errno));
+    m_backend_events = want;
+}
+
+void NetDevice::run()
+{
+    // Buffers and frames may be waiting from before activation (kicks before DRIVER_OK are lost).
+    bool tx_more = true;
+    bool rx_more = true;
+    epoll_event events[4];
+    while (!m_stop.load(std::memory_order_acquire)) {
+        update_backend_events();
+        int n = ::epoll_wait(m_epoll, events, 4, tx_more || rx_more ? 0 : -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            log_warn("virtio-net: epoll_wait: {}; device stopped", std::strerror(errno));
+            return;
+        }
+        for (int i = 0; i < n; ++i) {
+            if (events[i].data.fd == m_kick) {
+                uint64_t value;
+                [[maybe_unused]] ssize_t r = ::read(m_kick, &value, sizeof(value));
+                continue;
+            }
+            if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                rx_more = true;
+            if (events[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+                m_tx_blocked = false;
+                tx_more = true;
+            }
+        }
+        if (m_stop.load(std::memory_order_acquire))
+            break;
+        uint32_t kicked = m_kicked.exchange(0, std::memory_order_acq_rel);
+        tx_more |= (kicked >> kTxQueue) & 1;
+        rx_more |= (kicked >> kRxQueue) & 1;
+        if (tx_more)
+            tx_more = process_tx();
+        if (rx_more)
+            rx_more = process_rx();
+    }
+}
+
+} // namespace vessel::virtio
