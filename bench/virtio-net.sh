@@ -8,8 +8,8 @@
 # from the connection until the guest reports (a second connection) that it has read everything.
 #   bench/virtio-net.sh [build-dir]      (default: build; needs root, /dev/net/tun, ip, python3)
 # Environment: MB (default 64) MiB each way; CHECK (default 0): 1 = random data hashed with
-# SHA-256 on both ends (as the integration test; then the guest CPU's hashing dominates), 0 =
-# zeros, no hashing (the network path); RUNS (default 1); TIMEOUT (default 1500) s per run.
+# SHA-256 on both ends, as the integration test (the guest hashes outside the timed transfer,
+# but it makes the run longer), 0 = zeros; RUNS (default 1); TIMEOUT (default 1500) s per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/linux-guest.env

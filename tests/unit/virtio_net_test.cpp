@@ -3,8 +3,10 @@
 // test plays the host network on the other end. The device runs its own I/O thread, as in the VMM.
 #include <gtest/gtest.h>
 
+#include <linux/if_tun.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -911,6 +913,13 @@ TEST(VirtioNetTap, ErrorsNameTheTapAndTheCause)
         EXPECT_TRUE((*created)->supported_offloads() & kNetOffloadCsum);
         EXPECT_TRUE((*created)->set_offloads((*created)->supported_offloads()).ok());
 
+        // A name that does not exist is created; made persistent, it is attached to next time.
+        {
+            auto made = TapBackend::open("vt-test0");
+            ASSERT_TRUE(made.ok()) << made.error().message();
+            EXPECT_TRUE((*made)->created());
+            ASSERT_EQ(::ioctl((*made)->fd(), TUNSETPERSIST, 1), 0);
+        }
         auto first = TapBackend::open("vt-test0");
         ASSERT_TRUE(first.ok()) << first.error().message();
         EXPECT_EQ((*first)->ifname(), "vt-test0");

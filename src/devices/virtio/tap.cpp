@@ -73,8 +73,11 @@ Result<std::unique_ptr<TapBackend>> TapBackend::open(std::string_view name)
                 shown);
         return Error::from_errno(fmt::format("tap '{}': cannot open /dev/net/tun", shown), err);
     }
+    // A name that does not exist yet makes TUNSETIFF create the tap (with CAP_NET_ADMIN): like
+    // one the kernel names, it is Vessel's, down and without address until brought up.
+    bool created = name.empty() || ::if_nametoindex(std::string(name).c_str()) == 0;
     // From here on the descriptor is owned by the object (closed by its destructor on errors).
-    std::unique_ptr<TapBackend> tap(new TapBackend(fd, std::string(name), name.empty()));
+    std::unique_ptr<TapBackend> tap(new TapBackend(fd, std::string(name), created));
 
     ifreq ifr {};
     // "vessel%d": the kernel replaces %d with the first free number.

@@ -51,9 +51,10 @@ public:
 
 class TapBackend final : public NetBackend {
 public:
-    // Attaches to tap `name`, or creates a tap named by the kernel (vessel0, vessel1, ...) when
-    // `name` is empty and brings it up. Errors name the tap and say what to do (no /dev/net/tun,
-    // no permission, tap in use, not a tap).
+    // Attaches to tap `name`, or creates it (a tap named by the kernel, vessel0, vessel1, ...,
+    // when `name` is empty) and brings it up; a tap Vessel created goes away when it exits.
+    // Errors name the tap and say what to do (no /dev/net/tun, no permission, tap in use, not
+    // a tap).
     static Result<std::unique_ptr<TapBackend>> open(std::string_view name);
     ~TapBackend() override;
 
@@ -66,6 +67,7 @@ public:
 
     // The interface name (the kernel's choice when open() got none).
     const std::string& ifname() const { return m_name; }
+    // Vessel created the tap (it did not exist before open()).
     bool created() const { return m_created; }
 
 private:
