@@ -1,5 +1,8 @@
 // The VM's virtio devices: one virtio-mmio window each (layout::kVirtioMmioBase + i * 4 KiB),
 // an IOAPIC pin each, and a DSDT entry each (built here, emitted by load_guest()).
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <array>
 
 #include "arch/x86/acpi.h"
@@ -41,6 +44,43 @@ Result<void> Vm::build_virtio_devices()
                                                          AcpiIrqTrigger::Edge));
         log_debug("virtio-{} at {:#x}, GSI {}", devices[i]->name(), base, gsi);
     }
+    return {};
+}
+
+Result<void> Vm::wire_virtio_fast_paths()
+{
+    for (size_t i = 0; i < m_virtio.size(); ++i) {
+        auto& transport = *m_virtio[i];
+        uint64_t notify = layout::kVirtioMmioBase + i * layout::kVirtioMmioSize + virtio::mmio_reg::kQueueNotify;
+        for (uint16_t q = 0; q < transport.queue_count(); ++q) {
+            int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+            if (fd < 0)
+                return Error::from_errno("eventfd");
+            auto added = m_engine->add_mmio_notifier(notify, 4, q, fd);
+            if (!added.ok() || !added.value()) {
+                ::close(fd);
+                if (!added.ok())
+                    return added.error();
+                return {}; // the engine has no such fast path: notifications take the bus
+            }
+            m_queue_notifiers.push_back({ fd, &transport, q });
+        }
+        uint32_t gsi = m_virtio_acpi[i].interrupts.at(0).gsi;
+        int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd < 0)
+            return Error::from_errno("eventfd");
+        auto added = m_engine->add_irq_notifier(gsi, fd);
+        if (!added.ok() || !added.value()) {
+            ::close(fd);
+            if (!added.ok())
+                return added.error();
+            continue;
+        }
+        m_irq_notifiers.emplace_back(gsi, fd);
+    }
+    if (!m_queue_notifiers.empty() || !m_irq_notifiers.empty())
+        log_debug("virtio: {} queue notifiers, {} interrupt notifiers in the engine", m_queue_notifiers.size(),
+                  m_irq_notifiers.size());
     return {};
 }
 
