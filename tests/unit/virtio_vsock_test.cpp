@@ -393,8 +393,7 @@ TEST_F(VirtioVsock, DataFlowsBothWays)
 
 TEST_F(VirtioVsock, NoRxBufferNoPacket)
 {
-    // Consume the offered rx buffers with host connections the guest never answers... simpler:
-    // a device activated without rx buffers sends nothing until the driver offers one.
+    // A device activated without rx buffers sends nothing until the driver offers one.
     m_dev->reset();
     reset_driver_queues();
     activate(0);

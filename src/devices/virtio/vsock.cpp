@@ -113,6 +113,7 @@ Result<void> VsockDevice::activate(const ActivateContext& ctx)
     if (ctx.queues.size() < 3 || !ctx.queues[vsock::kRxQueue].active() || !ctx.queues[vsock::kTxQueue].active())
         return make_error("virtio-vsock: the rx and tx queues are not set up");
     Queue* event = ctx.queues[vsock::kEventQueue].active() ? &ctx.queues[vsock::kEventQueue] : nullptr;
+    stop_thread(); // the transport resets before activating again; never two I/O threads
     std::string path = m_path;
     auto muxer = std::make_unique<VsockMuxer>(
         m_guest_cid, [path](uint32_t port) { return vsock_connect_unix(fmt::format("{}_{}", path, port)); }, &m_stats);

@@ -502,8 +502,14 @@ bool VsockMuxer::pump(Conn& c)
         c.to_guest.clear();
     if (c.state == Conn::State::Established)
         read_from_host(c);
-    if (c.fwd_cnt - c.last_fwd_sent >= kCreditUpdateThreshold)
-        c.need_credit_update = true;
+    // Tell the guest what the host consumed: after every kCreditUpdateThreshold bytes, and at once
+    // while the guest believes we are (nearly) full, so that a slow host reader stalls the guest
+    // no longer than it has to.
+    if (c.fwd_cnt != c.last_fwd_sent) {
+        uint32_t believed_used = std::min(c.rx_cnt - c.last_fwd_sent, kBufAlloc);
+        if (c.fwd_cnt - c.last_fwd_sent >= kCreditUpdateThreshold || kBufAlloc - believed_used < kCreditUpdateThreshold)
+            c.need_credit_update = true;
+    }
     if (has_rx_work(c))
         enqueue_rx(c);
     return true;

@@ -81,7 +81,8 @@ public:
     static constexpr size_t kMaxConnectLine = 32;
     // A guest that neither answers nor resets a host-initiated REQUEST within this is given up on.
     static constexpr std::chrono::seconds kConnectTimeout { 30 };
-    // Send the guest a CREDIT_UPDATE once the host consumed this much since the last one it saw.
+    // Send the guest a CREDIT_UPDATE once the host consumed this much since the last one it saw,
+    // or as soon as the host consumed anything while the guest sees less than this much free.
     static constexpr uint32_t kCreditUpdateThreshold = kBufAlloc / 4;
     // Packets taken from one queue per poll() before the other work gets a turn.
     static constexpr unsigned kBatch = 256;
