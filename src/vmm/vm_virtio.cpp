@@ -10,6 +10,7 @@
 #include "base/log.h"
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/rng.h"
+#include "devices/virtio/vsock.h"
 #include "vmm/vm.h"
 
 namespace vessel {
@@ -30,6 +31,8 @@ Result<void> Vm::build_virtio_devices()
     // Order decides the guest's probe order: disks first, so the first --disk is /dev/vda.
     if (m_config.rng)
         devices.push_back(std::make_shared<virtio::RngDevice>());
+    if (m_config.vsock)
+        devices.push_back(TRY(virtio::VsockDevice::create(m_config.vsock->cid, m_config.vsock->socket)));
 
     if (devices.size() > kVirtioGsis.size())
         return make_error("{} virtio devices requested, at most {} fit", devices.size(), kVirtioGsis.size());
