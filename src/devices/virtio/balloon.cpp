@@ -63,7 +63,8 @@ void BalloonDevice::write_config(uint64_t offset, std::span<const uint8_t> data)
     log_debug("virtio-balloon: the guest's balloon holds {} MiB (target {} MiB)", mib(m_actual), mib(m_num_pages));
     if (m_actual == m_num_pages && !m_target_reported) {
         m_target_reported = true;
-        log_info("virtio-balloon: the guest's balloon reached the target of {} MiB ({} MiB released on the host)",
+        log_info(
+            "virtio-balloon: the guest's balloon reached the target of {} MiB ({} MiB handed back to the host so far)",
             mib(m_num_pages), m_counters.released_bytes >> 20);
         return_stats_buffer(); // fresh statistics for the new state
     }

@@ -77,7 +77,7 @@ public:
 
     struct Counters {
         uint64_t inflated_pages { 0 }; // PFNs accepted by inflateq
-        uint64_t released_bytes { 0 }; // host memory actually given back (holes punched)
+        uint64_t released_bytes { 0 }; // holes punched (pages the host never backed count too)
         uint64_t release_failures { 0 };
         uint64_t deflated_pages { 0 };
         uint64_t bad_pfns { 0 }; // outside guest RAM: ignored
