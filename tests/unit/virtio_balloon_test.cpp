@@ -464,3 +464,21 @@ TEST(VirtioBalloon, TargetOption)
     config.balloon_target_bytes = 4097;
     EXPECT_FALSE(validate_config(config, 1).ok());
 }
+
+TEST(VirtioBalloon, OneBufferInflatesAtMostTheLimit)
+{
+    // A buffer of 1024 + 10 PFNs: the first 1024 are taken, the rest ignored and counted.
+    BalloonHarness h;
+    h.activate();
+    uint32_t first = static_cast<uint32_t>(kPayload / kPage);
+    std::vector<uint32_t> list;
+    for (uint32_t i = 0; i < BalloonDevice::kMaxPfnsPerBuffer + 10; ++i)
+        list.push_back(first + i);
+    h.inflate.post({ h.pfns(list) });
+    h.balloon.notify(BalloonDevice::kInflateQueue);
+    ASSERT_EQ(h.inflate.used_idx(), 1);
+    auto c = h.balloon.counters();
+    EXPECT_EQ(c.inflated_pages, BalloonDevice::kMaxPfnsPerBuffer);
+    EXPECT_EQ(c.excess_pfns, 10u);
+    EXPECT_EQ(c.released_bytes, BalloonDevice::kMaxPfnsPerBuffer * kPage);
+}

@@ -152,6 +152,10 @@ void BalloonDevice::process_pfns(uint16_t queue)
             break;
         ChainReader reader(m_chain);
         uint64_t count = m_chain.readable_bytes / 4;
+        if (count > kMaxPfnsPerBuffer) {
+            m_counters.excess_pfns += count - kMaxPfnsPerBuffer;
+            count = kMaxPfnsPerBuffer;
+        }
         if (queue == kDeflateQueue) {
             // The pages come back zero-filled on their next touch: nothing to do.
             m_counters.deflated_pages += count;

@@ -13,9 +13,10 @@
 // punching a hole in the file (fallocate PUNCH_HOLE|KEEP_SIZE) frees the page and unmaps it from
 // every mapping at once (RssShmem drops, KVM's mappings are invalidated through its MMU
 // notifier); the next guest access finds a fresh zero page. Runs of consecutive PFNs are released
-// with one call. Bad PFNs are skipped and counted. The soft engine is told the contents changed
-// (GuestMemory::note_written). With --hugepages the memfd only punches whole huge pages, so 4 KiB
-// releases fail and are counted: the balloon then only lends the pages to the host on paper.
+// with one call. Bad PFNs (and any beyond kMaxPfnsPerBuffer in one buffer) are skipped and
+// counted. The soft engine is told the contents changed (GuestMemory::note_written). With
+// --hugepages the memfd only punches whole huge pages, so 4 KiB releases fail and are counted:
+// the balloon then only lends the pages to the host on paper.
 // Deflate: nothing to do (without MUST_TELL_HOST the guest may already be using the pages).
 //
 // Statistics: the driver keeps one buffer in statsq. The device holds it; the guest's values are
@@ -66,6 +67,9 @@ public:
         kStatHugetlbFailures = 9,
         kStatTagCount = 10,
     };
+    // PFNs taken from one inflate/deflate buffer (Linux sends at most 256); the rest are ignored
+    // and counted. Bounds the work one notification can cause (each run is a syscall).
+    static constexpr uint64_t kMaxPfnsPerBuffer = 1024;
     // Largest stats buffer parsed (the spec defines 10 tags of 10 bytes; unknown tags are
     // skipped, so leave room for a newer guest's).
     static constexpr uint64_t kMaxStatsBytes = 64 * 10;
@@ -81,6 +85,7 @@ public:
         uint64_t release_failures { 0 };
         uint64_t deflated_pages { 0 };
         uint64_t bad_pfns { 0 }; // outside guest RAM: ignored
+        uint64_t excess_pfns { 0 }; // beyond kMaxPfnsPerBuffer in one buffer: ignored
     };
 
     // `target_bytes`: initial balloon size (rounded down to 4 KiB pages).
