@@ -8,9 +8,12 @@
 #include "arch/x86/acpi.h"
 #include "arch/x86/layout.h"
 #include "base/log.h"
+#include "devices/virtio/balloon.h"
+#include "devices/virtio/console.h"
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/vsock.h"
+#include "vmm/console.h"
 #include "vmm/vm.h"
 
 namespace vessel {
@@ -33,6 +36,16 @@ Result<void> Vm::build_virtio_devices()
         devices.push_back(std::make_shared<virtio::RngDevice>());
     if (m_config.vsock)
         devices.push_back(TRY(virtio::VsockDevice::create(m_config.vsock->cid, m_config.vsock->socket)));
+    if (m_config.console == ConsoleKind::Virtio) {
+        // stdin goes here instead of COM1 (the event loop feeds m_console_input); the guest's
+        // hvc0 output goes to stdout. COM1 stays, with its output on stdout as well.
+        auto console = std::make_shared<virtio::ConsoleDevice>(
+            [](std::span<const uint8_t> bytes) { Console::write_output(bytes); });
+        m_console_input = console.get();
+        devices.push_back(console);
+    }
+    if (m_config.balloon)
+        devices.push_back(std::make_shared<virtio::BalloonDevice>(m_config.balloon_target_bytes));
 
     if (devices.size() > kVirtioGsis.size())
         return make_error("{} virtio devices requested, at most {} fit", devices.size(), kVirtioGsis.size());
