@@ -5,6 +5,7 @@
 #include "arch/x86/acpi.h"
 #include "arch/x86/layout.h"
 #include "base/log.h"
+#include "devices/virtio/blk.h"
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/rng.h"
 #include "vmm/vm.h"
@@ -25,6 +26,10 @@ Result<void> Vm::build_virtio_devices()
     std::vector<std::shared_ptr<virtio::VirtioDevice>> devices;
 
     // Order decides the guest's probe order: disks first, so the first --disk is /dev/vda.
+    for (const DiskConfig& disk : m_config.disks) {
+        auto blk = TRY(virtio::BlkDevice::open(disk));
+        devices.push_back(std::shared_ptr<virtio::VirtioDevice>(std::move(blk)));
+    }
     if (m_config.rng)
         devices.push_back(std::make_shared<virtio::RngDevice>());
 
