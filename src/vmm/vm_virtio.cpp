@@ -10,6 +10,7 @@
 #include "base/log.h"
 #include "devices/virtio/balloon.h"
 #include "devices/virtio/console.h"
+#include "devices/virtio/blk.h"
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/vsock.h"
@@ -32,6 +33,10 @@ Result<void> Vm::build_virtio_devices()
     std::vector<std::shared_ptr<virtio::VirtioDevice>> devices;
 
     // Order decides the guest's probe order: disks first, so the first --disk is /dev/vda.
+    for (const DiskConfig& disk : m_config.disks) {
+        auto blk = TRY(virtio::BlkDevice::open(disk));
+        devices.push_back(std::shared_ptr<virtio::VirtioDevice>(std::move(blk)));
+    }
     if (m_config.rng)
         devices.push_back(std::make_shared<virtio::RngDevice>());
     if (m_config.vsock)
