@@ -4,9 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -278,6 +283,46 @@ TEST(VirtioBlk, RoundTripIoUring)
     round_trip(IoMode::Auto);
 }
 
+namespace {
+
+// In a child process: io_uring_setup fails (ENOSYS, as under a seccomp sandbox or on an old
+// kernel); the device must fall back to synchronous I/O on its thread and still work.
+int fallback_child()
+{
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog { static_cast<unsigned short>(std::size(filter)), filter };
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        return 10;
+    TempImage image;
+    Harness h(disk_of(image), IoMode::Auto);
+    if (!h.device)
+        return 11;
+    if (h.device->using_io_uring())
+        return 12;
+    auto payload = bytes(2048, 0x31);
+    Req w = h.write(10, payload);
+    Req f = h.request(kTFlush, 0, 0, false);
+    Req r = h.read(10, 2048);
+    if (!h.run(3))
+        return 13;
+    if (h.status(w) != kSOk || h.status(f) != kSOk || h.status(r) != kSOk || h.data(r, 2048) != payload)
+        return 14;
+    return 0;
+}
+
+} // namespace
+
+TEST(VirtioBlk, FallsBackToSynchronousIoWithoutIoUring)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(_exit(fallback_child()), ::testing::ExitedWithCode(0), "io_uring is unavailable");
+}
+
 TEST(VirtioBlk, FeaturesAndConfigSpace)
 {
     TempImage image(kImageBytes + 100); // a partial last sector is not part of the disk
@@ -472,14 +517,20 @@ TEST(VirtioBlk, SectorRangesAreCheckedWithoutOverflow)
     Req empty_at_end = h.read(kImageSectors, 0);
     Req wrap = h.read(~0ULL / 512 + 1, 512); // sector * 512 overflows
     Req wrap2 = h.write(~0ULL, bytes(512, 3)); // sector + count overflows
-    ASSERT_TRUE(h.run(6));
+    Req grow = h.write(kImageSectors - 1, bytes(1024, 4)); // would extend the image
+    ASSERT_TRUE(h.run(7));
     EXPECT_EQ(h.status(last), kSOk);
     EXPECT_EQ(h.status(past), kSIoErr);
     EXPECT_EQ(h.status(straddle), kSIoErr);
     EXPECT_EQ(h.status(empty_at_end), kSOk);
     EXPECT_EQ(h.status(wrap), kSIoErr);
     EXPECT_EQ(h.status(wrap2), kSIoErr);
+    EXPECT_EQ(h.status(grow), kSIoErr);
     EXPECT_EQ(h.used(past)->len, 1u);
+    struct stat st;
+    ASSERT_EQ(::stat(image.path.c_str(), &st), 0);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), kImageBytes) << "no write past the end";
+    EXPECT_EQ(image.read(kImageBytes - 512, 512), image_pattern(kImageBytes - 512, 512));
 }
 
 TEST(VirtioBlk, DataMustBeWholeSectors)
