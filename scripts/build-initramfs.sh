@@ -10,7 +10,7 @@
 # /lib/modules with their load order, for the virtio device tests; its stable link is
 # initramfs-<flavour>.cpio.gz. Modules must match the kernel exactly, hence one archive per kernel.
 #
-# Archive layout: /init, /vessel/*.sh (extra test modes, guests/linux/modes), /bin/busybox (applet links are made at boot by `busybox --install -s`),
+# Archive layout: /init, /vessel/*.sh (extra test modes, guests/linux/modes), /bin/busybox (applet links are made at boot by `busybox --install -s`), /bin/vsock-tool,
 # empty /proc /sys /dev /tmp /root /etc /sbin /usr/bin /usr/sbin, /dev/console (so the kernel can
 # give init a console before devtmpfs is mounted), and /lib/modules, empty: the hook for kernel
 # modules (see the "kernel modules hook" in guests/linux/init).
@@ -33,8 +33,17 @@ fi
 file -L "$BUSYBOX" 2>/dev/null | grep -q "statically linked" ||
   { echo "build-initramfs: $BUSYBOX is not a static binary (busybox-static expected)" >&2; exit 1; }
 
+# --- vsock-tool (virtio-vsock test mode): busybox has no AF_VSOCK, so the archive carries a tiny
+# static client/server, guests/linux/vsock-tool.c, as /bin/vsock-tool (its source is in the hash).
+VSOCK_TOOL_SRC="$ROOT/guests/linux/vsock-tool.c"
+build_vsock_tool() { # output path
+  gcc -static -Os -s -Wall -o "$1" "$VSOCK_TOOL_SRC" ||
+    { echo "build-initramfs: cannot build $VSOCK_TOOL_SRC (gcc with static glibc needed)" >&2; exit 1; }
+}
+# --- end vsock-tool ---
+
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
-hash=$(cat "$INIT" "$0" "$MODES"/*.sh | sha256sum | cut -c1-12)
+hash=$(cat "$INIT" "$0" "$MODES"/*.sh "$VSOCK_TOOL_SRC" | sha256sum | cut -c1-12)
 name="vessel-busybox-$(tr -c 'A-Za-z0-9.+\n-' _ <<<"$bb_version")-$hash.cpio.gz"
 mkdir -p "$CACHE"
 out="$CACHE/$name"
@@ -54,6 +63,7 @@ if [ ! -s "$out" ]; then
   trap 'rm -rf "$stage"' EXIT
   mkdir -p "$stage/root/"{bin,sbin,usr/bin,usr/sbin,proc,sys,tmp,root,etc,lib/modules,vessel}
   cp "$BUSYBOX" "$stage/root/bin/busybox"
+  build_vsock_tool "$stage/root/bin/vsock-tool"
   cp "$MODES"/*.sh "$stage/root/vessel/"
   cp "$INIT" "$stage/root/init"
   chmod 755 "$stage/root/init" "$stage/root/bin/busybox"

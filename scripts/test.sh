@@ -13,5 +13,8 @@ scripts/build-initramfs.sh >/dev/null || echo "test.sh: could not build the init
 scripts/build-initramfs.sh amd64 >/dev/null || echo "test.sh: could not build the modules initramfs; the virtio tests will skip"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVESSEL_ASAN_TESTS=ON >/dev/null
 cmake --build build -j"$(nproc)"
+# The libFuzzer targets (fuzz/): a separate clang build; ctest runs each for a few seconds.
+CC=clang CXX=clang++ cmake -S fuzz -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build-fuzz -j"$(nproc)"
 cd build
 ctest --output-on-failure -j"$(nproc)"

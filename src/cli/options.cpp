@@ -295,6 +295,19 @@ Result<void> apply_json_config(VmConfig& config, const std::string& json_text, c
                 return make_error("config '{}': \"vsock\": {}", origin, vsock.error().message());
             vsock.value().socket = resolve_path(vsock.value().socket, base_dir);
             config.vsock = vsock.value();
+        } else if (key == "balloon_target") {
+            if (value.is_number_unsigned()) {
+                config.balloon_target_bytes = value.get<uint64_t>();
+            } else if (value.is_string()) {
+                auto size = parse_size(value.get<std::string>());
+                if (!size.ok())
+                    return make_error("config '{}': \"balloon_target\": {}", origin, size.error().message());
+                config.balloon_target_bytes = size.value();
+            } else {
+                return make_error("config '{}': \"balloon_target\" must be a size such as \"64M\" or a byte count",
+                                  origin);
+            }
+            config.balloon = true;
         } else if (key == "rng" || key == "balloon") {
             if (!value.is_boolean())
                 return make_error("config '{}': \"{}\" must be true or false", origin, key);
@@ -329,6 +342,11 @@ Result<void> validate_config(const VmConfig& config, uint32_t engine_max_vcpus)
     uint32_t limit = std::min(kModelMaxVcpus, engine_max_vcpus);
     if (config.cpus > limit)
         return make_error("--cpus: {} vCPUs requested, but at most {} are possible here", config.cpus, limit);
+    if (config.balloon_target_bytes % (4 * layout::KiB) != 0)
+        return make_error("--balloon-target: {} bytes is not a multiple of 4 KiB", config.balloon_target_bytes);
+    if (config.balloon_target_bytes >= config.mem_bytes)
+        return make_error("--balloon-target: {} MiB is not below the guest's {} MiB of RAM",
+                          config.balloon_target_bytes >> 20, config.mem_bytes >> 20);
     if (config.cmdline.size() + 1 > layout::kCmdlineMax)
         return make_error("--cmdline: {} bytes is longer than the {} bytes allowed", config.cmdline.size(),
                           layout::kCmdlineMax - 1);
@@ -352,7 +370,7 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
     uint32_t cpus = 0;
     bool no_reboot = false, hugepages = false, rng = false, balloon = false;
     std::vector<std::string> disks, nets;
-    std::string vsock, console;
+    std::string vsock, console, balloon_target;
     run->add_option("--kernel", kernel,
                     "Guest kernel: Linux bzImage, ELF vmlinux with a PVH note, or Multiboot 1 ELF");
     run->add_option("--initrd", initrd, "Initial ramdisk loaded next to the kernel");
@@ -380,6 +398,9 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
                     "on PATH_P)");
     run->add_flag("--rng", rng, "virtio-rng fed by the host's getrandom()");
     run->add_flag("--balloon", balloon, "virtio-balloon (inflate/deflate through the API, guest statistics)");
+    run->add_option("--balloon-target", balloon_target,
+                    "Memory the balloon takes from the guest once its driver is up, e.g. 64M (implies --balloon; "
+                    "changing it at run time comes with the API socket)");
     run->add_option("--console", console,
                     "Where stdin/stdout go: serial (COM1, default) or virtio (virtio-console, the guest's hvc0)");
     run->footer("Exit status: 0 after a clean power-off, (v << 1) | 1 after the guest writes v to the debug-exit "
@@ -484,6 +505,13 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
         vm.rng = true;
     if (balloon)
         vm.balloon = true;
+    if (run->count("--balloon-target")) {
+        auto size = parse_size(balloon_target);
+        if (!size.ok())
+            return make_error("--balloon-target: {}", size.error().message());
+        vm.balloon_target_bytes = size.value();
+        vm.balloon = true;
+    }
     if (no_reboot)
         vm.on_reset = ResetAction::Exit;
     if (hugepages)

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -79,6 +80,18 @@ public:
     // The VMM wrote [gpa, gpa+len) of guest RAM from outside the guest (device DMA, restore):
     // engines that cache anything derived from guest memory (decoded code) drop it. Any thread.
     virtual void memory_written(uint64_t /*gpa*/, uint64_t /*len*/) { }
+
+    // Fast paths for paravirtual devices; an engine without them returns false and the VMM uses
+    // the plain paths (the MMIO write reaches the bus; set_irq_line).
+    // A guest write of `len` bytes to MMIO `gpa` (equal to `value`, if given) signals eventfd
+    // `fd` inside the engine instead of exiting to the VMM (KVM ioeventfd).
+    virtual Result<bool> add_mmio_notifier(uint64_t /*gpa*/, uint32_t /*len*/, std::optional<uint64_t> /*value*/,
+                                           int /*fd*/)
+    {
+        return false;
+    }
+    // A write to eventfd `fd` raises an edge on GSI `gsi` inside the engine (KVM irqfd).
+    virtual Result<bool> add_irq_notifier(uint32_t /*gsi*/, int /*fd*/) { return false; }
 };
 
 } // namespace vessel

@@ -50,6 +50,10 @@ Vm::~Vm()
     m_memory.set_write_observer(nullptr);
     if (m_wake_event >= 0)
         ::close(m_wake_event);
+    for (auto& n : m_queue_notifiers)
+        ::close(n.fd);
+    for (auto& [gsi, fd] : m_irq_notifiers)
+        ::close(fd);
 }
 
 Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFactory& make_engine)
@@ -70,6 +74,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFacto
     vm->m_memory.set_write_observer([engine = vm->m_engine.get()](uint64_t gpa, uint64_t len) {
         engine->memory_written(gpa, len);
     });
+    TRY_CTX(vm->wire_virtio_fast_paths(), "virtio fast paths");
 
     for (uint32_t i = 0; i < config.cpus; ++i) {
         auto vcpu = TRY(vm->m_engine->create_vcpu(i, *vm));
@@ -139,6 +144,16 @@ void Vm::set_irq(uint32_t gsi, bool level)
     // Devices are built before the engine; they do not raise interrupts before the guest runs.
     if (!m_engine)
         return;
+    for (auto& [irqfd_gsi, fd] : m_irq_notifiers) {
+        if (irqfd_gsi == gsi) {
+            // An irqfd raises an edge by itself: signal on the rising half of a pulse only.
+            if (level) {
+                uint64_t one = 1;
+                [[maybe_unused]] auto n = ::write(fd, &one, sizeof(one));
+            }
+            return;
+        }
+    }
     if (auto r = m_engine->set_irq_line(gsi, level); !r.ok())
         log_warn("interrupt line {}: {}", gsi, r.error().message());
 }
@@ -273,7 +288,7 @@ Result<void> Vm::event_loop()
         return Error::from_errno("signalfd");
     FdCloser sfd_closer { sfd };
 
-    enum : uint64_t { kStop, kSignal, kStdin };
+    enum : uint64_t { kStop, kSignal, kStdin, kQueueNotifierBase };
     auto add = [&](int fd, uint64_t tag) -> Result<void> {
         epoll_event ev {};
         ev.events = EPOLLIN;
@@ -284,6 +299,8 @@ Result<void> Vm::event_loop()
     };
     TRY(add(m_wake_event, kStop));
     TRY(add(sfd, kSignal));
+    for (size_t i = 0; i < m_queue_notifiers.size(); ++i)
+        TRY(add(m_queue_notifiers[i].fd, kQueueNotifierBase + i));
 
     // stdin feeds the serial port. Pipes and terminals are polled; a regular file (which epoll
     // refuses) is read whenever the UART has room.
@@ -373,6 +390,14 @@ Result<void> Vm::event_loop()
             case kStdin:
                 read_stdin();
                 break;
+            default: {
+                // A guest's QueueNotify write caught by the engine (ioeventfd).
+                auto& n = m_queue_notifiers[events[i].data.u64 - kQueueNotifierBase];
+                uint64_t count;
+                if (::read(n.fd, &count, sizeof(count)) == sizeof(count))
+                    n.transport->notify_queue(n.queue);
+                break;
+            }
             }
         }
     }

@@ -61,6 +61,7 @@ private:
     Vm(const VmConfig& config, GuestMemory memory);
     Result<void> build_devices();
     Result<void> build_virtio_devices(); // vm_virtio.cpp
+    Result<void> wire_virtio_fast_paths(); // vm_virtio.cpp: ioeventfd/irqfd where the engine has them
     Result<void> load_guest();
     void vcpu_thread(uint32_t index);
     Result<void> event_loop();
@@ -84,6 +85,13 @@ private:
     ConsoleInput* m_console_input { nullptr }; // where stdin goes
     std::vector<std::shared_ptr<virtio::MmioTransport>> m_virtio;
     std::vector<AcpiDevice> m_virtio_acpi;
+    struct QueueNotifier {
+        int fd;
+        virtio::MmioTransport* transport;
+        uint16_t queue;
+    };
+    std::vector<QueueNotifier> m_queue_notifiers; // served by the event loop
+    std::vector<std::pair<uint32_t, int>> m_irq_notifiers; // GSI → irqfd
     CpuState m_boot_state;
 
     std::mutex m_stop_mutex;

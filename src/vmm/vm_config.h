@@ -52,6 +52,7 @@ struct VmConfig {
     std::optional<VsockConfig> vsock;
     bool rng { false };
     bool balloon { false };
+    uint64_t balloon_target_bytes { 0 }; // --balloon-target: memory the balloon takes from the guest at start
     ConsoleKind console { ConsoleKind::Serial };
 };
 

@@ -1,13 +1,21 @@
 // The VM's virtio devices: one virtio-mmio window each (layout::kVirtioMmioBase + i * 4 KiB),
 // an IOAPIC pin each, and a DSDT entry each (built here, emitted by load_guest()).
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <array>
 
 #include "arch/x86/acpi.h"
 #include "arch/x86/layout.h"
 #include "base/log.h"
+#include "devices/virtio/balloon.h"
+#include "devices/virtio/console.h"
+#include "devices/virtio/blk.h"
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/net.h"
 #include "devices/virtio/rng.h"
+#include "devices/virtio/vsock.h"
+#include "vmm/console.h"
 #include "vmm/vm.h"
 
 namespace vessel {
@@ -26,6 +34,10 @@ Result<void> Vm::build_virtio_devices()
     std::vector<std::shared_ptr<virtio::VirtioDevice>> devices;
 
     // Order decides the guest's probe order: disks first, so the first --disk is /dev/vda.
+    for (const DiskConfig& disk : m_config.disks) {
+        auto blk = TRY(virtio::BlkDevice::open(disk));
+        devices.push_back(std::shared_ptr<virtio::VirtioDevice>(std::move(blk)));
+    }
 
     // virtio-net, one per --net (eth0, eth1, ...). The tap is opened here, at start-up: no
     // /dev/net/tun, no permission or a busy tap is an error naming the tap.
@@ -41,6 +53,18 @@ Result<void> Vm::build_virtio_devices()
     }
     if (m_config.rng)
         devices.push_back(std::make_shared<virtio::RngDevice>());
+    if (m_config.vsock)
+        devices.push_back(TRY(virtio::VsockDevice::create(m_config.vsock->cid, m_config.vsock->socket)));
+    if (m_config.console == ConsoleKind::Virtio) {
+        // stdin goes here instead of COM1 (the event loop feeds m_console_input); the guest's
+        // hvc0 output goes to stdout. COM1 stays, with its output on stdout as well.
+        auto console = std::make_shared<virtio::ConsoleDevice>(
+            [](std::span<const uint8_t> bytes) { Console::write_output(bytes); });
+        m_console_input = console.get();
+        devices.push_back(console);
+    }
+    if (m_config.balloon)
+        devices.push_back(std::make_shared<virtio::BalloonDevice>(m_config.balloon_target_bytes));
 
     if (devices.size() > kVirtioGsis.size())
         return make_error("{} virtio devices requested, at most {} fit", devices.size(), kVirtioGsis.size());
@@ -55,6 +79,43 @@ Result<void> Vm::build_virtio_devices()
                                                          AcpiIrqTrigger::Edge));
         log_debug("virtio-{} at {:#x}, GSI {}", devices[i]->name(), base, gsi);
     }
+    return {};
+}
+
+Result<void> Vm::wire_virtio_fast_paths()
+{
+    for (size_t i = 0; i < m_virtio.size(); ++i) {
+        auto& transport = *m_virtio[i];
+        uint64_t notify = layout::kVirtioMmioBase + i * layout::kVirtioMmioSize + virtio::mmio_reg::kQueueNotify;
+        for (uint16_t q = 0; q < transport.queue_count(); ++q) {
+            int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+            if (fd < 0)
+                return Error::from_errno("eventfd");
+            auto added = m_engine->add_mmio_notifier(notify, 4, q, fd);
+            if (!added.ok() || !added.value()) {
+                ::close(fd);
+                if (!added.ok())
+                    return added.error();
+                return {}; // the engine has no such fast path: notifications take the bus
+            }
+            m_queue_notifiers.push_back({ fd, &transport, q });
+        }
+        uint32_t gsi = m_virtio_acpi[i].interrupts.at(0).gsi;
+        int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd < 0)
+            return Error::from_errno("eventfd");
+        auto added = m_engine->add_irq_notifier(gsi, fd);
+        if (!added.ok() || !added.value()) {
+            ::close(fd);
+            if (!added.ok())
+                return added.error();
+            continue;
+        }
+        m_irq_notifiers.emplace_back(gsi, fd);
+    }
+    if (!m_queue_notifiers.empty() || !m_irq_notifiers.empty())
+        log_debug("virtio: {} queue notifiers, {} interrupt notifiers in the engine", m_queue_notifiers.size(),
+                  m_irq_notifiers.size());
     return {};
 }
 

@@ -157,3 +157,80 @@ TEST(ParseSize, UnitsAndErrors)
     EXPECT_FALSE(parse_size("99999999999999999999").ok());
     EXPECT_FALSE(parse_size("20000000T").ok());
 }
+
+TEST(Options, DeviceFlagsFillTheConfig)
+{
+    auto r = parse({ "run", "--kernel", "k", "--disk", "a.img", "--disk", "b.img,ro,serial=disk-b", "--net",
+                     "tap=vtap0,mac=52:54:00:aa:bb:cc", "--net", "mac=52:54:00:00:00:01", "--vsock",
+                     "cid=7,socket=/tmp/v.sock", "--rng", "--balloon", "--console", "virtio" });
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    const VmConfig& vm = r.value().vm;
+    ASSERT_EQ(vm.disks.size(), 2u);
+    EXPECT_EQ(vm.disks[0].path, "a.img");
+    EXPECT_FALSE(vm.disks[0].read_only);
+    EXPECT_EQ(vm.disks[1].path, "b.img");
+    EXPECT_TRUE(vm.disks[1].read_only);
+    EXPECT_EQ(vm.disks[1].serial, "disk-b");
+    ASSERT_EQ(vm.nets.size(), 2u);
+    EXPECT_EQ(vm.nets[0].tap, "vtap0");
+    ASSERT_TRUE(vm.nets[0].mac.has_value());
+    EXPECT_EQ((*vm.nets[0].mac)[5], 0xcc);
+    EXPECT_TRUE(vm.nets[1].tap.empty());
+    ASSERT_TRUE(vm.vsock.has_value());
+    EXPECT_EQ(vm.vsock->cid, 7u);
+    EXPECT_EQ(vm.vsock->socket, "/tmp/v.sock");
+    EXPECT_TRUE(vm.rng);
+    EXPECT_TRUE(vm.balloon);
+    EXPECT_EQ(vm.console, ConsoleKind::Virtio);
+}
+
+TEST(Options, DeviceSpecErrorsSayWhatIsWrong)
+{
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--disk", "a.img,rw" }).find("unknown disk option 'rw'"),
+              std::string::npos);
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--disk", "serial=x" }).find("needs an image path"), std::string::npos);
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--disk", "a,serial=123456789012345678901" }).find("longer than 20"),
+              std::string::npos);
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--net", "mac=01:00:00:00:00:01" }).find("multicast"),
+              std::string::npos);
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--net", "mac=52:54:00:zz:00:01" }).find("not a MAC"),
+              std::string::npos);
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--net", "tap=waytoolongtapname0" }).find("1 to 15"),
+              std::string::npos);
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--vsock", "cid=2,socket=/x" }).find("from 3"), std::string::npos);
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--vsock", "cid=5" }).find("socket=PATH"), std::string::npos);
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--console", "tty" }).find("unknown console"), std::string::npos);
+    EXPECT_NE(error_of({ "run", "--kernel", "k", "--disk", "a,,ro" }).find("empty item"), std::string::npos);
+}
+
+TEST(JsonConfig, DevicesAsStringsOrObjects)
+{
+    VmConfig c;
+    auto r = apply_json_config(c,
+                               R"({"disks": ["a.img,ro", {"path": "b.img", "serial": "B"}],
+                                   "net": [{"tap": "vtap1"}], "vsock": {"cid": 9, "socket": "v.sock"},
+                                   "rng": true, "balloon": false, "console": "virtio"})",
+                               "cfg.json", "/base");
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    ASSERT_EQ(c.disks.size(), 2u);
+    EXPECT_EQ(c.disks[0].path, "/base/a.img");
+    EXPECT_TRUE(c.disks[0].read_only);
+    EXPECT_EQ(c.disks[1].path, "/base/b.img");
+    EXPECT_EQ(c.disks[1].serial, "B");
+    ASSERT_EQ(c.nets.size(), 1u);
+    EXPECT_EQ(c.nets[0].tap, "vtap1");
+    ASSERT_TRUE(c.vsock.has_value());
+    EXPECT_EQ(c.vsock->cid, 9u);
+    EXPECT_EQ(c.vsock->socket, "/base/v.sock");
+    EXPECT_TRUE(c.rng);
+    EXPECT_FALSE(c.balloon);
+    EXPECT_EQ(c.console, ConsoleKind::Virtio);
+
+    VmConfig d;
+    auto bad = apply_json_config(d, R"({"disks": "a.img"})", "cfg.json", "");
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.error().message().find("\"disks\" must be a list"), std::string::npos);
+    bad = apply_json_config(d, R"({"disks": [{"path": "a", "ro": 3.5}]})", "cfg.json", "");
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.error().message().find("\"ro\""), std::string::npos);
+}

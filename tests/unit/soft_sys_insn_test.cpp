@@ -84,7 +84,7 @@ TEST_F(SoftSysInsn, CpuidSizesAndExtendedLeaves)
     uint32_t need = (1u << 11) | (1u << 20) | (1u << 26) | (1u << 27) | (1u << 29);
     EXPECT_EQ(r.d & need, need);
     EXPECT_EQ(query(c, 0x80000008).a, 40u | (48u << 8));
-    EXPECT_TRUE(query(c, 0x80000007).d & (1u << 8));
+    EXPECT_FALSE(query(c, 0x80000007).d & (1u << 8)); // no invariant TSC: kvm-clock describes it
 
     std::string brand;
     for (uint32_t leaf = 0x80000002; leaf <= 0x80000004; ++leaf) {
@@ -103,8 +103,14 @@ TEST_F(SoftSysInsn, CpuidSizesAndExtendedLeaves)
     std::memcpy(sig, &r.b, 4);
     std::memcpy(sig + 4, &r.c, 4);
     std::memcpy(sig + 8, &r.d, 4);
-    EXPECT_STREQ(sig, "VesselVessel");
+    EXPECT_STREQ(sig, "KVMKVMKVM");
+    EXPECT_EQ(r.a, 0x40000010u);
+    // KVM_CPUID_FEATURES: kvmclock (both MSR pairs, stable bit) and nothing else; no hints.
+    r = query(c, 0x40000001);
+    EXPECT_EQ(r.a, (1u << 0) | (1u << 3) | (1u << 24));
+    EXPECT_EQ(r.d, 0u);
     EXPECT_EQ(query(c, 0x40000010).a, guest_tsc_khz());
+    EXPECT_EQ(query(c, 0x40000011).a, 0u); // past the hypervisor range's maximum
 
     // Out-of-range basic leaves repeat the highest one (Intel).
     r = query(c, 0x20);

@@ -146,9 +146,7 @@ void MmioTransport::write_register(uint64_t offset, uint32_t value)
             q->set_ready(value == 1);
         break;
     case kQueueNotify:
-        if (m_activated && value < m_queues.size() && m_queues[value].active() &&
-            !(m_status.load() & kStatusNeedsReset))
-            m_device->notify(static_cast<uint16_t>(value));
+        notify_locked(value);
         break;
     case kInterruptAck:
         m_isr.fetch_and(~value);
@@ -183,6 +181,19 @@ void MmioTransport::write_register(uint64_t offset, uint32_t value)
     default:
         break; // read-only or unknown: ignored
     }
+}
+
+void MmioTransport::notify_locked(uint32_t queue)
+{
+    if (m_activated && queue < m_queues.size() && m_queues[queue].active() && !(m_status.load() & kStatusNeedsReset))
+        m_device->notify(static_cast<uint16_t>(queue));
+}
+
+void MmioTransport::notify_queue(uint16_t queue)
+{
+    std::lock_guard lock(m_lock);
+    if (!m_shut_down)
+        notify_locked(queue);
 }
 
 void MmioTransport::reset_locked()

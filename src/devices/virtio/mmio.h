@@ -74,6 +74,10 @@ public:
     uint32_t interrupt_status() const { return m_isr.load(); }
     // Stops the device for good (VM teardown).
     void shutdown();
+    // The driver notified `queue` through a fast path that bypassed the register (an ioeventfd
+    // on QueueNotify): same effect as the register write. Any thread.
+    void notify_queue(uint16_t queue);
+    uint16_t queue_count() const { return static_cast<uint16_t>(m_queues.size()); }
 
 private:
     void signal_queue(uint16_t queue) override;
@@ -83,6 +87,7 @@ private:
     uint32_t read_register(uint64_t offset);
     void write_register(uint64_t offset, uint32_t value);
     void write_status(uint32_t value);
+    void notify_locked(uint32_t queue);
     void reset_locked();
     Queue* selected_queue();
 

@@ -147,7 +147,10 @@ Result<bool> Queue::pop(Chain& out)
 Result<void> Queue::add_segment(Chain& out, uint64_t gpa, uint32_t len, uint16_t flags)
 {
     bool writable = flags & kDescWrite;
-    if (!writable && out.writable_bytes > 0)
+    // Ask the previous segment, not writable_bytes: a zero-length writable buffer followed by a
+    // readable one would otherwise pass, and ChainReader (which stops at the first writable
+    // segment) would then never reach bytes counted in readable_bytes.
+    if (!writable && !out.segments.empty() && out.segments.back().writable)
         return make_error("device-readable buffer after a device-writable one");
     uint8_t* host = m_memory->host_ptr(gpa, len);
     if (!host)

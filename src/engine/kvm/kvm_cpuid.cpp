@@ -28,6 +28,19 @@ std::vector<kvm_cpuid_entry2> build_guest_cpuid(const std::vector<kvm_cpuid_entr
         case 0xa:
             e.eax = e.ebx = e.ecx = e.edx = 0; // no virtual PMU
             break;
+        case 0x40000001:
+            // KVM paravirtual features: only those whose guest state CpuState carries (kvmclock's
+            // MSRs) or that have none, so a saved VM loses nothing: kvmclock (CLOCKSOURCE,
+            // CLOCKSOURCE2, STABLE_BIT), NOP_IO_DELAY, PV_UNHALT, MSI_EXT_DEST_ID. Steal time,
+            // PV EOI, async page faults and poll control keep state in guest-registered MSRs.
+            e.eax &= (1u << 0) | (1u << 1) | (1u << 3) | (1u << 7) | (1u << 15) | (1u << 24);
+            break;
+        case 0x80000007:
+            // No invariant-TSC bit: with it Linux prefers the raw TSC over kvm-clock, and a raw TSC
+            // does not survive a restore or migration to another host; kvm-clock does (QEMU
+            // leaves invtsc off by default for the same reason).
+            e.edx &= ~(1u << 8);
+            break;
         case 0xb:
         case 0x1f:
             e.edx = apic_id;

@@ -190,4 +190,34 @@ Result<void> KvmEngine::set_irq_line(uint32_t gsi, bool level)
     return {};
 }
 
+Result<bool> KvmEngine::add_mmio_notifier(uint64_t gpa, uint32_t len, std::optional<uint64_t> value, int fd)
+{
+    if (::ioctl(m_kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IOEVENTFD) <= 0)
+        return false;
+    kvm_ioeventfd ev {};
+    ev.addr = gpa;
+    ev.len = len;
+    ev.fd = fd;
+    if (value) {
+        ev.datamatch = *value;
+        ev.flags = KVM_IOEVENTFD_FLAG_DATAMATCH;
+    }
+    if (::ioctl(m_vm_fd, KVM_IOEVENTFD, &ev) < 0)
+        return Error::from_errno(fmt::format("KVM_IOEVENTFD({:#x}, {} bytes)", gpa, len));
+    return true;
+}
+
+Result<bool> KvmEngine::add_irq_notifier(uint32_t gsi, int fd)
+{
+    if (::ioctl(m_kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQFD) <= 0)
+        return false;
+    // Without KVM_IRQFD_FLAG_RESAMPLE an irqfd raises and lowers the line: an edge.
+    kvm_irqfd irqfd {};
+    irqfd.fd = static_cast<uint32_t>(fd);
+    irqfd.gsi = gsi;
+    if (::ioctl(m_vm_fd, KVM_IRQFD, &irqfd) < 0)
+        return Error::from_errno(fmt::format("KVM_IRQFD(gsi {})", gsi));
+    return true;
+}
+
 } // namespace vessel

@@ -29,6 +29,8 @@ public:
     Result<void> map_memory(const GuestMemory& memory) override;
     Result<std::unique_ptr<Vcpu>> create_vcpu(uint32_t id, IoHandler& io) override;
     Result<void> set_irq_line(uint32_t gsi, bool level) override;
+    Result<bool> add_mmio_notifier(uint64_t gpa, uint32_t len, std::optional<uint64_t> value, int fd) override;
+    Result<bool> add_irq_notifier(uint32_t gsi, int fd) override;
     uint32_t max_vcpus() const override { return m_max_vcpus; }
 
     int vm_fd() const { return m_vm_fd; }

@@ -2,11 +2,22 @@
 //
 // Timing: Linux 6.1 takes the TSC frequency from leaf 0x15 (crystal clock × ratio; it then
 // marks the frequency as known and skips PIT calibration and refinement) and the CPU frequency
-// from leaf 0x16; the TSC deadline timer needs no LAPIC timer calibration. The hypervisor
-// leaves carry our own signature "VesselVessel" (no KVM paravirtual features are implemented,
-// so claiming KVM would buy nothing) and the VMware-style timing leaf 0x40000010 (EAX = TSC kHz,
-// EBX = LAPIC timer kHz) for guests that read it — Linux itself does not.
-// The LAPIC timer runs at Lapic::kBusFrequencyHz: leaf 0x15's crystal is that clock.
+// from leaf 0x16; the TSC deadline timer needs no LAPIC timer calibration. The LAPIC timer runs
+// at Lapic::kBusFrequencyHz: leaf 0x15's crystal is that clock.
+//
+// Hypervisor leaves: KVM's signature "KVMKVMKVM" and, in 0x40000001, only the kvmclock features
+// (pvclock.h) — the same clock interface the KVM engine's guests get, so Linux's clocksource is
+// kvm-clock on both engines. Linux on KVM then also skips the IO-APIC timer check and the
+// hard-lockup detector; every other KVM paravirtual path is behind a feature bit we do not set,
+// except the ptp_kvm module's clock-pairing hypercall (VMCALL is #UD here; nothing loads it).
+// Plus the VMware-style timing leaf 0x40000010 (EAX = TSC kHz, EBX = LAPIC timer kHz) that QEMU
+// also puts in KVM's range, for guests that read it; Linux does not.
+//
+// No invariant TSC (0x80000007 EDX bit 8): the TSC is the VM's clock, which stops while the VM is
+// paused and is re-based when a snapshot is restored, so the guest should not take it as a
+// clocksource of its own (Linux 6.1 prefers an invariant TSC and drops kvm-clock's rating below
+// it); the kvm-clock tells it how the TSC relates to time. QEMU/KVM do the same by default
+// (invtsc only on request, and it blocks migration).
 #include "engine/soft/cpuid.h"
 
 #include <algorithm>
@@ -17,6 +28,7 @@
 
 #include "engine/soft/mmu.h"
 #include "engine/soft/platform.h"
+#include "engine/soft/pvclock.h"
 
 namespace vessel::soft {
 
@@ -188,9 +200,12 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
     }
     case 0x40000000:
         out[0] = kMaxHvLeaf;
-        out[1] = fourcc("Vess");
-        out[2] = fourcc("elVe");
-        out[3] = fourcc("ssel");
+        out[1] = fourcc("KVMK");
+        out[2] = fourcc("VMKV");
+        out[3] = fourcc("M\0\0\0");
+        break;
+    case 0x40000001:
+        out[0] = kKvmFeatures; // EDX (hints): none
         break;
     case 0x40000010:
         out[0] = static_cast<uint32_t>(tsc_khz);
@@ -215,8 +230,7 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
         out[2] = 64 | (8u << 12) | (1024u << 16); // L2: 64-byte lines, 16-way, 1024 KiB
         break;
     case 0x80000007:
-        out[3] = 1u << 8; // invariant TSC
-        break;
+        break; // no invariant TSC (see the file comment)
     case 0x80000008:
         out[0] = kPhysAddrBits | (kVirtAddrBits << 8);
         break;

@@ -1,11 +1,13 @@
-// MSRs: the SYSCALL/SYSENTER and segment-base MSRs, EFER, TSC, PAT, and the identification /
-// capability MSRs Linux reads on an Intel CPU. No MTRRs (MTRRcap = 0, not advertised), no
-// machine check (MCG_CAP = 0, not advertised), no VMX (FEATURE_CONTROL locked with VMX off).
+// MSRs: the SYSCALL/SYSENTER and segment-base MSRs, EFER, TSC, PAT, KVM's paravirtual clock
+// (pvclock.h), and the identification / capability MSRs Linux reads on an Intel CPU. No MTRRs
+// (MTRRcap = 0, not advertised), no machine check (MCG_CAP = 0, not advertised), no VMX
+// (FEATURE_CONTROL locked with VMX off).
 #include "engine/soft/msr.h"
 
 #include "engine/soft/cpuid.h"
 #include "engine/soft/exec_sys.h"
 #include "engine/soft/platform.h"
+#include "engine/soft/pvclock.h"
 #include "engine/soft/segments.h"
 
 namespace vessel::soft {
@@ -97,6 +99,10 @@ uint64_t read_msr(Cpu& c, uint32_t index)
     case msr::kGsBase: return c.seg[GS].base;
     case msr::kKernelGsBase: return c.msrs.kernel_gs_base;
     case msr::kTscAux: return c.msrs.tsc_aux;
+    case msr::kKvmWallClock:
+    case msr::kKvmSystemTime:
+    case msr::kKvmWallClockNew:
+    case msr::kKvmSystemTimeNew: return pvclock_read_msr(c, index);
     default:
         // x2APIC registers, should the LAPIC offer them (CPUID does not advertise x2APIC).
         if (index >= 0x800 && index <= 0x8ff && lapic_read_msr(c, index, v))
@@ -152,6 +158,10 @@ void write_msr(Cpu& c, uint32_t index, uint64_t v)
     case msr::kGsBase: set_base(c, GS, v); return;
     case msr::kKernelGsBase: require_canonical(v); c.msrs.kernel_gs_base = v; return;
     case msr::kTscAux: c.msrs.tsc_aux = v & 0xffffffffULL; return;
+    case msr::kKvmWallClock:
+    case msr::kKvmSystemTime:
+    case msr::kKvmWallClockNew:
+    case msr::kKvmSystemTimeNew: pvclock_write_msr(c, index, v); return;
     default:
         if (index >= 0x800 && index <= 0x8ff && lapic_write_msr(c, index, v)) {
             c.stop_block = true;

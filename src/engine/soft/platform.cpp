@@ -4,6 +4,7 @@
 
 #include "devices/irqchip/clock.h"
 #include "devices/irqchip/lapic.h"
+#include "engine/soft/pvclock.h"
 
 namespace vessel::soft {
 
@@ -12,28 +13,40 @@ namespace {
 constexpr uint32_t kMsrApicBase = Lapic::kMsrApicBase;
 constexpr uint32_t kMsrTscDeadline = Lapic::kMsrTscDeadline;
 
-// The clock TSC before the vCPU's offset.
-uint64_t clock_tsc(const Cpu& c)
+// Guest nanoseconds and the clock TSC (before the vCPU's offset) at that instant.
+GuestTime clock_time(const Cpu& c)
 {
-    if (c.clock)
-        return c.clock->tsc(c.clock->now_ns());
+    if (c.clock) {
+        uint64_t ns = c.clock->now_ns();
+        return { ns, c.clock->tsc(ns) };
+    }
     // Unit tests without a VM: host monotonic nanoseconds at the default 1 GHz.
-    return static_cast<uint64_t>(
+    uint64_t ns = static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
             .count());
+    return { ns, ns };
 }
 
 } // namespace
 
 uint64_t guest_tsc_khz() { return VirtualClock::kDefaultTscKhz; }
 
-uint64_t guest_tsc(Cpu& c) { return clock_tsc(c) + static_cast<uint64_t>(c.tsc_offset); }
+uint64_t guest_tsc(Cpu& c) { return clock_time(c).tsc + static_cast<uint64_t>(c.tsc_offset); }
+
+GuestTime guest_time(Cpu& c)
+{
+    GuestTime t = clock_time(c);
+    t.tsc += static_cast<uint64_t>(c.tsc_offset);
+    return t;
+}
 
 void set_guest_tsc(Cpu& c, uint64_t value)
 {
-    c.tsc_offset = static_cast<int64_t>(value - clock_tsc(c));
+    c.tsc_offset = static_cast<int64_t>(value - clock_time(c).tsc);
     if (c.lapic)
         c.lapic->set_tsc_offset(c.tsc_offset);
+    // The kvm-clock's (tsc_timestamp, system_time) pair assumed the old offset.
+    pvclock_update(c);
 }
 
 bool lapic_read_msr(Cpu& c, uint32_t msr, uint64_t& value)

@@ -9,8 +9,15 @@
 namespace vessel::soft {
 
 uint64_t guest_tsc(Cpu& c);                 // RDTSC/RDTSCP/RDMSR(TSC)
-void set_guest_tsc(Cpu& c, uint64_t value); // WRMSR(TSC)
+void set_guest_tsc(Cpu& c, uint64_t value); // WRMSR(TSC); updates the pvclock
 uint64_t guest_tsc_khz();                   // the TSC frequency CPUID/pvclock report
+
+// One reading of guest time: nanoseconds on the VM clock and this vCPU's TSC at that instant.
+struct GuestTime {
+    uint64_t ns;
+    uint64_t tsc;
+};
+GuestTime guest_time(Cpu& c);
 
 // IA32_APIC_BASE, IA32_TSC_DEADLINE: true when handled.
 bool lapic_read_msr(Cpu& c, uint32_t msr, uint64_t& value);

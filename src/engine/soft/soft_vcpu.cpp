@@ -1,6 +1,7 @@
 #include "engine/soft/soft_vcpu.h"
 
 #include <chrono>
+#include <utility>
 
 #include "base/log.h"
 #include "bus/bus.h"
@@ -8,6 +9,7 @@
 #include "engine/soft/flags.h"
 #include "engine/soft/interpreter.h"
 #include "engine/soft/platform.h"
+#include "engine/soft/pvclock.h"
 #include "engine/soft/segments.h"
 #include "engine/soft/soft_engine.h"
 #include "engine/soft/state.h"
@@ -197,6 +199,8 @@ Result<VcpuExit> SoftVcpu::run()
 {
     Cpu& c = m_cpu;
     VirtualClock& clock = m_engine.irqchip().clock();
+    if (std::exchange(m_pvclock_stale, false))
+        pvclock_update(c);
     try {
         for (;;) {
             if (m_kick.exchange(false, std::memory_order_acq_rel))
@@ -248,6 +252,9 @@ Result<void> SoftVcpu::set_state(const CpuState& state)
     m_lapic->restore_regs(state.lapic);
     m_cpu.apic_base = m_lapic->apic_base_msr();
     set_cr8(m_cpu, static_cast<uint8_t>(state.cr8));
+    // A restored kvm-clock MSR: the structure is rewritten before the vCPU next runs, when guest
+    // RAM holds the restored page whatever order a restore writes RAM and vCPU state in.
+    m_pvclock_stale = true;
     return {};
 }
 

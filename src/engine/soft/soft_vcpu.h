@@ -59,6 +59,7 @@ private:
     std::condition_variable m_sleep_cv;
     bool m_wakeup { false };
     uint64_t m_instructions { 0 };
+    bool m_pvclock_stale { false }; // set_state() ran: rewrite the kvm-clock structure before running
 };
 
 } // namespace vessel

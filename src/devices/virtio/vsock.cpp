@@ -1,0 +1,181 @@
+#include "devices/virtio/vsock.h"
+
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "base/log.h"
+
+namespace vessel::virtio {
+
+namespace {
+
+// Longest path a sockaddr_un holds (with its terminating NUL).
+constexpr size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;
+
+Result<sockaddr_un> unix_address(const std::string& path)
+{
+    if (path.empty() || path.size() > kMaxSocketPath)
+        return make_error("'{}': a Unix socket path must be 1 to {} bytes long", path, kMaxSocketPath);
+    sockaddr_un addr {};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    return addr;
+}
+
+} // namespace
+
+Result<int> vsock_connect_unix(const std::string& path)
+{
+    sockaddr_un addr = TRY(unix_address(path));
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return Error::from_errno("socket");
+    // A Unix stream connect completes at once (or fails: nobody listens, backlog full); it never
+    // leaves the I/O thread waiting.
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) < 0) {
+        int err = errno;
+        ::close(fd);
+        return Error::from_errno(fmt::format("connect to '{}'", path), err);
+    }
+    return fd;
+}
+
+Result<std::shared_ptr<VsockDevice>> VsockDevice::create(uint64_t guest_cid, std::string socket_path)
+{
+    std::shared_ptr<VsockDevice> device(new VsockDevice(guest_cid, std::move(socket_path)));
+    TRY_CTX(device->listen(), fmt::format("vsock socket '{}'", device->m_path));
+    device->m_wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (device->m_wake < 0)
+        return Error::from_errno("vsock: eventfd");
+    return device;
+}
+
+VsockDevice::VsockDevice(uint64_t guest_cid, std::string path)
+    : m_guest_cid(guest_cid)
+    , m_path(std::move(path))
+{
+}
+
+VsockDevice::~VsockDevice()
+{
+    shutdown();
+}
+
+Result<void> VsockDevice::listen()
+{
+    sockaddr_un addr = TRY(unix_address(m_path));
+    // A socket file at PATH is either a stale one (a VMM that was killed could not remove it) or
+    // another VMM's live one: only the stale kind is replaced. Anything else there is the user's.
+    struct stat st;
+    if (::lstat(m_path.c_str(), &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return make_error("exists and is not a socket (not replacing it)");
+        auto probe = vsock_connect_unix(m_path);
+        if (probe.ok()) {
+            ::close(probe.value());
+            return make_error("another process is listening there");
+        }
+        if (::unlink(m_path.c_str()) < 0 && errno != ENOENT)
+            return Error::from_errno("cannot remove the stale socket");
+    }
+    m_listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (m_listener < 0)
+        return Error::from_errno("socket");
+    if (::bind(m_listener, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) < 0)
+        return Error::from_errno("cannot create the socket");
+    // Remembered so that shutdown() removes our socket file, never one that replaced it.
+    if (::stat(m_path.c_str(), &st) == 0) {
+        m_socket_dev = st.st_dev;
+        m_socket_ino = st.st_ino;
+    }
+    if (::listen(m_listener, SOMAXCONN) < 0)
+        return Error::from_errno("listen");
+    return {};
+}
+
+void VsockDevice::read_config(uint64_t offset, std::span<uint8_t> data)
+{
+    // struct virtio_vsock_config { le64 guest_cid; } (5.10.4); the driver reads it as two 32-bit halves.
+    uint8_t config[8];
+    vsock::store_le<uint64_t>(config, m_guest_cid);
+    for (size_t i = 0; i < data.size(); ++i)
+        data[i] = offset + i < sizeof(config) ? config[offset + i] : 0;
+}
+
+Result<void> VsockDevice::activate(const ActivateContext& ctx)
+{
+    if (ctx.queues.size() < 3 || !ctx.queues[vsock::kRxQueue].active() || !ctx.queues[vsock::kTxQueue].active())
+        return make_error("virtio-vsock: the rx and tx queues are not set up");
+    Queue* event = ctx.queues[vsock::kEventQueue].active() ? &ctx.queues[vsock::kEventQueue] : nullptr;
+    stop_thread(); // the transport resets before activating again; never two I/O threads
+    std::string path = m_path;
+    auto muxer = std::make_unique<VsockMuxer>(
+        m_guest_cid, [path](uint32_t port) { return vsock_connect_unix(fmt::format("{}_{}", path, port)); }, &m_stats);
+    TRY(muxer->init());
+    muxer->attach(ctx.interrupt, &ctx.queues[vsock::kRxQueue], &ctx.queues[vsock::kTxQueue], event);
+    TRY(muxer->watch_listener(m_listener));
+    TRY(muxer->watch_wake(m_wake));
+    // A driver that activates the device again (reloaded, or after its own reset) may still hold
+    // sockets of the previous activation, whose host ends are gone.
+    if (m_activations++ > 0)
+        muxer->queue_transport_reset_event();
+    m_muxer = std::move(muxer);
+    m_stop.store(false);
+    m_thread = std::thread([this] { run(); });
+    return {};
+}
+
+void VsockDevice::run()
+{
+    // Host sockets and queues are only touched here. Packets queued before the driver's first
+    // notification (e.g. host streams from the backlog) go out as soon as rx buffers appear.
+    while (!m_stop.load(std::memory_order_acquire)) {
+        m_muxer->poll(m_muxer->busy() ? 0 : 1000);
+    }
+}
+
+void VsockDevice::notify(uint16_t)
+{
+    // Any queue: the I/O thread looks at all of them. A non-blocking eventfd write never waits.
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(m_wake, &one, sizeof(one));
+}
+
+void VsockDevice::stop_thread()
+{
+    if (m_thread.joinable()) {
+        m_stop.store(true, std::memory_order_release);
+        notify(0);
+        m_thread.join();
+    }
+    m_muxer.reset(); // closes every connection: the host streams see EOF
+}
+
+void VsockDevice::reset()
+{
+    stop_thread();
+}
+
+void VsockDevice::shutdown()
+{
+    stop_thread();
+    if (m_listener >= 0) {
+        ::close(m_listener);
+        m_listener = -1;
+        struct stat st;
+        if (::lstat(m_path.c_str(), &st) == 0 && st.st_dev == m_socket_dev && st.st_ino == m_socket_ino)
+            ::unlink(m_path.c_str());
+    }
+    if (m_wake >= 0) {
+        ::close(m_wake);
+        m_wake = -1;
+    }
+}
+
+} // namespace vessel::virtio
