@@ -14,9 +14,11 @@
 // a full fence separates publishing used->idx from reading used_event (event-idx suppression).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/result.h"
@@ -178,22 +180,33 @@ private:
     bool m_suppressed { false };
 };
 
+// Walks up to n bytes of a chain's segments from (segment, offset), calling fn(host, len) per
+// piece; stops early at a device-writable segment when `readable_only`. Returns bytes walked.
+template<typename Fn>
+size_t walk_segments(const Chain& chain, size_t& segment, uint32_t& offset, size_t n, bool readable_only, Fn&& fn)
+{
+    size_t done = 0;
+    while (done < n && segment < chain.segments.size()) {
+        const Segment& s = chain.segments[segment];
+        if (readable_only && s.writable)
+            break;
+        size_t take = std::min<size_t>(n - done, s.len - offset);
+        if (take)
+            fn(s.host + offset, take);
+        done += take;
+        offset += static_cast<uint32_t>(take);
+        if (offset == s.len) {
+            ++segment;
+            offset = 0;
+        }
+    }
+    return done;
+}
+
 template<typename Fn>
 size_t ChainReader::for_each(size_t n, Fn&& fn)
 {
-    size_t done = 0;
-    while (done < n && m_segment < m_chain.segments.size() && !m_chain.segments[m_segment].writable) {
-        const Segment& s = m_chain.segments[m_segment];
-        size_t take = std::min<size_t>(n - done, s.len - m_offset);
-        if (take)
-            fn(s.host + m_offset, take);
-        done += take;
-        m_offset += static_cast<uint32_t>(take);
-        if (m_offset == s.len) {
-            ++m_segment;
-            m_offset = 0;
-        }
-    }
+    size_t done = walk_segments(m_chain, m_segment, m_offset, n, true, std::forward<Fn>(fn));
     m_consumed += done;
     return done;
 }
@@ -201,19 +214,7 @@ size_t ChainReader::for_each(size_t n, Fn&& fn)
 template<typename Fn>
 size_t ChainWriter::for_each(size_t n, Fn&& fn)
 {
-    size_t done = 0;
-    while (done < n && m_segment < m_chain.segments.size()) {
-        const Segment& s = m_chain.segments[m_segment];
-        size_t take = std::min<size_t>(n - done, s.len - m_offset);
-        if (take)
-            fn(s.host + m_offset, take);
-        done += take;
-        m_offset += static_cast<uint32_t>(take);
-        if (m_offset == s.len) {
-            ++m_segment;
-            m_offset = 0;
-        }
-    }
+    size_t done = walk_segments(m_chain, m_segment, m_offset, n, false, std::forward<Fn>(fn));
     m_written += done;
     return done;
 }
