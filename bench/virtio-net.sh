@@ -104,13 +104,14 @@ echo "# virtio-net: Vessel soft engine vs QEMU TCG ($(date -u +%Y-%m-%d), $(npro
 echo "# $MB MiB each way over TCP, $([ "$CHECK" = 1 ] && echo "random data + SHA-256 on both ends" || echo "zeros, no hashing"); median of $RUNS; $($LINUX_GUEST_QEMU --version | head -1)"
 echo
 
-for _ in $(seq "$RUNS"); do
+ONLY="${ONLY:-}"
+for _ in $(seq "$([ "$ONLY" = vessel ] && echo 0 || echo "$RUNS")"); do
   run_once qemu "$LINUX_GUEST_QEMU" -accel tcg -M "$LINUX_GUEST_QEMU_MACHINE" -m "$LINUX_GUEST_MEM_MIB" \
     -kernel "$KERNEL" -initrd "$INITRD" -append "$(linux_guest_qemu_cmdline) $GUEST_ARGS" -nographic -no-reboot \
     -device virtio-rng-device -netdev tap,id=n0,ifname=vtap0,script=no,downscript=no \
     -device virtio-net-device,netdev=n0 || break
 done
-for _ in $(seq "$RUNS"); do
+for _ in $(seq "$([ "$ONLY" = qemu ] && echo 0 || echo "$RUNS")"); do
   run_once vessel "$VESSEL" run --engine soft --kernel "$KERNEL" --initrd "$INITRD" \
     --mem "${LINUX_GUEST_MEM_MIB}M" --no-reboot --cmdline "$LINUX_GUEST_CMDLINE $GUEST_ARGS" --rng \
     --net tap=vtap0 || break

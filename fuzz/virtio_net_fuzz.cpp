@@ -51,6 +51,8 @@ public:
     // Copies up to n input bytes into p (zero-fills the rest).
     void bytes(uint8_t* p, size_t n)
     {
+        if (n == 0)
+            return; // p may be null (an empty frame)
         size_t take = std::min(n, m_size - std::min(m_at, m_size));
         if (take)
             std::memcpy(p, m_data + m_at, take);
