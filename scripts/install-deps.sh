@@ -12,7 +12,7 @@ PKGS=(
   zlib1g-dev liblzma-dev libzstd-dev liblz4-dev libbz2-dev liburing-dev libseccomp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # test guests, benchmarks, guest images
-  python3 qemu-system-x86 acpica-tools busybox-static cpio e2fsprogs xz-utils gzip zstd lz4 bzip2 curl gdb
+  python3 qemu-system-x86 acpica-tools busybox-static cpio e2fsprogs iproute2 xz-utils gzip zstd lz4 bzip2 curl gdb
 )
 
 SUDO=""
