@@ -19,6 +19,7 @@ MB="${MB:-64}"
 CHECK="${CHECK:-0}"
 RUNS="${RUNS:-1}"
 TIMEOUT="${TIMEOUT:-1500}"
+QEMU_TIMEOUT="${QEMU_TIMEOUT:-300}"
 KERNEL=$(linux_guest_kernel amd64)
 INITRD=$(linux_guest_initramfs_modules amd64)
 [ -x "$VESSEL" ] || { echo "no $VESSEL: build first (scripts/test.sh)"; exit 1; }
@@ -44,10 +45,10 @@ declare -A samples failed
 bytes=$((MB * 1048576))
 mbps() { awk -v b="$bytes" -v ms="$1" 'BEGIN { if (ms > 0) printf "%.2f", b / ms / 1000; else print "n/a" }'; }
 
-# One run in a fresh namespace: the VMM's command line follows; it must end in "tap vtap0".
-run_once() { # config, command...
-  local config="$1" rc=0 line
-  shift
+# One run in a fresh namespace (the VMM uses the tap vtap0 there).
+run_once() { # config, timeout, command...
+  local config="$1" limit="$2" rc=0 line
+  shift 2
   ns="vessel-bench-$$-$config"
   ip netns add "$ns"
   ip -n "$ns" link set lo up
@@ -56,10 +57,10 @@ run_once() { # config, command...
   ip -n "$ns" link set vtap0 up
   rm -f "$tmp/peer.out" "$tmp/peer.log"
   ip netns exec "$ns" python3 tests/integration/virtio_net_peer.py --mb "$MB" --check "$CHECK" \
-    --out "$tmp/peer.out" --timeout "$TIMEOUT" >"$tmp/peer.log" 2>&1 &
+    --out "$tmp/peer.out" --timeout "$limit" >"$tmp/peer.log" 2>&1 &
   peer_pid=$!
   for _ in $(seq 100); do grep -q ready "$tmp/peer.log" 2>/dev/null && break; sleep 0.1; done
-  timeout --kill-after=5 "$TIMEOUT" ip netns exec "$ns" "$@" </dev/null 2>&1 | tr -d '\r' >"$tmp/out" ||
+  timeout --kill-after=5 "$limit" ip netns exec "$ns" "$@" </dev/null 2>&1 | tr -d '\r' >"$tmp/out" ||
     rc=${PIPESTATUS[0]}
   kill "$peer_pid" 2>/dev/null || true
   wait "$peer_pid" 2>/dev/null || true
@@ -74,7 +75,7 @@ run_once() { # config, command...
   down_ms=$(sed -n 's/^down_ms=//p' "$tmp/peer.out" 2>/dev/null)
   if [ "$rc" != 0 ] || [ "$up_bytes" != "$bytes" ] || [ "$down_bytes" != "$bytes" ] ||
     ! grep -q "^vessel-guest: net done" "$tmp/out"; then
-    failed[$config]="exit status $rc, up $up_bytes down $down_bytes bytes: $(grep -v '^$' "$tmp/out" | tail -4 | tr '\n' ' ' | cut -c1-400)"
+    failed[$config]="exit status $rc$([ "$rc" = 124 ] && echo " (timed out after ${limit}s)"), up $up_bytes down $down_bytes bytes: $(grep -v '^$' "$tmp/out" | tail -4 | tr '\n' ' ' | cut -c1-400)"
     return 1
   fi
   if [ "$CHECK" = 1 ]; then
@@ -106,13 +107,13 @@ echo
 
 ONLY="${ONLY:-}"
 for _ in $(seq "$([ "$ONLY" = vessel ] && echo 0 || echo "$RUNS")"); do
-  run_once qemu "$LINUX_GUEST_QEMU" -accel tcg -M "$LINUX_GUEST_QEMU_MACHINE" -m "$LINUX_GUEST_MEM_MIB" \
+  run_once qemu "$QEMU_TIMEOUT" "$LINUX_GUEST_QEMU" -accel tcg -M "$LINUX_GUEST_QEMU_MACHINE" -m "$LINUX_GUEST_MEM_MIB" \
     -kernel "$KERNEL" -initrd "$INITRD" -append "$(linux_guest_qemu_cmdline) $GUEST_ARGS" -nographic -no-reboot \
     -device virtio-rng-device -netdev tap,id=n0,ifname=vtap0,script=no,downscript=no \
-    -device virtio-net-device,netdev=n0 || break
+    -device virtio-net-device,netdev=n0 || true # a hang now and then: the other runs still count
 done
 for _ in $(seq "$([ "$ONLY" = qemu ] && echo 0 || echo "$RUNS")"); do
-  run_once vessel "$VESSEL" run --engine soft --kernel "$KERNEL" --initrd "$INITRD" \
+  run_once vessel "$TIMEOUT" "$VESSEL" run --engine soft --kernel "$KERNEL" --initrd "$INITRD" \
     --mem "${LINUX_GUEST_MEM_MIB}M" --no-reboot --cmdline "$LINUX_GUEST_CMDLINE $GUEST_ARGS" --rng \
     --net tap=vtap0 || break
 done
@@ -129,6 +130,7 @@ for m in up down up_irqs down_irqs; do
   esac
   printf "%-40s %10s %10s %14s\n" "$label" "$q" "$v" "$(ratio "$v" "$q")"
 done
+echo "(samples: $(for c in qemu vessel; do for m in up down; do printf '%s.%s:%s  ' "$c" "$m" "${samples[$c.$m]:-}"; done; done))"
 status=0
 for c in qemu vessel; do
   if [ -n "${failed[$c]:-}" ]; then
