@@ -19,6 +19,7 @@
 #include "base/log.h"
 #include "devices/virtio/balloon.h"
 #include "memory/guest_memory.h"
+#include "virtio_fuzz_support.h"
 
 using namespace vessel;
 using namespace vessel::virtio;
@@ -29,67 +30,13 @@ constexpr uint64_t kRamSize = 16ULL << 20;
 constexpr uint64_t kRingBase[3] = { 0x10000, 0x20000, 0x30000 }; // desc; avail +0x1000; used +0x2000
 constexpr uint64_t kDataWindow = 0x100000;
 
-class Input {
-public:
-    Input(const uint8_t* data, size_t size)
-        : m_data(data)
-        , m_size(size)
-    {
-    }
-    template<typename T>
-    bool get(T& v)
-    {
-        if (m_size - m_at < sizeof(T))
-            return false;
-        std::memcpy(&v, m_data + m_at, sizeof(T));
-        m_at += sizeof(T);
-        return true;
-    }
-    std::span<const uint8_t> bytes(size_t n)
-    {
-        n = std::min(n, m_size - m_at);
-        auto s = std::span(m_data + m_at, n);
-        m_at += n;
-        return s;
-    }
-    bool empty() const { return m_at >= m_size; }
-
-private:
-    const uint8_t* m_data;
-    size_t m_size;
-    size_t m_at { 0 };
-};
-
-class NullInterrupt final : public VirtioInterrupt {
-public:
-    void signal_queue(uint16_t) override { }
-    void signal_config() override { }
-    void device_error(std::string_view) override { failed = true; }
-    bool failed { false };
-};
+using fuzz::Input;
+using fuzz::NullInterrupt;
 
 bool activate(BalloonDevice& dev, NullInterrupt& irq, GuestMemory& memory, std::vector<Queue>& queues, uint16_t size,
     uint64_t features)
 {
-    queues.clear();
-    for (int i = 0; i < 3; ++i) {
-        queues.emplace_back(16);
-        Queue& q = queues.back();
-        q.reset();
-        q.set_size(size);
-        q.set_desc_addr(kRingBase[i]);
-        q.set_avail_addr(kRingBase[i] + 0x1000);
-        q.set_used_addr(kRingBase[i] + 0x2000);
-        q.set_ready(true);
-        if (!q.activate(memory, features).ok())
-            return false;
-    }
-    ActivateContext ctx;
-    ctx.memory = &memory;
-    ctx.interrupt = &irq;
-    ctx.features = features;
-    ctx.queues = std::span<Queue>(queues);
-    return dev.activate(ctx).ok();
+    return fuzz::activate_device(dev, irq, memory, queues, kRingBase, size, features);
 }
 
 } // namespace
