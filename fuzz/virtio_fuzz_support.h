@@ -62,7 +62,7 @@ public:
 // Lays out one queue per entry of `ring_bases` (descriptors at the base, driver area at +0x1000,
 // device area at +0x2000), activates them and then the device. False if either refuses.
 inline bool activate_device(VirtioDevice& dev, VirtioInterrupt& irq, GuestMemory& memory, std::vector<Queue>& queues,
-                            std::span<const uint64_t> ring_bases, uint16_t size, uint64_t features)
+    std::span<const uint64_t> ring_bases, uint16_t size, uint64_t features)
 {
     queues.clear();
     for (uint64_t base : ring_bases) {
