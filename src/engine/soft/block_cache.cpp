@@ -6,8 +6,32 @@
 
 namespace vessel::soft {
 
+BlockCache::~BlockCache() = default;
+
+const void* BlockCache::translate(Cpu& c, const Block& b)
+{
+    if (!m_jit) {
+        m_jit = Jit::create();
+        if (!m_jit) {
+            m_jit_mode = JitMode::Off;
+            return nullptr;
+        }
+    }
+    bool user = c.cpl == 3;
+    const void* code = m_jit->translate(c, b, user);
+    if (!code) {
+        m_jit_full = true;
+        return nullptr;
+    }
+    b.jit[user] = code;
+    return code == jit_untranslatable() ? nullptr : code;
+}
+
 void BlockCache::flush()
 {
+    if (m_jit)
+        m_jit->reset();
+    m_jit_full = false;
     m_blocks.clear();
     m_stale.clear();
     for (auto& f : m_fast)

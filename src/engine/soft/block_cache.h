@@ -14,6 +14,7 @@
 #include "engine/soft/decoder.h"
 #include "engine/soft/mmu.h"
 #include "engine/soft/insn.h"
+#include "engine/soft/jit.h"
 
 namespace vessel::soft {
 
@@ -28,11 +29,19 @@ struct Block {
     CpuMode mode { CpuMode::Real };
     uint32_t count { 0 };
     std::vector<Insn> insns;
+    // Translated code (jit.h) for supervisor and user privilege, and runs so far.
+    mutable const void* jit[2] { nullptr, nullptr };
+    mutable uint32_t runs { 0 };
 };
 
 class BlockCache {
 public:
-    explicit BlockCache(SoftMachine& machine) : m_machine(machine) { }
+    explicit BlockCache(SoftMachine& machine, JitMode jit = jit_mode_from_env())
+        : m_machine(machine)
+        , m_jit_mode(jit)
+    {
+    }
+    ~BlockCache();
 
     // The block for the instruction at c.rip (linear `linear`, physical `gpa`), decoding it on a
     // miss or when its page was written since. Throws GuestFault (#PF on the fetch of a second
@@ -57,6 +66,28 @@ public:
     void flush();
     size_t size() const { return m_blocks.size(); }
 
+    // Host code for the block at the current privilege, translating it once it is hot; nullptr:
+    // interpret it. When the code buffer is full, every block is dropped at the next
+    // flush_if_full() (the caller's reference to `b` stays valid until then).
+    const void* translated(Cpu& c, const Block& b)
+    {
+        if (m_jit_mode == JitMode::Off || b.mode != CpuMode::Long64)
+            return nullptr;
+        const void* code = b.jit[c.cpl == 3];
+        if (code) [[likely]]
+            return code == jit_untranslatable() ? nullptr : code;
+        if (m_jit_mode != JitMode::Eager && ++b.runs < kJitThreshold)
+            return nullptr;
+        return translate(c, b);
+    }
+    uint64_t run_translated(Cpu& c, const void* code) { return m_jit->run(c, code); }
+    void flush_if_full()
+    {
+        if (m_jit_full) [[unlikely]]
+            flush();
+    }
+    const Jit* jit() const { return m_jit.get(); }
+
 private:
     static uint64_t key(uint64_t gpa, CpuMode mode) { return gpa | (static_cast<uint64_t>(mode) << 56); }
     bool valid(const Block& b) const
@@ -66,6 +97,7 @@ private:
         return b.gpa2 == kNoPage || m_machine.page_generation(b.gpa2) == b.gen2;
     }
     std::unique_ptr<Block> decode(Cpu& c, uint64_t linear, uint64_t gpa);
+    const void* translate(Cpu& c, const Block& b);
 
     static constexpr size_t kFastEntries = 4096;
     static constexpr size_t kMaxBlocks = 1 << 16;
@@ -90,6 +122,9 @@ private:
     // Blocks replaced after their page was written: the fast and jump tables may still point at
     // them (they fail valid()), so they live until the next flush().
     std::vector<std::unique_ptr<Block>> m_stale;
+    JitMode m_jit_mode;
+    std::unique_ptr<Jit> m_jit; // created with the first translation
+    bool m_jit_full { false };
 };
 
 } // namespace vessel::soft

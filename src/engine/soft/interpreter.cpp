@@ -31,6 +31,7 @@ uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget, Faults faults)
     uint64_t executed = 0;
     while (executed < budget && !c.halted && !c.attention.load(std::memory_order_relaxed)) {
         try {
+            cache.flush_if_full();
             sync_code_epoch(c);
             c.insn_start = c.rip;
             uint64_t linear = code_linear(c);
@@ -43,7 +44,10 @@ uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget, Faults faults)
             const Block& block = *found;
             bool had_shadow = c.interrupt_shadow != 0;
             c.stop_block = false;
-            executed += run_block(c, block);
+            if (const void* code = cache.translated(c, block))
+                executed += cache.run_translated(c, code);
+            else
+                executed += run_block(c, block);
             if (had_shadow)
                 c.interrupt_shadow = 0;
         } catch (const GuestFault& fault) {

@@ -1,0 +1,86 @@
+// The software engine's translator: hot decoded blocks (block_cache.h) of 64-bit code become host
+// x86-64 code, emitted with Xbyak. Guest and host share the ISA, so most integer instructions
+// are translated to themselves: guest registers are loaded from Cpu::gpr into host registers,
+// the same instruction runs natively (its flags are the silicon's), and the results and flags go
+// back. Memory operands look the software TLB up inline; a miss, a fault, MMIO or anything the
+// translator does not know runs the interpreter's handler for that one instruction, from the
+// translated code. Design notes:
+// - Arithmetic flags: translated code keeps them in Cpu::rflags (lazy flags folded, lf.op None).
+//   A flag result is stored only if a later instruction could see it: a reader, an instruction
+//   that can fault (the exception frame holds RFLAGS) or the block's end.
+// - Exceptions: handlers throw GuestFault through translated frames. The code buffer has one
+//   DWARF frame description (registered with __register_frame): every translated block runs
+//   in the frame the entry stub sets up, so one CFA rule covers the whole buffer.
+// - W^X: the buffer is a memfd mapped twice, writable for the translator and executable for the
+//   vCPU; no page is ever writable and executable at once.
+// - Exactness: CPU state is in Cpu at every instruction boundary where anything can observe it
+//   (calls, faults, block exits); interrupts are still taken at block boundaries only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/soft/cpu.h"
+
+namespace vessel::soft {
+
+struct Block;
+class JitEmitter;
+struct JitEmitterDeleter {
+    void operator()(JitEmitter* e) const;
+};
+
+enum class JitMode : uint8_t {
+    Off,   // interpret everything
+    On,    // translate blocks that ran kJitThreshold times
+    Eager, // translate every 64-bit block before it first runs (tests)
+};
+constexpr uint32_t kJitThreshold = 4;
+
+// What Jit::translate returns for a block it cannot encode (it stays interpreted).
+const void* jit_untranslatable();
+
+// VESSEL_JIT=off|on|eager (default on).
+JitMode jit_mode_from_env();
+
+class Jit {
+public:
+    // nullptr (and a logged reason) when the host refuses an executable mapping.
+    static std::unique_ptr<Jit> create(size_t buffer_bytes = 32 << 20);
+    ~Jit();
+    Jit(const Jit&) = delete;
+    Jit& operator=(const Jit&) = delete;
+
+    // Host code for a 64-bit block, for code running with the given privilege (the TLB half the
+    // code uses). nullptr when the buffer is full: the caller flushes all blocks and reset()s.
+    const void* translate(Cpu& c, const Block& block, bool user);
+
+    // Runs translated code from c.rip (the block's start); returns the instructions completed.
+    uint64_t run(Cpu& c, const void* code) { return m_entry(&c, code); }
+
+    // Drops all translations (their blocks are gone).
+    void reset();
+    size_t used_bytes() const { return m_used - m_stub_bytes; }
+    uint64_t translations() const { return m_translations; }
+
+private:
+    using Entry = uint64_t (*)(Cpu*, const void*);
+    Jit() = default;
+
+    int m_fd { -1 };
+    uint8_t* m_rw { nullptr };
+    uint8_t* m_rx { nullptr };
+    size_t m_size { 0 };
+    size_t m_used { 0 };
+    size_t m_stub_bytes { 0 };
+    Entry m_entry { nullptr };
+    const void* m_exit { nullptr };
+    std::vector<uint8_t> m_eh_frame;
+    bool m_eh_registered { false };
+    uint64_t m_translations { 0 };
+    std::unique_ptr<JitEmitter, JitEmitterDeleter> m_emitter;
+};
+
+} // namespace vessel::soft

@@ -1,0 +1,1064 @@
+// Block translation (see jit.h for the design). Register use in translated code:
+//   rbx  the Cpu                       r12  guest RIP of the block's first instruction
+//   r15  the exit stub (eax = instructions completed)
+//   rax rcx: the instruction's operands (destination, source); rdx: host pointer of its memory
+//   operand; rsi rdi r8: address computation and the TLB look-up. Nothing lives in a caller-saved
+//   register across an instruction boundary, and rsp stays where the entry stub put it (the
+//   frame description in jit.cpp relies on that).
+#include "engine/soft/jit_emit.h"
+
+#include <Zydis/Zydis.h>
+#include <xbyak/xbyak.h>
+
+#include <cstddef>
+#include <optional>
+#include <vector>
+
+#include "engine/soft/flags.h"
+
+namespace vessel::soft {
+
+CpuLayout CpuLayout::of(const Cpu& c)
+{
+    auto at = [&](const void* p) {
+        return static_cast<int32_t>(static_cast<const char*>(p) - reinterpret_cast<const char*>(&c));
+    };
+    CpuLayout l {};
+    l.gpr = at(&c.gpr[0]);
+    l.rip = at(&c.rip);
+    l.insn_start = at(&c.insn_start);
+    l.rflags = at(&c.rflags);
+    l.lf_op = at(&c.lf.op);
+    l.stop_block = at(&c.stop_block);
+    l.segbase = at(&c.segbase[0]);
+    l.tlb[0] = at(&c.tlb.e[0][0]);
+    l.tlb[1] = at(&c.tlb.e[1][0]);
+    return l;
+}
+
+namespace {
+
+// Folds lazily kept flags into Cpu::rflags (translated code reads and writes only that).
+void jit_materialize(Cpu* c)
+{
+    get_rflags(*c);
+}
+
+constexpr uint32_t kArith = static_cast<uint32_t>(kArithFlags);
+
+// What the translator does with an instruction.
+enum class Kind : uint8_t {
+    Generic, // the interpreter's handler, called from translated code
+    Nop,
+    Mov,
+    Alu,    // ADD OR ADC SBB AND SUB XOR CMP TEST
+    Shift,  // SHL SHR SAR ROL ROR RCL RCR
+    Unary,  // INC DEC NEG NOT
+    Extend, // MOVZX MOVSX MOVSXD
+    Lea,
+    Imul,
+    Cmov,
+    Setcc,
+    Bt,    // BT BTS BTR BTC on a register
+    Xchg,  // register with register
+    Bswap,
+    Convert, // CBW CWDE CDQE CWD CDQ CQO
+    Push,
+    Pop,
+    Jcc,
+    Jmp,
+    Call,
+    Ret,
+};
+
+// How an instruction touches the arithmetic flags.
+enum class Writes : uint8_t {
+    None,
+    All,     // all six (those it leaves undefined take the host silicon's values)
+    Logic,   // AND OR XOR TEST: AF cleared, the rest from the host
+    Partial, // some: the guest's flags are loaded into the host first, then all six stored
+};
+
+struct Plan {
+    Kind kind { Kind::Generic };
+    Writes writes { Writes::None };
+    bool reads { false };   // reads flags (ADC SBB RCL RCR CMOVcc SETcc Jcc)
+    bool mem_write { false }; // the memory operand is written
+    bool can_fault { false };
+    bool capture { false }; // store the flags it produces (a later reader may see them)
+};
+
+bool is_reg(const Operand& o) { return o.kind == OpKind::Gpr || o.kind == OpKind::GprHigh8; }
+bool is_rm(const Operand& o) { return is_reg(o) || o.kind == OpKind::Mem; }
+bool is_rmi(const Operand& o) { return is_rm(o) || o.kind == OpKind::Imm; }
+bool valid_size(unsigned s) { return s == 1 || s == 2 || s == 4 || s == 8; }
+
+bool fits_i32(int64_t v) { return v == static_cast<int32_t>(v); }
+
+uint64_t imm_of(const Insn& in, const Operand& o) { return o.imm_index ? in.imm2 : in.imm; }
+
+// Which instructions are translated inline, and how.
+Plan classify(const Insn& in)
+{
+    Plan p;
+    if (in.flags & (kFlagLock | kFlagRep | kFlagRepne))
+        return p;
+    bool mem = in.flags & kFlagHasMem;
+    if (mem && in.asize != 4 && in.asize != 8)
+        return p;
+    if (mem && in.base == kRipReg && in.asize != 8)
+        return p;
+    const Operand& a = in.op[0];
+    const Operand& b = in.op[1];
+    auto mnem = static_cast<ZydisMnemonic>(in.mnemonic);
+    switch (mnem) {
+    case ZYDIS_MNEMONIC_NOP:
+        p.kind = Kind::Nop;
+        return p;
+    case ZYDIS_MNEMONIC_MOV:
+        if (in.nops == 2 && is_rm(a) && is_rmi(b) && valid_size(a.size) && !(a.kind == OpKind::Mem && b.kind == OpKind::Mem)) {
+            p.kind = Kind::Mov;
+            p.mem_write = a.kind == OpKind::Mem;
+        }
+        break;
+    case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_OR:
+    case ZYDIS_MNEMONIC_ADC:
+    case ZYDIS_MNEMONIC_SBB:
+    case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_SUB:
+    case ZYDIS_MNEMONIC_XOR:
+    case ZYDIS_MNEMONIC_CMP:
+    case ZYDIS_MNEMONIC_TEST:
+        if (in.nops == 2 && is_rm(a) && is_rmi(b) && valid_size(a.size)) {
+            p.kind = Kind::Alu;
+            bool logic = mnem == ZYDIS_MNEMONIC_AND || mnem == ZYDIS_MNEMONIC_OR || mnem == ZYDIS_MNEMONIC_XOR
+                || mnem == ZYDIS_MNEMONIC_TEST;
+            p.writes = logic ? Writes::Logic : Writes::All;
+            p.reads = mnem == ZYDIS_MNEMONIC_ADC || mnem == ZYDIS_MNEMONIC_SBB;
+            p.mem_write = a.kind == OpKind::Mem && mnem != ZYDIS_MNEMONIC_CMP && mnem != ZYDIS_MNEMONIC_TEST;
+        }
+        break;
+    case ZYDIS_MNEMONIC_SHL:
+    case ZYDIS_MNEMONIC_SHR:
+    case ZYDIS_MNEMONIC_SAR:
+    case ZYDIS_MNEMONIC_ROL:
+    case ZYDIS_MNEMONIC_ROR:
+    case ZYDIS_MNEMONIC_RCL:
+    case ZYDIS_MNEMONIC_RCR: {
+        if (in.nops != 2 || !is_rm(a) || !valid_size(a.size))
+            break;
+        bool by_cl = b.kind == OpKind::Gpr && b.reg == RCX && b.size == 1;
+        bool by_imm = b.kind == OpKind::Imm && (imm_of(in, b) & (a.size == 8 ? 63 : 31)) != 0;
+        if (!by_cl && !by_imm)
+            break;
+        p.kind = Kind::Shift;
+        p.writes = Writes::Partial;
+        p.reads = mnem == ZYDIS_MNEMONIC_RCL || mnem == ZYDIS_MNEMONIC_RCR;
+        p.mem_write = a.kind == OpKind::Mem;
+        break;
+    }
+    case ZYDIS_MNEMONIC_INC:
+    case ZYDIS_MNEMONIC_DEC:
+    case ZYDIS_MNEMONIC_NEG:
+    case ZYDIS_MNEMONIC_NOT:
+        if (in.nops >= 1 && is_rm(a) && valid_size(a.size)) {
+            p.kind = Kind::Unary;
+            p.writes = mnem == ZYDIS_MNEMONIC_NOT ? Writes::None
+                : mnem == ZYDIS_MNEMONIC_NEG    ? Writes::All
+                                                : Writes::Partial;
+            p.mem_write = a.kind == OpKind::Mem;
+        }
+        break;
+    case ZYDIS_MNEMONIC_MOVZX:
+    case ZYDIS_MNEMONIC_MOVSX:
+    case ZYDIS_MNEMONIC_MOVSXD:
+        if (in.nops == 2 && a.kind == OpKind::Gpr && (a.size == 2 || a.size == 4 || a.size == 8) && is_rm(b)
+            && b.size < a.size && !(b.kind == OpKind::GprHigh8 && a.size == 8) && (mnem != ZYDIS_MNEMONIC_MOVSXD || (a.size == 8 && b.size == 4)))
+            p.kind = Kind::Extend;
+        break;
+    case ZYDIS_MNEMONIC_LEA:
+        if (in.nops == 2 && a.kind == OpKind::Gpr && (a.size == 2 || a.size == 4 || a.size == 8) && b.kind == OpKind::Mem
+            && !(in.base == kRipReg && in.asize != 8)) {
+            p.kind = Kind::Lea;
+            return p; // no memory access
+        }
+        break;
+    case ZYDIS_MNEMONIC_IMUL:
+        if (in.opmap == 1 && in.opcode == 0xaf && in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 2 && is_rm(b)
+            && b.kind != OpKind::GprHigh8) {
+            p.kind = Kind::Imul;
+            p.writes = Writes::Partial;
+        } else if (in.opmap == 0 && (in.opcode == 0x69 || in.opcode == 0x6b) && in.nops == 3 && a.kind == OpKind::Gpr
+                   && a.size >= 2 && is_rm(b) && b.kind != OpKind::GprHigh8 && in.op[2].kind == OpKind::Imm) {
+            p.kind = Kind::Imul;
+            p.writes = Writes::Partial;
+        }
+        break;
+    case ZYDIS_MNEMONIC_BT:
+    case ZYDIS_MNEMONIC_BTS:
+    case ZYDIS_MNEMONIC_BTR:
+    case ZYDIS_MNEMONIC_BTC:
+        if (in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 2 && (b.kind == OpKind::Gpr || b.kind == OpKind::Imm)) {
+            p.kind = Kind::Bt;
+            p.writes = Writes::Partial;
+        }
+        break;
+    case ZYDIS_MNEMONIC_XCHG:
+        if (in.nops == 2 && a.kind == OpKind::Gpr && b.kind == OpKind::Gpr && a.size == b.size && a.size >= 2)
+            p.kind = Kind::Xchg;
+        break;
+    case ZYDIS_MNEMONIC_BSWAP:
+        if (in.nops == 1 && a.kind == OpKind::Gpr && a.size >= 4)
+            p.kind = Kind::Bswap;
+        break;
+    case ZYDIS_MNEMONIC_CBW:
+    case ZYDIS_MNEMONIC_CWDE:
+    case ZYDIS_MNEMONIC_CDQE:
+    case ZYDIS_MNEMONIC_CWD:
+    case ZYDIS_MNEMONIC_CDQ:
+    case ZYDIS_MNEMONIC_CQO: p.kind = Kind::Convert; return p;
+    case ZYDIS_MNEMONIC_PUSH:
+        if (in.osize == 8 && in.nops >= 1 && ((a.kind == OpKind::Gpr && a.size == 8) || a.kind == OpKind::Imm)) {
+            p.kind = Kind::Push;
+            p.can_fault = true;
+        }
+        return p;
+    case ZYDIS_MNEMONIC_POP:
+        if (in.osize == 8 && in.nops >= 1 && a.kind == OpKind::Gpr && a.size == 8) {
+            p.kind = Kind::Pop;
+            p.can_fault = true;
+        }
+        return p;
+    case ZYDIS_MNEMONIC_JMP:
+        if ((in.flags & kFlagRelBranch) && in.osize == 8) {
+            p.kind = Kind::Jmp;
+            p.can_fault = true;
+        }
+        return p;
+    case ZYDIS_MNEMONIC_CALL:
+        if ((in.flags & kFlagRelBranch) && in.osize == 8) {
+            p.kind = Kind::Call;
+            p.can_fault = true;
+        }
+        return p;
+    case ZYDIS_MNEMONIC_RET:
+        if (in.opcode == 0xc3 && in.opmap == 0 && in.osize == 8) {
+            p.kind = Kind::Ret;
+            p.can_fault = true;
+        }
+        return p;
+    default:
+        if ((in.flags & kFlagRelBranch) && in.cond && in.opmap <= 1 && in.osize == 8
+            && ((in.opmap == 0 && (in.opcode & 0xf0) == 0x70) || (in.opmap == 1 && (in.opcode & 0xf0) == 0x80))) {
+            p.kind = Kind::Jcc;
+            p.reads = true;
+            p.can_fault = true;
+        } else if ((in.flags & kFlagRelBranch) && in.opmap <= 1 && in.osize == 8
+                   && ((in.opmap == 0 && (in.opcode & 0xf0) == 0x70) || (in.opmap == 1 && (in.opcode & 0xf0) == 0x80))) {
+            p.kind = Kind::Jcc; // cond 0 (JO)
+            p.reads = true;
+            p.can_fault = true;
+        } else if (in.opmap == 1 && (in.opcode & 0xf0) == 0x40 && in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 2
+                   && is_rm(in.op[1]) && in.op[1].kind != OpKind::GprHigh8) {
+            p.kind = Kind::Cmov;
+            p.reads = true;
+        } else if (in.opmap == 1 && (in.opcode & 0xf0) == 0x90 && in.nops >= 1 && is_rm(a) && a.size == 1) {
+            p.kind = Kind::Setcc;
+            p.reads = true;
+            p.mem_write = a.kind == OpKind::Mem;
+        }
+        break;
+    }
+    if (p.kind != Kind::Generic && mem)
+        p.can_fault = true;
+    if (p.kind == Kind::Generic)
+        p = Plan {};
+    return p;
+}
+
+} // namespace
+
+class JitEmitter : public Xbyak::CodeGenerator {
+public:
+    JitEmitter() : Xbyak::CodeGenerator(256 * 1024, Xbyak::DontSetProtectRWE) { }
+
+    EmittedCode stubs(const CpuLayout& l)
+    {
+        reset();
+        // uint64_t entry(Cpu* rdi, const void* code rsi)
+        push(rbx);
+        push(rbp);
+        push(r12);
+        push(r13);
+        push(r14);
+        push(r15);
+        sub(rsp, 8); // rsp = CFA - 64, 16-byte aligned at calls
+        mov(rbx, rdi);
+        mov(r12, qword[rbx + l.rip]);
+        Xbyak::Label exit;
+        lea(r15, ptr[rip + exit]);
+        jmp(rsi);
+        align(16);
+        L(exit);
+        add(rsp, 8);
+        pop(r15);
+        pop(r14);
+        pop(r13);
+        pop(r12);
+        pop(rbp);
+        pop(rbx);
+        ret();
+        return EmittedCode { getCode(), getSize() };
+    }
+
+    EmittedCode block(const CpuLayout& layout, const Block& b, bool user);
+
+private:
+    struct Slow {
+        Xbyak::Label entry;
+        Xbyak::Label resume;
+        unsigned index;
+        uint32_t offset;
+        bool ends_block; // the instruction is the block's branch: exit after the handler
+        bool materialize;
+    };
+
+    const CpuLayout* m_l { nullptr };
+    bool m_user { false };
+    bool m_lf_none { false }; // Cpu::lf.op is known to be None here
+    std::vector<Slow> m_slow;
+    std::vector<std::pair<Xbyak::Label, unsigned>> m_exits; // stop_block exits: count
+
+    Xbyak::Address gpr(unsigned r) { return qword[rbx + m_l->gpr + 8 * static_cast<int>(r)]; }
+    Xbyak::Address field64(int32_t off) { return qword[rbx + off]; }
+
+    static Xbyak::Reg sized(const Xbyak::Reg64& r, unsigned size)
+    {
+        switch (size) {
+        case 1: return r.cvt8();
+        case 2: return r.cvt16();
+        case 4: return r.cvt32();
+        default: return r;
+        }
+    }
+    // AH/CH for rax/rcx.
+    Xbyak::Reg high8(const Xbyak::Reg64& r) { return r.getIdx() == 0 ? Xbyak::Reg(ah) : Xbyak::Reg(ch); }
+    Xbyak::Address mem(unsigned size)
+    {
+        switch (size) {
+        case 1: return byte[rdx];
+        case 2: return word[rdx];
+        case 4: return dword[rdx];
+        default: return qword[rdx];
+        }
+    }
+
+    // Loads guest operand `o` (register kinds) into host register `r` (the whole guest register);
+    // returns the sized host operand.
+    Xbyak::Reg load_reg(const Operand& o, const Xbyak::Reg64& r)
+    {
+        mov(r, gpr(o.reg));
+        return o.kind == OpKind::GprHigh8 ? high8(r) : sized(r, o.size);
+    }
+    void store_reg(const Operand& o, const Xbyak::Reg64& r) { mov(gpr(o.reg), r); }
+
+    Xbyak::Label& exit_label(unsigned count)
+    {
+        for (auto& e : m_exits)
+            if (e.second == count)
+                return e.first;
+        m_exits.emplace_back(Xbyak::Label(), count);
+        return m_exits.back().first;
+    }
+
+    void call_abs(const void* fn)
+    {
+        mov(rax, reinterpret_cast<uint64_t>(fn));
+        call(rax);
+    }
+
+    void set_rips(uint32_t off, uint32_t len)
+    {
+        lea(rax, ptr[r12 + off]);
+        mov(field64(m_l->insn_start), rax);
+        lea(rax, ptr[r12 + (off + len)]);
+        mov(field64(m_l->rip), rax);
+    }
+
+    void call_handler(const Insn& in, uint32_t off)
+    {
+        set_rips(off, in.length);
+        mov(rdi, rbx);
+        mov(rsi, reinterpret_cast<uint64_t>(&in));
+        call_abs(reinterpret_cast<const void*>(in.exec));
+    }
+
+    void materialize_check()
+    {
+        if (m_lf_none)
+            return;
+        Xbyak::Label done;
+        cmp(byte[rbx + m_l->lf_op], 0);
+        je(done, T_NEAR);
+        mov(rdi, rbx);
+        call_abs(reinterpret_cast<const void*>(&jit_materialize));
+        L(done);
+        m_lf_none = true;
+    }
+
+    // Host flags := guest arithmetic flags (Cpu::rflags, lf.op None).
+    void load_flags()
+    {
+        mov(ecx, dword[rbx + m_l->rflags]);
+        shr(ecx, 11);
+        and_(ecx, 1);
+        add(cl, 0x7f); // OF = guest OF
+        mov(ah, byte[rbx + m_l->rflags]);
+        sahf(); // SF ZF AF PF CF
+    }
+
+    // Cpu::rflags arithmetic bits := host flags in `mask` (bits in `clear` set to 0).
+    void capture_flags(uint32_t mask, uint32_t clear)
+    {
+        pushfq();
+        pop(rax);
+        and_(eax, mask);
+        mov(rcx, field64(m_l->rflags));
+        and_(rcx, static_cast<uint32_t>(~(mask | clear)));
+        or_(rcx, rax);
+        mov(field64(m_l->rflags), rcx);
+        if (!m_lf_none)
+            mov(byte[rbx + m_l->lf_op], 0);
+        m_lf_none = true;
+    }
+
+    // Effective address (no segment) of the memory operand into rsi, truncated to the address size.
+    void effective_address(const Insn& in, uint32_t next_off)
+    {
+        if (in.base == kRipReg) {
+            lea(rsi, ptr[r12 + static_cast<int32_t>(next_off + in.disp)]);
+            return;
+        }
+        int32_t disp = static_cast<int32_t>(in.disp);
+        if (in.base != kNoReg && in.index != kNoReg) {
+            mov(rsi, gpr(in.base));
+            mov(rdi, gpr(in.index));
+            lea(rsi, ptr[rsi + rdi * in.scale + disp]);
+        } else if (in.base != kNoReg) {
+            mov(rsi, gpr(in.base));
+            if (disp)
+                lea(rsi, ptr[rsi + disp]);
+        } else if (in.index != kNoReg) {
+            mov(rdi, gpr(in.index));
+            lea(rsi, ptr[rdi * in.scale + disp]);
+        } else {
+            mov(rsi, static_cast<uint64_t>(static_cast<int64_t>(disp)));
+        }
+        if (in.asize == 4)
+            mov(esi, esi);
+    }
+
+    // rdx := host pointer of the memory operand (`size` bytes), or a jump to `slow`.
+    void memory_operand(const Insn& in, uint32_t next_off, unsigned size, bool write, Xbyak::Label& slow)
+    {
+        effective_address(in, next_off);
+        if (in.seg == FS || in.seg == GS)
+            add(rsi, field64(m_l->segbase + 8 * in.seg));
+        tlb_lookup(size, write, slow);
+    }
+
+    // rsi = linear address; rdx := host pointer or a jump to `slow`. Clobbers rdi, r8.
+    void tlb_lookup(unsigned size, bool write, Xbyak::Label& slow)
+    {
+        int32_t base = m_l->tlb[m_user ? 1 : 0];
+        mov(edi, esi);
+        shr(edi, 12);
+        and_(edi, kTlbEntries - 1);
+        imul(edi, edi, static_cast<int>(sizeof(TlbEntry)));
+        lea(r8, ptr[rsi + static_cast<int>(size - 1)]);
+        and_(r8, -4096);
+        int32_t tag = write ? static_cast<int32_t>(offsetof(TlbEntry, tag_write)) : static_cast<int32_t>(offsetof(TlbEntry, tag_read));
+        cmp(r8, qword[rbx + rdi + base + tag]);
+        jne(slow, T_NEAR);
+        mov(rdx, qword[rbx + rdi + base + static_cast<int32_t>(offsetof(TlbEntry, addend))]);
+        add(rdx, rsi);
+    }
+
+    // rax = target; jumps to `slow` unless canonical. Clobbers rcx.
+    void check_canonical(Xbyak::Label& slow)
+    {
+        mov(rcx, rax);
+        shl(rcx, 16);
+        sar(rcx, 16);
+        cmp(rcx, rax);
+        jne(slow, T_NEAR);
+    }
+
+    void exit_with_rip_in_rax(unsigned count)
+    {
+        mov(field64(m_l->rip), rax);
+        mov(eax, count);
+        jmp(r15);
+    }
+
+    void alu_op(ZydisMnemonic m, const Xbyak::Operand& d, const Xbyak::Operand& s)
+    {
+        switch (m) {
+        case ZYDIS_MNEMONIC_ADD: add(d, s); break;
+        case ZYDIS_MNEMONIC_OR: or_(d, s); break;
+        case ZYDIS_MNEMONIC_ADC: adc(d, s); break;
+        case ZYDIS_MNEMONIC_SBB: sbb(d, s); break;
+        case ZYDIS_MNEMONIC_AND: and_(d, s); break;
+        case ZYDIS_MNEMONIC_SUB: sub(d, s); break;
+        case ZYDIS_MNEMONIC_XOR: xor_(d, s); break;
+        case ZYDIS_MNEMONIC_CMP: cmp(d, s); break;
+        case ZYDIS_MNEMONIC_TEST: test(d, static_cast<const Xbyak::Reg&>(s)); break;
+        case ZYDIS_MNEMONIC_MOV: mov(d, s); break;
+        default: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
+        }
+    }
+    // `value` is the guest immediate sign-extended to 64 bits for 8-byte operations, masked to
+    // the operand size for the others.
+    void alu_imm(ZydisMnemonic m, const Xbyak::Operand& d, uint64_t value)
+    {
+        auto imm = static_cast<uint32_t>(value);
+        switch (m) {
+        case ZYDIS_MNEMONIC_ADD: add(d, imm); break;
+        case ZYDIS_MNEMONIC_OR: or_(d, imm); break;
+        case ZYDIS_MNEMONIC_ADC: adc(d, imm); break;
+        case ZYDIS_MNEMONIC_SBB: sbb(d, imm); break;
+        case ZYDIS_MNEMONIC_AND: and_(d, imm); break;
+        case ZYDIS_MNEMONIC_SUB: sub(d, imm); break;
+        case ZYDIS_MNEMONIC_XOR: xor_(d, imm); break;
+        case ZYDIS_MNEMONIC_CMP: cmp(d, imm); break;
+        case ZYDIS_MNEMONIC_TEST: test(d, imm); break;
+        case ZYDIS_MNEMONIC_MOV: mov(d, value); break;
+        default: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
+        }
+    }
+    void shift_op(ZydisMnemonic m, const Xbyak::Operand& d, int count /* -1: CL */)
+    {
+        auto go = [&](auto&& f) {
+            if (count < 0)
+                f(d, cl);
+            else
+                f(d, count);
+        };
+        switch (m) {
+        case ZYDIS_MNEMONIC_SHL: go([&](auto& x, auto y) { shl(x, y); }); break;
+        case ZYDIS_MNEMONIC_SHR: go([&](auto& x, auto y) { shr(x, y); }); break;
+        case ZYDIS_MNEMONIC_SAR: go([&](auto& x, auto y) { sar(x, y); }); break;
+        case ZYDIS_MNEMONIC_ROL: go([&](auto& x, auto y) { rol(x, y); }); break;
+        case ZYDIS_MNEMONIC_ROR: go([&](auto& x, auto y) { ror(x, y); }); break;
+        case ZYDIS_MNEMONIC_RCL: go([&](auto& x, auto y) { rcl(x, y); }); break;
+        case ZYDIS_MNEMONIC_RCR: go([&](auto& x, auto y) { rcr(x, y); }); break;
+        default: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
+        }
+    }
+    void jcc_to(unsigned cc, Xbyak::Label& l)
+    {
+        switch (cc) {
+        case 0: jo(l, T_NEAR); break;
+        case 1: jno(l, T_NEAR); break;
+        case 2: jb(l, T_NEAR); break;
+        case 3: jnb(l, T_NEAR); break;
+        case 4: jz(l, T_NEAR); break;
+        case 5: jnz(l, T_NEAR); break;
+        case 6: jbe(l, T_NEAR); break;
+        case 7: jnbe(l, T_NEAR); break;
+        case 8: js(l, T_NEAR); break;
+        case 9: jns(l, T_NEAR); break;
+        case 10: jp(l, T_NEAR); break;
+        case 11: jnp(l, T_NEAR); break;
+        case 12: jl(l, T_NEAR); break;
+        case 13: jnl(l, T_NEAR); break;
+        case 14: jle(l, T_NEAR); break;
+        default: jnle(l, T_NEAR); break;
+        }
+    }
+    void cmov_op(unsigned cc, const Xbyak::Reg& d, const Xbyak::Operand& s)
+    {
+        switch (cc) {
+        case 0: cmovo(d, s); break;
+        case 1: cmovno(d, s); break;
+        case 2: cmovb(d, s); break;
+        case 3: cmovnb(d, s); break;
+        case 4: cmovz(d, s); break;
+        case 5: cmovnz(d, s); break;
+        case 6: cmovbe(d, s); break;
+        case 7: cmovnbe(d, s); break;
+        case 8: cmovs(d, s); break;
+        case 9: cmovns(d, s); break;
+        case 10: cmovp(d, s); break;
+        case 11: cmovnp(d, s); break;
+        case 12: cmovl(d, s); break;
+        case 13: cmovnl(d, s); break;
+        case 14: cmovle(d, s); break;
+        default: cmovnle(d, s); break;
+        }
+    }
+    void set_op(unsigned cc, const Xbyak::Operand& d)
+    {
+        switch (cc) {
+        case 0: seto(d); break;
+        case 1: setno(d); break;
+        case 2: setb(d); break;
+        case 3: setnb(d); break;
+        case 4: setz(d); break;
+        case 5: setnz(d); break;
+        case 6: setbe(d); break;
+        case 7: setnbe(d); break;
+        case 8: sets(d); break;
+        case 9: setns(d); break;
+        case 10: setp(d); break;
+        case 11: setnp(d); break;
+        case 12: setl(d); break;
+        case 13: setnl(d); break;
+        case 14: setle(d); break;
+        default: setnle(d); break;
+        }
+    }
+
+    // One instruction translated inline. Returns true if it ended the block (a branch).
+    bool inline_insn(const Insn& in, const Plan& p, unsigned index, uint32_t off);
+};
+
+bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint32_t off)
+{
+    const auto m = static_cast<ZydisMnemonic>(in.mnemonic);
+    const uint32_t next = off + in.length;
+    const Operand& a = in.op[0];
+    const Operand& b = in.op[1];
+    const bool flags_in = p.reads || (p.writes == Writes::Partial && p.capture);
+    if (flags_in)
+        materialize_check();
+
+    Slow* slow = nullptr;
+    auto need_slow = [&]() -> Xbyak::Label& {
+        if (!slow) {
+            m_slow.push_back(Slow {});
+            slow = &m_slow.back();
+            slow->index = index;
+            slow->offset = off;
+        }
+        return slow->entry;
+    };
+
+    bool has_mem = in.flags & kFlagHasMem;
+    if (has_mem && p.kind != Kind::Lea) {
+        unsigned size = 0;
+        for (unsigned i = 0; i < in.nops; ++i)
+            if (in.op[i].kind == OpKind::Mem)
+                size = in.op[i].size;
+        if (in.base == kRipReg && !fits_i32(static_cast<int64_t>(next) + in.disp))
+            throw Xbyak::Error(Xbyak::ERR_OFFSET_IS_TOO_BIG);
+        memory_operand(in, next, size, p.mem_write, need_slow());
+    }
+    if (flags_in)
+        load_flags();
+
+    bool ends = false;
+    switch (p.kind) {
+    case Kind::Nop: break;
+    case Kind::Mov:
+    case Kind::Alu: {
+        bool writes_dst = m != ZYDIS_MNEMONIC_CMP && m != ZYDIS_MNEMONIC_TEST;
+        if (m == ZYDIS_MNEMONIC_MOV && a.kind == OpKind::Gpr && a.size >= 4) {
+            // Whole-register (or zero-extending) move: no need for the old value.
+            Xbyak::Reg d = sized(rax, a.size);
+            if (b.kind == OpKind::Imm) {
+                if (a.size == 8)
+                    mov(rax, imm_of(in, b));
+                else
+                    mov(eax, static_cast<uint32_t>(imm_of(in, b)));
+            } else if (b.kind == OpKind::Mem) {
+                mov(d, mem(a.size));
+            } else {
+                Xbyak::Reg s = load_reg(b, rcx);
+                mov(d, s);
+            }
+            store_reg(a, rax);
+            break;
+        }
+        // Destination.
+        std::optional<Xbyak::Reg> dreg;
+        if (is_reg(a))
+            dreg = load_reg(a, rax);
+        if (b.kind == OpKind::Imm) {
+            uint64_t iv = imm_of(in, b) & size_mask(a.size);
+            if (a.size == 8 && !fits_i32(static_cast<int64_t>(iv)))
+                throw Xbyak::Error(Xbyak::ERR_IMM_IS_TOO_BIG);
+            if (dreg)
+                alu_imm(m, *dreg, iv);
+            else
+                alu_imm(m, mem(a.size), iv);
+        } else if (b.kind == OpKind::Mem) {
+            // reg op= [mem]; TEST's memory operand may be either one.
+            if (m == ZYDIS_MNEMONIC_TEST)
+                test(mem(a.size), *dreg);
+            else
+                alu_op(m, *dreg, mem(b.size));
+        } else {
+            Xbyak::Reg s = load_reg(b, rcx);
+            if (dreg)
+                alu_op(m, *dreg, s);
+            else if (m == ZYDIS_MNEMONIC_TEST)
+                test(mem(a.size), s);
+            else
+                alu_op(m, mem(a.size), s);
+        }
+        if (dreg && writes_dst)
+            store_reg(a, rax);
+        break;
+    }
+    case Kind::Shift: {
+        int count = -1;
+        if (b.kind == OpKind::Imm)
+            count = static_cast<int>(imm_of(in, b) & (a.size == 8 ? 63 : 31));
+        std::optional<Xbyak::Reg> dreg;
+        if (is_reg(a))
+            dreg = load_reg(a, rax);
+        if (count < 0)
+            mov(rcx, gpr(RCX));
+        if (dreg)
+            shift_op(m, *dreg, count);
+        else
+            shift_op(m, mem(a.size), count);
+        if (dreg)
+            store_reg(a, rax);
+        break;
+    }
+    case Kind::Unary: {
+        auto op = [&](const Xbyak::Operand& d) {
+            switch (m) {
+            case ZYDIS_MNEMONIC_INC: inc(d); break;
+            case ZYDIS_MNEMONIC_DEC: dec(d); break;
+            case ZYDIS_MNEMONIC_NEG: neg(d); break;
+            default: not_(d); break;
+            }
+        };
+        if (is_reg(a)) {
+            op(load_reg(a, rax));
+            store_reg(a, rax);
+        } else {
+            op(mem(a.size));
+        }
+        break;
+    }
+    case Kind::Extend: {
+        if (a.size == 2)
+            mov(rax, gpr(a.reg));
+        Xbyak::Reg d = sized(rax, a.size);
+        auto ext = [&](const Xbyak::Operand& s) {
+            if (m == ZYDIS_MNEMONIC_MOVZX)
+                movzx(d, s);
+            else if (m == ZYDIS_MNEMONIC_MOVSX)
+                movsx(d, s);
+            else
+                movsxd(rax, s);
+        };
+        if (b.kind == OpKind::Mem)
+            ext(mem(b.size));
+        else
+            ext(load_reg(b, rcx));
+        store_reg(a, rax);
+        break;
+    }
+    case Kind::Lea: {
+        if (in.base == kRipReg && !fits_i32(static_cast<int64_t>(next) + in.disp))
+            throw Xbyak::Error(Xbyak::ERR_OFFSET_IS_TOO_BIG);
+        effective_address(in, next);
+        if (a.size == 8) {
+            mov(gpr(a.reg), rsi);
+        } else if (a.size == 4) {
+            mov(esi, esi);
+            mov(gpr(a.reg), rsi);
+        } else {
+            mov(rax, gpr(a.reg));
+            mov(ax, si);
+            store_reg(a, rax);
+        }
+        break;
+    }
+    case Kind::Imul: {
+        mov(rax, gpr(a.reg));
+        Xbyak::Reg d = sized(rax, a.size);
+        if (in.nops == 3) {
+            auto iv = static_cast<int>(static_cast<int64_t>(imm_of(in, in.op[2])));
+            if (b.kind == OpKind::Mem)
+                imul(d, mem(b.size), iv);
+            else
+                imul(d, load_reg(b, rcx), iv);
+        } else {
+            if (b.kind == OpKind::Mem)
+                imul(d, mem(b.size));
+            else
+                imul(d, load_reg(b, rcx));
+        }
+        store_reg(a, rax);
+        break;
+    }
+    case Kind::Cmov: {
+        mov(rax, gpr(a.reg));
+        Xbyak::Reg d = sized(rax, a.size);
+        if (b.kind == OpKind::Mem)
+            cmov_op(in.cond, d, mem(b.size));
+        else
+            cmov_op(in.cond, d, load_reg(b, rcx));
+        store_reg(a, rax);
+        break;
+    }
+    case Kind::Setcc: {
+        if (is_reg(a)) {
+            // Load the register after the flags: load_flags uses AH.
+            Xbyak::Reg d = load_reg(a, rdx);
+            Xbyak::Reg dd = a.kind == OpKind::GprHigh8 ? Xbyak::Reg(dh) : d;
+            set_op(in.cond, dd);
+            store_reg(a, rdx);
+        } else {
+            set_op(in.cond, mem(1));
+        }
+        break;
+    }
+    case Kind::Bt: {
+        Xbyak::Reg d = load_reg(a, rax);
+        auto op = [&](const auto& s) {
+            switch (m) {
+            case ZYDIS_MNEMONIC_BT: bt(d, s); break;
+            case ZYDIS_MNEMONIC_BTS: bts(d, s); break;
+            case ZYDIS_MNEMONIC_BTR: btr(d, s); break;
+            default: btc(d, s); break;
+            }
+        };
+        if (b.kind == OpKind::Imm)
+            op(static_cast<uint8_t>(imm_of(in, b)));
+        else
+            op(load_reg(b, rcx));
+        if (m != ZYDIS_MNEMONIC_BT)
+            store_reg(a, rax);
+        break;
+    }
+    case Kind::Xchg: {
+        Xbyak::Reg d = load_reg(a, rax);
+        Xbyak::Reg s = load_reg(b, rcx);
+        xchg(d, s);
+        store_reg(a, rax);
+        store_reg(b, rcx);
+        break;
+    }
+    case Kind::Bswap: {
+        mov(rax, gpr(a.reg));
+        if (a.size == 8)
+            bswap(rax);
+        else
+            bswap(eax);
+        store_reg(a, rax);
+        break;
+    }
+    case Kind::Convert:
+        mov(rax, gpr(RAX));
+        switch (m) {
+        case ZYDIS_MNEMONIC_CBW: cbw(); break;
+        case ZYDIS_MNEMONIC_CWDE: cwde(); break;
+        case ZYDIS_MNEMONIC_CDQE: cdqe(); break;
+        default:
+            mov(rdx, gpr(RDX));
+            if (m == ZYDIS_MNEMONIC_CWD)
+                cwd();
+            else if (m == ZYDIS_MNEMONIC_CDQ)
+                cdq();
+            else
+                cqo();
+            store_reg(Operand { OpKind::Gpr, RDX, 8, 0 }, rdx);
+            break;
+        }
+        store_reg(Operand { OpKind::Gpr, RAX, 8, 0 }, rax);
+        break;
+    case Kind::Push: {
+        mov(rsi, gpr(RSP));
+        sub(rsi, 8);
+        tlb_lookup(8, true, need_slow());
+        if (a.kind == OpKind::Imm)
+            mov(rcx, imm_of(in, a));
+        else
+            mov(rcx, gpr(a.reg));
+        mov(qword[rdx], rcx);
+        mov(gpr(RSP), rsi);
+        break;
+    }
+    case Kind::Pop: {
+        mov(rsi, gpr(RSP));
+        tlb_lookup(8, false, need_slow());
+        mov(rcx, qword[rdx]);
+        add(rsi, 8);
+        mov(gpr(RSP), rsi);
+        mov(gpr(a.reg), rcx);
+        break;
+    }
+    case Kind::Jcc: {
+        if (!fits_i32(static_cast<int64_t>(next) + static_cast<int64_t>(in.imm)))
+            throw Xbyak::Error(Xbyak::ERR_OFFSET_IS_TOO_BIG);
+        Xbyak::Label taken;
+        jcc_to(in.cond, taken);
+        lea(rax, ptr[r12 + next]);
+        exit_with_rip_in_rax(index + 1);
+        L(taken);
+        lea(rax, ptr[r12 + static_cast<int32_t>(next + static_cast<int64_t>(in.imm))]);
+        check_canonical(need_slow());
+        exit_with_rip_in_rax(index + 1);
+        ends = true;
+        break;
+    }
+    case Kind::Jmp:
+    case Kind::Call: {
+        if (!fits_i32(static_cast<int64_t>(next) + static_cast<int64_t>(in.imm)))
+            throw Xbyak::Error(Xbyak::ERR_OFFSET_IS_TOO_BIG);
+        lea(rax, ptr[r12 + static_cast<int32_t>(next + static_cast<int64_t>(in.imm))]);
+        check_canonical(need_slow());
+        if (p.kind == Kind::Call) {
+            mov(rsi, gpr(RSP));
+            sub(rsi, 8);
+            tlb_lookup(8, true, need_slow()); // keeps rax
+            lea(rcx, ptr[r12 + next]);
+            mov(qword[rdx], rcx);
+            mov(gpr(RSP), rsi);
+        }
+        exit_with_rip_in_rax(index + 1);
+        ends = true;
+        break;
+    }
+    case Kind::Ret: {
+        mov(rsi, gpr(RSP));
+        tlb_lookup(8, false, need_slow());
+        mov(rax, qword[rdx]);
+        check_canonical(need_slow());
+        add(rsi, 8);
+        mov(gpr(RSP), rsi);
+        exit_with_rip_in_rax(index + 1);
+        ends = true;
+        break;
+    }
+    case Kind::Generic: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
+    }
+
+    if (p.capture && p.writes != Writes::None) {
+        if (p.writes == Writes::Logic)
+            capture_flags(kArith & ~static_cast<uint32_t>(kAF), static_cast<uint32_t>(kAF));
+        else
+            capture_flags(kArith, 0);
+    }
+    if (slow) {
+        slow->ends_block = ends;
+        slow->materialize = m_lf_none;
+        if (!ends)
+            L(slow->resume);
+    }
+    return ends;
+}
+
+EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user)
+{
+    // Labels first: they unregister from the label manager reset() clears.
+    m_slow.clear();
+    m_exits.clear();
+    reset();
+    m_slow.reserve(b.count);
+    m_exits.reserve(b.count + 1);
+    m_l = &layout;
+    m_user = user;
+    m_lf_none = false;
+
+    // Plans and flag liveness (backwards: are the flags an instruction produces ever seen?).
+    std::vector<Plan> plans(b.count);
+    for (unsigned i = 0; i < b.count; ++i)
+        plans[i] = classify(b.insns[i]);
+    bool live = true;
+    for (unsigned i = b.count; i-- > 0;) {
+        Plan& p = plans[i];
+        p.capture = live;
+        if (p.kind == Kind::Generic || p.can_fault || p.reads)
+            live = true;
+        else if (p.writes == Writes::All || p.writes == Writes::Logic)
+            live = false;
+    }
+
+    uint32_t off = 0;
+    bool ended = false;
+    for (unsigned i = 0; i < b.count; ++i) {
+        const Insn& in = b.insns[i];
+        const Plan& p = plans[i];
+        bool last = i + 1 == b.count;
+        if (p.kind == Kind::Generic) {
+            call_handler(in, off);
+            m_lf_none = false;
+            if (!last) {
+                cmp(byte[rbx + m_l->stop_block], 0);
+                jne(exit_label(i + 1), T_NEAR);
+            } else {
+                mov(eax, i + 1);
+                jmp(r15);
+                ended = true;
+            }
+        } else {
+            ended = inline_insn(in, p, i, off);
+        }
+        off += in.length;
+    }
+    if (!ended) {
+        lea(rax, ptr[r12 + off]);
+        exit_with_rip_in_rax(b.count);
+    }
+
+    // Slow paths: the interpreter runs the instruction.
+    for (Slow& s : m_slow) {
+        const Insn& in = b.insns[s.index];
+        L(s.entry);
+        call_handler(in, s.offset);
+        if (s.ends_block) {
+            mov(eax, s.index + 1);
+            jmp(r15);
+            continue;
+        }
+        if (s.materialize) {
+            mov(rdi, rbx);
+            call_abs(reinterpret_cast<const void*>(&jit_materialize));
+        }
+        if (s.index + 1 < b.count) {
+            cmp(byte[rbx + m_l->stop_block], 0);
+            jne(exit_label(s.index + 1), T_NEAR);
+            jmp(s.resume, T_NEAR);
+        } else {
+            mov(eax, s.index + 1);
+            jmp(r15);
+        }
+    }
+    for (auto& [label, count] : m_exits) {
+        L(label);
+        mov(eax, count);
+        jmp(r15);
+    }
+    return EmittedCode { getCode(), getSize() };
+}
+
+void JitEmitterDeleter::operator()(JitEmitter* e) const
+{
+    delete e;
+}
+
+JitEmitterPtr make_jit_emitter()
+{
+    return JitEmitterPtr(new JitEmitter());
+}
+
+EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout)
+{
+    return e.stubs(layout);
+}
+
+EmittedCode emit_block(JitEmitter& e, const CpuLayout& layout, const Block& block, bool user)
+{
+    return e.block(layout, block, user);
+}
+
+} // namespace vessel::soft

@@ -1,0 +1,43 @@
+// The translator's code generator (jit.h has the design). Private to jit.cpp / jit_emit.cpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "engine/soft/block_cache.h"
+#include "engine/soft/cpu.h"
+#include "engine/soft/jit.h"
+
+namespace vessel::soft {
+
+// Where translated code finds the vCPU's state: byte offsets from the Cpu (rbx in translated code).
+struct CpuLayout {
+    int32_t gpr;
+    int32_t rip;
+    int32_t insn_start;
+    int32_t rflags;
+    int32_t lf_op;
+    int32_t stop_block;
+    int32_t segbase;
+    int32_t tlb[2]; // Tlb::e[user][0]
+    static CpuLayout of(const Cpu& c);
+};
+
+using JitEmitterPtr = std::unique_ptr<JitEmitter, JitEmitterDeleter>;
+JitEmitterPtr make_jit_emitter();
+
+struct EmittedCode {
+    const uint8_t* bytes;
+    size_t size;
+};
+
+// The entry stub (uint64_t entry(Cpu*, const void* code)) followed by the exit stub, which
+// translated code reaches through r15. Position-independent.
+EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout);
+
+// Host code for a 64-bit block; position-independent (calls are absolute). Throws
+// Xbyak::Error if the block cannot be emitted.
+EmittedCode emit_block(JitEmitter& e, const CpuLayout& layout, const Block& block, bool user);
+
+} // namespace vessel::soft
