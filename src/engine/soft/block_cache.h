@@ -80,7 +80,8 @@ public:
             return nullptr;
         return translate(c, b);
     }
-    uint64_t run_translated(Cpu& c, const void* code) { return m_jit->run(c, code); }
+    uint64_t run_translated(Cpu& c, const void* code, uint64_t budget) { return m_jit->run(c, code, budget, *this); }
+    void patch(const void** slot, const void* code) { m_jit->patch(slot, code); }
     void flush_if_full()
     {
         if (m_jit_full) [[unlikely]]

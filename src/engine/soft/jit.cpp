@@ -12,6 +12,7 @@
 
 #include "base/log.h"
 #include "engine/soft/block_cache.h"
+#include "engine/soft/interpreter.h"
 #include "engine/soft/jit_emit.h"
 
 // libgcc's unwinder: registers an .eh_frame image (CIE + FDEs, zero-terminated).
@@ -144,6 +145,36 @@ Jit::~Jit()
         close(m_fd);
 }
 
+void Jit::patch(const void** slot, const void* target)
+{
+    auto at = reinterpret_cast<const uint8_t*>(slot);
+    if (at < m_rx || at + 8 > m_rx + m_used)
+        return;
+    auto value = reinterpret_cast<uint64_t>(target);
+    std::memcpy(m_rw + (at - m_rx), &value, 8);
+}
+
+extern "C" const void* jit_link(Cpu* c, BlockCache* cache, const void** slot)
+{
+    // What the execution loop would check between two blocks.
+    if (c->stop_block || c->halted || c->interrupt_shadow || c->attention.load(std::memory_order_relaxed)
+        || c->machine->code_epoch() != c->code_epoch_seen)
+        return nullptr;
+    const Block* b = cache->find_linear(*c, code_linear(*c));
+    if (!b)
+        return nullptr;
+    const void* code = cache->translated(*c, *b);
+    if (!code)
+        return nullptr;
+    // A patched slot skips every check of find_linear: only a block in the same physical page
+    // as the one jumping (the caller made sure of that) and wholly inside it qualifies; that page
+    // cannot change under a valid block without it being replaced.
+    if (slot && b->gpa2 == kNoPage)
+        cache->patch(slot, code);
+    c->insn_start = c->rip;
+    return code;
+}
+
 void Jit::reset()
 {
     m_used = m_stub_bytes;
@@ -160,10 +191,15 @@ const void* Jit::translate(Cpu& c, const Block& block, bool user)
             m_stub_bytes = (stubs.size + 63) & ~size_t { 63 };
             m_used = m_stub_bytes;
         }
-        EmittedCode code = emit_block(*m_emitter, layout, block, user);
+        m_slots.clear();
+        EmittedCode code = emit_block(*m_emitter, layout, block, user, m_slots);
         if (m_used + code.size > m_size)
             return nullptr;
         std::memcpy(m_rw + m_used, code.bytes, code.size);
+        for (const LinkSlot& s : m_slots) {
+            auto stub = reinterpret_cast<uint64_t>(m_rx + m_used + s.stub);
+            std::memcpy(m_rw + m_used + s.slot, &stub, 8);
+        }
         const void* entry = m_rx + m_used;
         m_used = (m_used + code.size + 15) & ~size_t { 15 };
         ++m_translations;

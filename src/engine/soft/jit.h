@@ -27,6 +27,7 @@
 namespace vessel::soft {
 
 struct Block;
+class BlockCache;
 class JitEmitter;
 struct JitEmitterDeleter {
     void operator()(JitEmitter* e) const;
@@ -41,6 +42,13 @@ constexpr uint32_t kJitThreshold = 4;
 
 // What Jit::translate returns for a block it cannot encode (it stays interpreted).
 const void* jit_untranslatable();
+
+// A jump slot in emitted code: `slot` (8 bytes at this offset) must hold the absolute address of
+// the code at offset `stub` once the code is in place.
+struct LinkSlot {
+    size_t slot;
+    size_t stub;
+};
 
 // VESSEL_JIT=off|on|eager (default on).
 JitMode jit_mode_from_env();
@@ -57,8 +65,16 @@ public:
     // code uses). nullptr when the buffer is full: the caller flushes all blocks and reset()s.
     const void* translate(Cpu& c, const Block& block, bool user);
 
-    // Runs translated code from c.rip (the block's start); returns the instructions completed.
-    uint64_t run(Cpu& c, const void* code) { return m_entry(&c, code); }
+    // Runs translated code from c.rip (the block's start), going on through the translations of
+    // the blocks that follow while fewer than `budget` instructions completed; returns the
+    // instructions completed.
+    uint64_t run(Cpu& c, const void* code, uint64_t budget, BlockCache& cache)
+    {
+        return m_entry(&c, code, budget, &cache);
+    }
+
+    // Points a jump slot of translated code (its executable address) at `target`.
+    void patch(const void** slot, const void* target);
 
     // Drops all translations (their blocks are gone).
     void reset();
@@ -66,7 +82,7 @@ public:
     uint64_t translations() const { return m_translations; }
 
 private:
-    using Entry = uint64_t (*)(Cpu*, const void*);
+    using Entry = uint64_t (*)(Cpu*, const void*, uint64_t, BlockCache*);
     Jit() = default;
 
     int m_fd { -1 };
@@ -81,6 +97,7 @@ private:
     bool m_eh_registered { false };
     uint64_t m_translations { 0 };
     std::unique_ptr<JitEmitter, JitEmitterDeleter> m_emitter;
+    std::vector<LinkSlot> m_slots;
 };
 
 } // namespace vessel::soft

@@ -31,6 +31,9 @@ CpuLayout CpuLayout::of(const Cpu& c)
     l.lf_op = at(&c.lf.op);
     l.stop_block = at(&c.stop_block);
     l.segbase = at(&c.segbase[0]);
+    l.attention = at(&c.attention);
+    l.code_epoch_seen = at(&c.code_epoch_seen);
+    l.code_epoch = c.machine->code_epoch_address();
     l.tlb[0] = at(&c.tlb.e[0][0]);
     l.tlb[1] = at(&c.tlb.e[1][0]);
     return l;
@@ -286,7 +289,7 @@ public:
     EmittedCode stubs(const CpuLayout& l)
     {
         reset();
-        // uint64_t entry(Cpu* rdi, const void* code rsi)
+        // uint64_t entry(Cpu* rdi, const void* code rsi, uint64_t budget rdx, BlockCache* rcx)
         push(rbx);
         push(rbp);
         push(r12);
@@ -294,8 +297,11 @@ public:
         push(r14);
         push(r15);
         sub(rsp, 8); // rsp = CFA - 64, 16-byte aligned at calls
+        (void)l;
         mov(rbx, rdi);
-        mov(r12, qword[rbx + l.rip]);
+        mov(r14, rdx);
+        mov(rbp, rcx);
+        xor_(r13d, r13d);
         Xbyak::Label exit;
         lea(r15, ptr[rip + exit]);
         jmp(rsi);
@@ -312,7 +318,7 @@ public:
         return EmittedCode { getCode(), getSize() };
     }
 
-    EmittedCode block(const CpuLayout& layout, const Block& b, bool user);
+    EmittedCode block(const CpuLayout& layout, const Block& b, bool user, std::vector<LinkSlot>& slots);
 
 private:
     struct Slow {
@@ -362,6 +368,17 @@ private:
         return o.kind == OpKind::GprHigh8 ? high8(r) : sized(r, o.size);
     }
     void store_reg(const Operand& o, const Xbyak::Reg64& r) { mov(gpr(o.reg), r); }
+
+    static constexpr size_t kMaxLinks = 4;
+    struct Link {
+        Xbyak::Label slot;
+        Xbyak::Label stub;
+    };
+    const Block* m_block { nullptr };
+    Xbyak::Label m_out;    // mov rax, r13; jmp r15
+    Xbyak::Label m_lookup; // jit_link(c, cache, nullptr) and on, or out
+    std::vector<Link> m_links;
+    std::vector<LinkSlot>* m_slots { nullptr };
 
     Xbyak::Label& exit_label(unsigned count)
     {
@@ -495,11 +512,53 @@ private:
         jne(slow, T_NEAR);
     }
 
+    // Block exits. r13 counts the instructions completed since the entry stub, r14 is the
+    // budget; every exit leaves c.rip at the next instruction to run.
+    //
+    // Static target (rax = its RIP, `target` its offset from the block's start): with budget
+    // left, no attention request and no new code page anywhere, go straight on to the target's
+    // translation: through a slot patched on first use when the target is in this block's first
+    // page (then it is in the same physical page for as long as this block is valid: see
+    // jit_link), else through a look-up.
+    void static_exit(unsigned count, int64_t target)
+    {
+        mov(field64(m_l->rip), rax);
+        add(r13, count);
+        chain_checks();
+        int64_t in_page = static_cast<int64_t>(m_block->gpa & 0xfff) + target;
+        if (in_page >= 0 && in_page < 4096 && m_links.size() < kMaxLinks) {
+            m_links.push_back(Link {});
+            Link& link = m_links.back();
+            jmp(ptr[rip + link.slot]);
+        } else {
+            jmp(m_lookup, T_NEAR);
+        }
+    }
+    // Dynamic target: c.rip already holds it.
+    void dynamic_exit(unsigned count)
+    {
+        add(r13, count);
+        cmp(byte[rbx + m_l->stop_block], 0);
+        jne(m_out, T_NEAR);
+        chain_checks();
+        jmp(m_lookup, T_NEAR);
+    }
+    void chain_checks()
+    {
+        cmp(r13, r14);
+        jae(m_out, T_NEAR);
+        cmp(byte[rbx + m_l->attention], 0);
+        jne(m_out, T_NEAR);
+        mov(rcx, reinterpret_cast<uint64_t>(m_l->code_epoch));
+        mov(rcx, qword[rcx]);
+        cmp(rcx, qword[rbx + m_l->code_epoch_seen]);
+        jne(m_out, T_NEAR);
+    }
     void exit_with_rip_in_rax(unsigned count)
     {
         mov(field64(m_l->rip), rax);
-        mov(eax, count);
-        jmp(r15);
+        add(r13, count);
+        jmp(m_out, T_NEAR);
     }
 
     void alu_op(ZydisMnemonic m, const Xbyak::Operand& d, const Xbyak::Operand& s)
@@ -900,13 +959,14 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         if (!fits_i32(static_cast<int64_t>(next) + static_cast<int64_t>(in.imm)))
             throw Xbyak::Error(Xbyak::ERR_OFFSET_IS_TOO_BIG);
         Xbyak::Label taken;
+        int64_t target = static_cast<int64_t>(next) + static_cast<int64_t>(in.imm);
         jcc_to(in.cond, taken);
         lea(rax, ptr[r12 + next]);
-        exit_with_rip_in_rax(index + 1);
+        static_exit(index + 1, next);
         L(taken);
-        lea(rax, ptr[r12 + static_cast<int32_t>(next + static_cast<int64_t>(in.imm))]);
+        lea(rax, ptr[r12 + static_cast<int32_t>(target)]);
         check_canonical(need_slow());
-        exit_with_rip_in_rax(index + 1);
+        static_exit(index + 1, target);
         ends = true;
         break;
     }
@@ -924,7 +984,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
             mov(qword[rdx], rcx);
             mov(gpr(RSP), rsi);
         }
-        exit_with_rip_in_rax(index + 1);
+        static_exit(index + 1, static_cast<int64_t>(next) + static_cast<int64_t>(in.imm));
         ends = true;
         break;
     }
@@ -935,7 +995,8 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         check_canonical(need_slow());
         add(rsi, 8);
         mov(gpr(RSP), rsi);
-        exit_with_rip_in_rax(index + 1);
+        mov(field64(m_l->rip), rax);
+        dynamic_exit(index + 1);
         ends = true;
         break;
     }
@@ -957,14 +1018,20 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
     return ends;
 }
 
-EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user)
+EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user, std::vector<LinkSlot>& slots)
 {
+    m_slots = &slots;
     // Labels first: they unregister from the label manager reset() clears.
     m_slow.clear();
     m_exits.clear();
     reset();
     m_slow.reserve(b.count);
     m_exits.reserve(b.count + 1);
+    m_links.clear();
+    m_links.reserve(kMaxLinks);
+    m_out = Xbyak::Label();
+    m_lookup = Xbyak::Label();
+    m_block = &b;
     m_l = &layout;
     m_user = user;
     m_lf_none = false;
@@ -983,6 +1050,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
             live = false;
     }
 
+    mov(r12, field64(m_l->rip));
     uint32_t off = 0;
     bool ended = false;
     for (unsigned i = 0; i < b.count; ++i) {
@@ -996,8 +1064,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
                 cmp(byte[rbx + m_l->stop_block], 0);
                 jne(exit_label(i + 1), T_NEAR);
             } else {
-                mov(eax, i + 1);
-                jmp(r15);
+                dynamic_exit(i + 1);
                 ended = true;
             }
         } else {
@@ -1007,7 +1074,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     }
     if (!ended) {
         lea(rax, ptr[r12 + off]);
-        exit_with_rip_in_rax(b.count);
+        static_exit(b.count, off);
     }
 
     // Slow paths: the interpreter runs the instruction.
@@ -1016,8 +1083,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         L(s.entry);
         call_handler(in, s.offset);
         if (s.ends_block) {
-            mov(eax, s.index + 1);
-            jmp(r15);
+            dynamic_exit(s.index + 1);
             continue;
         }
         if (s.materialize) {
@@ -1029,14 +1095,41 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
             jne(exit_label(s.index + 1), T_NEAR);
             jmp(s.resume, T_NEAR);
         } else {
-            mov(eax, s.index + 1);
-            jmp(r15);
+            dynamic_exit(s.index + 1);
         }
     }
     for (auto& [label, count] : m_exits) {
         L(label);
-        mov(eax, count);
+        lea(rax, ptr[r13 + count]);
         jmp(r15);
+    }
+    L(m_lookup);
+    mov(rdi, rbx);
+    mov(rsi, rbp);
+    xor_(edx, edx);
+    call_abs(reinterpret_cast<const void*>(&jit_link));
+    test(rax, rax);
+    jz(m_out, T_NEAR);
+    jmp(rax);
+    for (Link& link : m_links) {
+        L(link.stub);
+        mov(rdi, rbx);
+        mov(rsi, rbp);
+        lea(rdx, ptr[rip + link.slot]);
+        call_abs(reinterpret_cast<const void*>(&jit_link));
+        test(rax, rax);
+        jz(m_out, T_NEAR);
+        jmp(rax);
+    }
+    L(m_out);
+    mov(rax, r13);
+    jmp(r15);
+    align(8);
+    for (Link& link : m_links) {
+        L(link.slot);
+        // Until patched, the slot holds the offset of its link stub; Jit::translate makes it absolute.
+        m_slots->push_back(LinkSlot { getSize(), static_cast<size_t>(link.stub.getAddress() - getCode()) });
+        dq(0);
     }
     return EmittedCode { getCode(), getSize() };
 }
@@ -1056,9 +1149,10 @@ EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout)
     return e.stubs(layout);
 }
 
-EmittedCode emit_block(JitEmitter& e, const CpuLayout& layout, const Block& block, bool user)
+EmittedCode emit_block(JitEmitter& e, const CpuLayout& layout, const Block& block, bool user,
+                       std::vector<LinkSlot>& slots)
 {
-    return e.block(layout, block, user);
+    return e.block(layout, block, user, slots);
 }
 
 } // namespace vessel::soft

@@ -21,6 +21,9 @@ struct CpuLayout {
     int32_t stop_block;
     int32_t segbase;
     int32_t tlb[2]; // Tlb::e[user][0]
+    int32_t attention;
+    int32_t code_epoch_seen;
+    const uint64_t* code_epoch; // SoftMachine's
     static CpuLayout of(const Cpu& c);
 };
 
@@ -36,8 +39,14 @@ struct EmittedCode {
 // translated code reaches through r15. Position-independent.
 EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout);
 
-// Host code for a 64-bit block; position-independent (calls are absolute). Throws
-// Xbyak::Error if the block cannot be emitted.
-EmittedCode emit_block(JitEmitter& e, const CpuLayout& layout, const Block& block, bool user);
+// Host code for a 64-bit block; position-independent (calls are absolute) apart from the jump
+// slots appended to `slots`. Throws Xbyak::Error if the block cannot be emitted.
+EmittedCode emit_block(JitEmitter& e, const CpuLayout& layout, const Block& block, bool user,
+                       std::vector<LinkSlot>& slots);
+
+// Called from translated code at a block exit (c.rip = the next block): the next block's
+// translation, or nullptr to return to the execution loop. With `slot` (a static target in the
+// same page), the slot is patched to go there directly from now on.
+extern "C" const void* jit_link(Cpu* c, BlockCache* cache, const void** slot);
 
 } // namespace vessel::soft

@@ -49,6 +49,12 @@ public:
     // A write reached a code page: invalidate its blocks (bumps the generation).
     void code_page_written(uint64_t gpa);
     uint64_t code_epoch() const { return m_code_epoch.load(std::memory_order_acquire); }
+    // For translated code, which compares the epoch with a plain load (x86: acquire anyway).
+    const uint64_t* code_epoch_address() const
+    {
+        static_assert(std::atomic<uint64_t>::is_always_lock_free && sizeof(std::atomic<uint64_t>) == 8);
+        return reinterpret_cast<const uint64_t*>(&m_code_epoch);
+    }
 
     // Number of vCPUs of the VM (the topology CPUID reports); set before the vCPUs run.
     uint32_t vcpu_count() const { return m_vcpu_count; }
