@@ -50,17 +50,28 @@ public:
 
     // The block last executed at this linear RIP, if the TLB and the block are still what they
     // were (no translation or page walk needed), else nullptr.
-    const Block* find_linear(const Cpu& c, uint64_t linear) const
+    // The block's pages are checked only when some code page was written since the entry was
+    // last checked (the machine's code-write epoch moved).
+    const Block* find_linear(const Cpu& c, uint64_t linear)
     {
-        const Jump& j = m_jump[(linear ^ (linear >> 12)) & (kJumpEntries - 1)];
-        if (j.linear == linear && j.tlb_gen == c.tlb.gen && j.mode == c.mode && j.user == (c.cpl == 3)
-            && valid(*j.block)) [[likely]]
-            return j.block;
+        Jump& j = m_jump[(linear ^ (linear >> 12)) & (kJumpEntries - 1)];
+        if (j.linear == linear && j.tlb_gen == c.tlb.gen && j.mode == c.mode && j.user == (c.cpl == 3)) [[likely]] {
+            uint64_t epoch = m_machine.code_write_epoch();
+            if (j.epoch == epoch) [[likely]]
+                return j.block;
+            if (valid(*j.block)) {
+                j.epoch = epoch;
+                return j.block;
+            }
+        }
         return nullptr;
     }
     void remember_linear(const Cpu& c, uint64_t linear, const Block& b)
     {
-        m_jump[(linear ^ (linear >> 12)) & (kJumpEntries - 1)] = Jump { linear, c.tlb.gen, &b, c.mode, c.cpl == 3 };
+        // The epoch before the check: a write racing with it leaves the entry to be re-checked.
+        uint64_t epoch = m_machine.code_write_epoch();
+        m_jump[(linear ^ (linear >> 12)) & (kJumpEntries - 1)]
+            = Jump { linear, c.tlb.gen, &b, valid(b) ? epoch : ~0ULL, c.mode, c.cpl == 3 };
     }
 
     void flush();
@@ -115,6 +126,7 @@ private:
         uint64_t linear { ~0ULL };
         uint64_t tlb_gen { 0 };
         const Block* block { nullptr };
+        uint64_t epoch { ~0ULL }; // code-write epoch at which the block was last found valid
         CpuMode mode { CpuMode::Real };
         bool user { false };
     };

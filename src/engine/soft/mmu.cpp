@@ -127,6 +127,7 @@ void SoftMachine::code_page_written(uint64_t gpa)
         return;
     m_code_page[pfn].store(0, std::memory_order_relaxed);
     m_page_gen[pfn].fetch_add(1, std::memory_order_acq_rel);
+    m_code_write_epoch.fetch_add(1, std::memory_order_acq_rel);
 }
 
 uint64_t translate(Cpu& c, uint64_t linear, Access access, bool user)

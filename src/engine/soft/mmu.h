@@ -49,6 +49,8 @@ public:
     // A write reached a code page: invalidate its blocks (bumps the generation).
     void code_page_written(uint64_t gpa);
     uint64_t code_epoch() const { return m_code_epoch.load(std::memory_order_acquire); }
+    // Bumped by every code_page_written(): while it stands still, no block became stale.
+    uint64_t code_write_epoch() const { return m_code_write_epoch.load(std::memory_order_acquire); }
     // For translated code, which compares the epoch with a plain load (x86: acquire anyway).
     const uint64_t* code_epoch_address() const
     {
@@ -66,6 +68,7 @@ private:
     std::unique_ptr<std::atomic<uint32_t>[]> m_page_gen;
     std::unique_ptr<std::atomic<uint8_t>[]> m_code_page;
     std::atomic<uint64_t> m_code_epoch { 0 };
+    std::atomic<uint64_t> m_code_write_epoch { 0 };
     uint32_t m_vcpu_count { 1 };
 };
 
