@@ -18,7 +18,7 @@ const void* BlockCache::translate(Cpu& c, const Block& b)
         }
     }
     bool user = c.cpl == 3;
-    const void* code = m_jit->translate(c, b, user);
+    const void* code = m_jit->translate(c, *this, b, user);
     if (!code) {
         m_jit_full = true;
         return nullptr;
@@ -37,7 +37,7 @@ void BlockCache::flush()
     for (auto& f : m_fast)
         f = Fast {};
     for (auto& j : m_jump)
-        j = Jump {};
+        j = JumpEntry {};
 }
 
 const Block& BlockCache::get(Cpu& c, uint64_t linear, uint64_t gpa)

@@ -34,6 +34,19 @@ struct Block {
     mutable uint32_t runs { 0 };
 };
 
+// The jump cache: the block last run at a linear RIP, under the TLB generation, mode and
+// privilege it was found with (standard layout: translated code reads it).
+struct JumpEntry {
+    uint64_t linear { ~0ULL };
+    uint64_t tlb_gen { 0 };
+    uint64_t epoch { ~0ULL }; // code-write epoch at which the block was last found valid
+    const Block* block { nullptr };
+    const void* code { nullptr }; // its translation for `user`, once there is one
+    uint8_t mode { 0 };           // CpuMode
+    bool user { false };
+};
+constexpr size_t kJumpEntries = 4096;
+
 class BlockCache {
 public:
     explicit BlockCache(SoftMachine& machine, JitMode jit = jit_mode_from_env())
@@ -54,8 +67,9 @@ public:
     // last checked (the machine's code-write epoch moved).
     const Block* find_linear(const Cpu& c, uint64_t linear)
     {
-        Jump& j = m_jump[(linear ^ (linear >> 12)) & (kJumpEntries - 1)];
-        if (j.linear == linear && j.tlb_gen == c.tlb.gen && j.mode == c.mode && j.user == (c.cpl == 3)) [[likely]] {
+        JumpEntry& j = m_jump[jump_index(linear)];
+        if (j.linear == linear && j.tlb_gen == c.tlb.gen && j.mode == static_cast<uint8_t>(c.mode)
+            && j.user == (c.cpl == 3)) [[likely]] {
             uint64_t epoch = m_machine.code_write_epoch();
             if (j.epoch == epoch) [[likely]]
                 return j.block;
@@ -70,9 +84,19 @@ public:
     {
         // The epoch before the check: a write racing with it leaves the entry to be re-checked.
         uint64_t epoch = m_machine.code_write_epoch();
-        m_jump[(linear ^ (linear >> 12)) & (kJumpEntries - 1)]
-            = Jump { linear, c.tlb.gen, &b, valid(b) ? epoch : ~0ULL, c.mode, c.cpl == 3 };
+        m_jump[jump_index(linear)] = JumpEntry { linear, c.tlb.gen, valid(b) ? epoch : ~0ULL, &b, nullptr,
+                                                 static_cast<uint8_t>(c.mode), c.cpl == 3 };
     }
+    // The translation of the block find_linear() just returned for `linear` (translated code
+    // looks the jump cache up itself and goes straight there).
+    void remember_code(uint64_t linear, const void* code)
+    {
+        JumpEntry& j = m_jump[jump_index(linear)];
+        if (j.linear == linear)
+            j.code = code;
+    }
+    static size_t jump_index(uint64_t linear) { return (linear ^ (linear >> 12)) & (kJumpEntries - 1); }
+    const JumpEntry* jump_table() const { return m_jump.data(); }
 
     void flush();
     size_t size() const { return m_blocks.size(); }
@@ -122,16 +146,7 @@ private:
         Block* block { nullptr };
     };
     std::vector<Fast> m_fast { kFastEntries };
-    struct Jump {
-        uint64_t linear { ~0ULL };
-        uint64_t tlb_gen { 0 };
-        const Block* block { nullptr };
-        uint64_t epoch { ~0ULL }; // code-write epoch at which the block was last found valid
-        CpuMode mode { CpuMode::Real };
-        bool user { false };
-    };
-    static constexpr size_t kJumpEntries = 4096;
-    std::vector<Jump> m_jump { kJumpEntries };
+    std::vector<JumpEntry> m_jump { kJumpEntries };
     // Blocks replaced after their page was written: the fast and jump tables may still point at
     // them (they fail valid()), so they live until the next flush().
     std::vector<std::unique_ptr<Block>> m_stale;

@@ -81,6 +81,7 @@ enum class FlagOp : uint8_t {
     Inc,  // res = a + 1, aux = CF before
     Dec,  // res = a - 1, aux = CF before
     Neg,  // res = -a (a = source)
+    Host, // res = an RFLAGS image from the host (translated code ran the instruction natively)
 };
 
 struct LazyFlags {

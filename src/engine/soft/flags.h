@@ -47,6 +47,7 @@ inline bool flag_cf(const Cpu& c)
     case FlagOp::Inc:
     case FlagOp::Dec: return f.aux != 0;
     case FlagOp::Neg: return (f.a & m) != 0;
+    case FlagOp::Host: return f.res & kCF;
     }
     return false;
 }
@@ -55,6 +56,8 @@ inline bool flag_zf(const Cpu& c)
 {
     if (c.lf.op == FlagOp::None)
         return c.rflags & kZF;
+    if (c.lf.op == FlagOp::Host)
+        return c.lf.res & kZF;
     return (c.lf.res & size_mask(c.lf.size)) == 0;
 }
 
@@ -62,6 +65,8 @@ inline bool flag_sf(const Cpu& c)
 {
     if (c.lf.op == FlagOp::None)
         return c.rflags & kSF;
+    if (c.lf.op == FlagOp::Host)
+        return c.lf.res & kSF;
     return (c.lf.res & sign_bit(c.lf.size)) != 0;
 }
 
@@ -69,6 +74,8 @@ inline bool flag_pf(const Cpu& c)
 {
     if (c.lf.op == FlagOp::None)
         return c.rflags & kPF;
+    if (c.lf.op == FlagOp::Host)
+        return c.lf.res & kPF;
     return !__builtin_parity(static_cast<unsigned>(c.lf.res & 0xff));
 }
 
@@ -77,6 +84,7 @@ inline bool flag_af(const Cpu& c)
     const LazyFlags& f = c.lf;
     switch (f.op) {
     case FlagOp::None: return c.rflags & kAF;
+    case FlagOp::Host: return f.res & kAF;
     case FlagOp::Logic: return false;
     case FlagOp::Neg: return ((f.a ^ f.res) & 0x10) != 0;
     default: return ((f.a ^ f.b ^ f.res) & 0x10) != 0;
@@ -98,6 +106,7 @@ inline bool flag_of(const Cpu& c)
     case FlagOp::Inc: return (f.res & m) == sb;
     case FlagOp::Dec: return (f.res & m) == sb - 1;
     case FlagOp::Neg: return (f.res & m) == sb;
+    case FlagOp::Host: return f.res & kOF;
     }
     return false;
 }
@@ -105,7 +114,10 @@ inline bool flag_of(const Cpu& c)
 // Folds the lazy flags into c.rflags and returns the full RFLAGS value.
 inline uint64_t get_rflags(Cpu& c)
 {
-    if (c.lf.op != FlagOp::None) {
+    if (c.lf.op == FlagOp::Host) {
+        c.rflags = (c.rflags & ~kArithFlags) | (c.lf.res & kArithFlags);
+        c.lf.op = FlagOp::None;
+    } else if (c.lf.op != FlagOp::None) {
         uint64_t f = c.rflags & ~kArithFlags;
         f |= flag_cf(c) ? kCF : 0;
         f |= flag_pf(c) ? kPF : 0;

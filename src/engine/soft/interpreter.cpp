@@ -44,9 +44,11 @@ uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget, Faults faults)
             const Block& block = *found;
             bool had_shadow = c.interrupt_shadow != 0;
             c.stop_block = false;
-            if (const void* code = cache.translated(c, block))
+            if (const void* code = cache.translated(c, block)) {
+                cache.remember_code(linear, code);
                 // After STI / MOV SS only this block runs before interrupts are looked at again.
                 executed += cache.run_translated(c, code, had_shadow ? 1 : budget - executed);
+            }
             else
                 executed += run_block(c, block);
             if (had_shadow)

@@ -160,12 +160,14 @@ extern "C" const void* jit_link(Cpu* c, BlockCache* cache, const void** slot)
     if (c->stop_block || c->halted || c->interrupt_shadow || c->attention.load(std::memory_order_relaxed)
         || c->machine->code_epoch() != c->code_epoch_seen)
         return nullptr;
-    const Block* b = cache->find_linear(*c, code_linear(*c));
+    uint64_t linear = code_linear(*c);
+    const Block* b = cache->find_linear(*c, linear);
     if (!b)
         return nullptr;
     const void* code = cache->translated(*c, *b);
     if (!code)
         return nullptr;
+    cache->remember_code(linear, code);
     // A patched slot skips every check of find_linear: only a block in the same physical page
     // as the one jumping (the caller made sure of that) and wholly inside it qualifies; that page
     // cannot change under a valid block without it being replaced.
@@ -180,9 +182,9 @@ void Jit::reset()
     m_used = m_stub_bytes;
 }
 
-const void* Jit::translate(Cpu& c, const Block& block, bool user)
+const void* Jit::translate(Cpu& c, const BlockCache& cache, const Block& block, bool user)
 {
-    CpuLayout layout = CpuLayout::of(c);
+    CpuLayout layout = CpuLayout::of(c, cache);
     try {
         if (!m_entry) {
             EmittedCode stubs = emit_stubs(*m_emitter, layout);

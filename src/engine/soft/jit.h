@@ -63,7 +63,7 @@ public:
 
     // Host code for a 64-bit block, for code running with the given privilege (the TLB half the
     // code uses). nullptr when the buffer is full: the caller flushes all blocks and reset()s.
-    const void* translate(Cpu& c, const Block& block, bool user);
+    const void* translate(Cpu& c, const BlockCache& cache, const Block& block, bool user);
 
     // Runs translated code from c.rip (the block's start), going on through the translations of
     // the blocks that follow while fewer than `budget` instructions completed; returns the

@@ -12,13 +12,14 @@
 
 #include <cstddef>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "engine/soft/flags.h"
 
 namespace vessel::soft {
 
-CpuLayout CpuLayout::of(const Cpu& c)
+CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
 {
     auto at = [&](const void* p) {
         return static_cast<int32_t>(static_cast<const char*>(p) - reinterpret_cast<const char*>(&c));
@@ -29,11 +30,17 @@ CpuLayout CpuLayout::of(const Cpu& c)
     l.insn_start = at(&c.insn_start);
     l.rflags = at(&c.rflags);
     l.lf_op = at(&c.lf.op);
+    l.lf_res = at(&c.lf.res);
     l.stop_block = at(&c.stop_block);
     l.segbase = at(&c.segbase[0]);
     l.attention = at(&c.attention);
     l.code_epoch_seen = at(&c.code_epoch_seen);
     l.code_epoch = c.machine->code_epoch_address();
+    l.code_write_epoch = c.machine->code_write_epoch_address();
+    l.tlb_gen = at(&c.tlb.gen);
+    l.halted = at(&c.halted);
+    l.interrupt_shadow = at(&c.interrupt_shadow);
+    l.jump_table = cache.jump_table();
     l.tlb[0] = at(&c.tlb.e[0][0]);
     l.tlb[1] = at(&c.tlb.e[1][0]);
     return l;
@@ -41,13 +48,16 @@ CpuLayout CpuLayout::of(const Cpu& c)
 
 namespace {
 
-// Folds lazily kept flags into Cpu::rflags (translated code reads and writes only that).
-void jit_materialize(Cpu* c)
+// Puts the arithmetic flags in the form translated code keeps them in: a host RFLAGS image in
+// lf.res, lf.op = Host.
+void jit_flags_to_host(Cpu* c)
 {
-    get_rflags(*c);
+    if (c->lf.op == FlagOp::Host)
+        return;
+    c->lf.res = get_rflags(*c);
+    c->lf.op = FlagOp::Host;
 }
 
-constexpr uint32_t kArith = static_cast<uint32_t>(kArithFlags);
 
 // What the translator does with an instruction.
 enum class Kind : uint8_t {
@@ -332,7 +342,7 @@ private:
 
     const CpuLayout* m_l { nullptr };
     bool m_user { false };
-    bool m_lf_none { false }; // Cpu::lf.op is known to be None here
+    bool m_lf_host { false }; // Cpu::lf.op is known to be Host here
     std::vector<Slow> m_slow;
     std::vector<std::pair<Xbyak::Label, unsigned>> m_exits; // stop_block exits: count
 
@@ -413,41 +423,36 @@ private:
 
     void materialize_check()
     {
-        if (m_lf_none)
+        if (m_lf_host)
             return;
         Xbyak::Label done;
-        cmp(byte[rbx + m_l->lf_op], 0);
+        cmp(byte[rbx + m_l->lf_op], static_cast<uint8_t>(FlagOp::Host));
         je(done, T_NEAR);
         mov(rdi, rbx);
-        call_abs(reinterpret_cast<const void*>(&jit_materialize));
+        call_abs(reinterpret_cast<const void*>(&jit_flags_to_host));
         L(done);
-        m_lf_none = true;
+        m_lf_host = true;
     }
 
-    // Host flags := guest arithmetic flags (Cpu::rflags, lf.op None).
+    // Host flags := guest arithmetic flags (lf.op Host: the image in lf.res).
     void load_flags()
     {
-        mov(ecx, dword[rbx + m_l->rflags]);
+        mov(ecx, dword[rbx + m_l->lf_res]);
         shr(ecx, 11);
         and_(ecx, 1);
         add(cl, 0x7f); // OF = guest OF
-        mov(ah, byte[rbx + m_l->rflags]);
+        mov(ah, byte[rbx + m_l->lf_res]);
         sahf(); // SF ZF AF PF CF
     }
 
-    // Cpu::rflags arithmetic bits := host flags in `mask` (bits in `clear` set to 0).
-    void capture_flags(uint32_t mask, uint32_t clear)
+    // The guest's arithmetic flags := the host's.
+    void capture_flags()
     {
         pushfq();
-        pop(rax);
-        and_(eax, mask);
-        mov(rcx, field64(m_l->rflags));
-        and_(rcx, static_cast<uint32_t>(~(mask | clear)));
-        or_(rcx, rax);
-        mov(field64(m_l->rflags), rcx);
-        if (!m_lf_none)
-            mov(byte[rbx + m_l->lf_op], 0);
-        m_lf_none = true;
+        pop(qword[rbx + m_l->lf_res]);
+        if (!m_lf_host)
+            mov(byte[rbx + m_l->lf_op], static_cast<uint8_t>(FlagOp::Host));
+        m_lf_host = true;
     }
 
     // Effective address (no segment) of the memory operand into rsi, truncated to the address size.
@@ -1003,15 +1008,11 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
     case Kind::Generic: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
     }
 
-    if (p.capture && p.writes != Writes::None) {
-        if (p.writes == Writes::Logic)
-            capture_flags(kArith & ~static_cast<uint32_t>(kAF), static_cast<uint32_t>(kAF));
-        else
-            capture_flags(kArith, 0);
-    }
+    if (p.capture && p.writes != Writes::None)
+        capture_flags(); // AND/OR/XOR/TEST: AF (undefined) as the host leaves it
     if (slow) {
         slow->ends_block = ends;
-        slow->materialize = m_lf_none;
+        slow->materialize = m_lf_host;
         if (!ends)
             L(slow->resume);
     }
@@ -1034,7 +1035,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     m_block = &b;
     m_l = &layout;
     m_user = user;
-    m_lf_none = false;
+    m_lf_host = false;
 
     // Plans and flag liveness (backwards: are the flags an instruction produces ever seen?).
     std::vector<Plan> plans(b.count);
@@ -1059,7 +1060,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         bool last = i + 1 == b.count;
         if (p.kind == Kind::Generic) {
             call_handler(in, off);
-            m_lf_none = false;
+            m_lf_host = false;
             if (!last) {
                 cmp(byte[rbx + m_l->stop_block], 0);
                 jne(exit_label(i + 1), T_NEAR);
@@ -1088,7 +1089,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         }
         if (s.materialize) {
             mov(rdi, rbx);
-            call_abs(reinterpret_cast<const void*>(&jit_materialize));
+            call_abs(reinterpret_cast<const void*>(&jit_flags_to_host));
         }
         if (s.index + 1 < b.count) {
             cmp(byte[rbx + m_l->stop_block], 0);
@@ -1103,7 +1104,44 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         lea(rax, ptr[r13 + count]);
         jmp(r15);
     }
+    // The next block from the jump cache, as find_linear() would find it; jit_link otherwise.
     L(m_lookup);
+    {
+        Xbyak::Label miss;
+        static_assert(std::is_standard_layout_v<JumpEntry> && sizeof(JumpEntry) == 48);
+        static_assert(sizeof(Cpu::halted) == 1 && sizeof(Cpu::interrupt_shadow) == 1);
+        cmp(byte[rbx + m_l->halted], 0);
+        jne(miss, T_NEAR);
+        cmp(byte[rbx + m_l->interrupt_shadow], 0);
+        jne(miss, T_NEAR);
+        mov(rax, field64(m_l->rip));
+        mov(rdx, rax);
+        shr(rdx, 12);
+        xor_(rdx, rax);
+        and_(edx, static_cast<uint32_t>(kJumpEntries - 1));
+        imul(edx, edx, static_cast<int>(sizeof(JumpEntry)));
+        mov(rcx, reinterpret_cast<uint64_t>(m_l->jump_table));
+        add(rdx, rcx);
+        cmp(rax, qword[rdx + offsetof(JumpEntry, linear)]);
+        jne(miss, T_NEAR);
+        mov(rcx, field64(m_l->tlb_gen));
+        cmp(rcx, qword[rdx + offsetof(JumpEntry, tlb_gen)]);
+        jne(miss, T_NEAR);
+        mov(rcx, reinterpret_cast<uint64_t>(m_l->code_write_epoch));
+        mov(rcx, qword[rcx]);
+        cmp(rcx, qword[rdx + offsetof(JumpEntry, epoch)]);
+        jne(miss, T_NEAR);
+        // Same mode (64-bit) and privilege as this block.
+        static_assert(offsetof(JumpEntry, user) == offsetof(JumpEntry, mode) + 1);
+        cmp(word[rdx + offsetof(JumpEntry, mode)],
+            static_cast<uint32_t>(static_cast<uint8_t>(CpuMode::Long64) | (m_user ? 0x100 : 0)));
+        jne(miss, T_NEAR);
+        mov(rax, qword[rdx + offsetof(JumpEntry, code)]);
+        test(rax, rax);
+        jz(miss, T_NEAR);
+        jmp(rax);
+        L(miss);
+    }
     mov(rdi, rbx);
     mov(rsi, rbp);
     xor_(edx, edx);

@@ -18,13 +18,19 @@ struct CpuLayout {
     int32_t insn_start;
     int32_t rflags;
     int32_t lf_op;
+    int32_t lf_res;
     int32_t stop_block;
     int32_t segbase;
     int32_t tlb[2]; // Tlb::e[user][0]
     int32_t attention;
     int32_t code_epoch_seen;
     const uint64_t* code_epoch; // SoftMachine's
-    static CpuLayout of(const Cpu& c);
+    const uint64_t* code_write_epoch;
+    int32_t tlb_gen;
+    int32_t halted;
+    int32_t interrupt_shadow;
+    const JumpEntry* jump_table;
+    static CpuLayout of(const Cpu& c, const BlockCache& cache);
 };
 
 using JitEmitterPtr = std::unique_ptr<JitEmitter, JitEmitterDeleter>;

@@ -51,6 +51,7 @@ public:
     uint64_t code_epoch() const { return m_code_epoch.load(std::memory_order_acquire); }
     // Bumped by every code_page_written(): while it stands still, no block became stale.
     uint64_t code_write_epoch() const { return m_code_write_epoch.load(std::memory_order_acquire); }
+    const uint64_t* code_write_epoch_address() const { return reinterpret_cast<const uint64_t*>(&m_code_write_epoch); }
     // For translated code, which compares the epoch with a plain load (x86: acquire anyway).
     const uint64_t* code_epoch_address() const
     {
