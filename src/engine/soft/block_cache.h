@@ -44,8 +44,9 @@ struct JumpEntry {
     const void* code { nullptr }; // its translation for `user`, once there is one
     uint8_t mode { 0 };           // CpuMode
     bool user { false };
+    bool global { false }; // tlb_gen is Tlb::gen_global (a global page) rather than Tlb::gen
 };
-constexpr size_t kJumpEntries = 4096;
+constexpr size_t kJumpEntries = 32768;
 
 class BlockCache {
 public:
@@ -68,7 +69,8 @@ public:
     const Block* find_linear(const Cpu& c, uint64_t linear)
     {
         JumpEntry& j = m_jump[jump_index(linear)];
-        if (j.linear == linear && j.tlb_gen == c.tlb.gen && j.mode == static_cast<uint8_t>(c.mode)
+        if (j.linear == linear && j.tlb_gen == (j.global ? c.tlb.gen_global : c.tlb.gen)
+            && j.mode == static_cast<uint8_t>(c.mode)
             && j.user == (c.cpl == 3)) [[likely]] {
             uint64_t epoch = m_machine.code_write_epoch();
             if (j.epoch == epoch) [[likely]]
@@ -84,8 +86,13 @@ public:
     {
         // The epoch before the check: a write racing with it leaves the entry to be re-checked.
         uint64_t epoch = m_machine.code_write_epoch();
-        m_jump[jump_index(linear)] = JumpEntry { linear, c.tlb.gen, valid(b) ? epoch : ~0ULL, &b, nullptr,
-                                                 static_cast<uint8_t>(c.mode), c.cpl == 3 };
+        // Code in a global page (and only there: a block that spills into a second page is keyed
+        // as non-global) stays found across CR3 writes, as its TLB entry does.
+        const TlbEntry& te = c.tlb.e[c.cpl == 3][(linear >> 12) & (kTlbEntries - 1)];
+        bool global = b.gpa2 == kNoPage && te.tag_exec == (linear & ~0xfffULL) && te.global;
+        m_jump[jump_index(linear)] = JumpEntry { linear, global ? c.tlb.gen_global : c.tlb.gen,
+                                                 valid(b) ? epoch : ~0ULL, &b, nullptr,
+                                                 static_cast<uint8_t>(c.mode), c.cpl == 3, global };
     }
     // The translation of the block find_linear() just returned for `linear` (translated code
     // looks the jump cache up itself and goes straight there).

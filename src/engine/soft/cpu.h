@@ -109,7 +109,8 @@ constexpr size_t kTlbEntries = 1024;
 struct Tlb {
     // [0] supervisor accesses (CPL < 3 or implicit system accesses), [1] user accesses.
     std::array<std::array<TlbEntry, kTlbEntries>, 2> e;
-    uint64_t gen { 0 }; // bumped whenever translations are dropped (the jump cache keys on it)
+    uint64_t gen { 0 };        // bumped whenever translations are dropped (the jump cache keys on it)
+    uint64_t gen_global { 0 }; // bumped whenever global translations may be dropped
     void flush();
     void flush_page(uint64_t linear);
     void flush_nonglobal(); // MOV to CR3 with CR4.PGE set

@@ -38,6 +38,7 @@ CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
     l.code_epoch = c.machine->code_epoch_address();
     l.code_write_epoch = c.machine->code_write_epoch_address();
     l.tlb_gen = at(&c.tlb.gen);
+    l.tlb_gen_global = at(&c.tlb.gen_global);
     l.halted = at(&c.halted);
     l.interrupt_shadow = at(&c.interrupt_shadow);
     l.jump_table = cache.jump_table();
@@ -1125,6 +1126,8 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         cmp(rax, qword[rdx + offsetof(JumpEntry, linear)]);
         jne(miss, T_NEAR);
         mov(rcx, field64(m_l->tlb_gen));
+        cmp(byte[rdx + offsetof(JumpEntry, global)], 0);
+        cmovne(rcx, field64(m_l->tlb_gen_global));
         cmp(rcx, qword[rdx + offsetof(JumpEntry, tlb_gen)]);
         jne(miss, T_NEAR);
         mov(rcx, reinterpret_cast<uint64_t>(m_l->code_write_epoch));

@@ -71,6 +71,7 @@ void fill_tlb(Cpu& c, uint64_t linear, uint64_t gpa, bool user, bool can_write, 
 void Tlb::flush()
 {
     ++gen;
+    ++gen_global;
     for (auto& level : e)
         for (auto& entry : level)
             entry = kEmptyEntry;
@@ -79,6 +80,7 @@ void Tlb::flush()
 void Tlb::flush_page(uint64_t linear)
 {
     ++gen;
+    ++gen_global;
     for (auto& level : e) {
         auto& entry = level[(linear >> 12) & (kTlbEntries - 1)];
         entry = kEmptyEntry;
