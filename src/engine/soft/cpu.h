@@ -174,6 +174,9 @@ struct Cpu {
     uint8_t cr8_no_lapic { 0 };        // CR8 when no LAPIC is attached (unit tests)
     uint32_t id { 0 };
     uint64_t code_epoch_seen { 0 };
+    // Translated code's scratch (jit.h): the instruction budget left, the vCPU's BlockCache.
+    uint64_t jit_left { 0 };
+    void* jit_cache { nullptr };
     std::array<uint64_t, 32> fault_counts {}; // exceptions delivered, by vector (diagnostics)
 
     // Recomputes mode, cpl, stack size and effective segment bases.

@@ -187,12 +187,15 @@ const void* Jit::translate(Cpu& c, const BlockCache& cache, const Block& block, 
     CpuLayout layout = CpuLayout::of(c, cache);
     try {
         if (!m_entry) {
-            EmittedCode stubs = emit_stubs(*m_emitter, layout);
+            size_t exit_offset = 0;
+            EmittedCode stubs = emit_stubs(*m_emitter, layout, exit_offset);
+            m_exit = m_rx + exit_offset;
             std::memcpy(m_rw, stubs.bytes, stubs.size);
             m_entry = reinterpret_cast<Entry>(m_rx);
             m_stub_bytes = (stubs.size + 63) & ~size_t { 63 };
             m_used = m_stub_bytes;
         }
+        layout.exit_stub = m_exit;
         m_slots.clear();
         EmittedCode code = emit_block(*m_emitter, layout, block, user, m_slots);
         if (m_used + code.size > m_size)

@@ -70,7 +70,10 @@ public:
     // instructions completed.
     uint64_t run(Cpu& c, const void* code, uint64_t budget, BlockCache& cache)
     {
-        return m_entry(&c, code, budget, &cache);
+        c.jit_left = budget;
+        c.jit_cache = &cache;
+        m_entry(&c, code);
+        return budget - c.jit_left; // jit_left may have wrapped below 0: still the right count
     }
 
     // Points a jump slot of translated code (its executable address) at `target`.
@@ -82,7 +85,7 @@ public:
     uint64_t translations() const { return m_translations; }
 
 private:
-    using Entry = uint64_t (*)(Cpu*, const void*, uint64_t, BlockCache*);
+    using Entry = void (*)(Cpu*, const void*);
     Jit() = default;
 
     int m_fd { -1 };

@@ -1,6 +1,7 @@
 // Block translation (see jit.h for the design). Register use in translated code:
 //   rbx  the Cpu                       r12  guest RIP of the block's first instruction
-//   r15  the exit stub (eax = instructions completed)
+//   rbp r13 r14 r15: up to four guest registers the block uses most, loaded at its start and
+//   written back to Cpu::gpr before anything else can look (a handler call, an exit)
 //   rax rcx: the instruction's operands (destination, source); rdx: host pointer of its memory
 //   operand; rsi rdi r8: address computation and the TLB look-up. Nothing lives in a caller-saved
 //   register across an instruction boundary, and rsp stays where the entry stub put it (the
@@ -10,6 +11,7 @@
 #include <Zydis/Zydis.h>
 #include <xbyak/xbyak.h>
 
+#include <array>
 #include <cstddef>
 #include <optional>
 #include <type_traits>
@@ -42,6 +44,8 @@ CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
     l.halted = at(&c.halted);
     l.interrupt_shadow = at(&c.interrupt_shadow);
     l.jump_table = cache.jump_table();
+    l.jit_left = at(&c.jit_left);
+    l.jit_cache = at(&c.jit_cache);
     l.tlb[0] = at(&c.tlb.e[0][0]);
     l.tlb[1] = at(&c.tlb.e[1][0]);
     return l;
@@ -300,7 +304,7 @@ public:
     EmittedCode stubs(const CpuLayout& l)
     {
         reset();
-        // uint64_t entry(Cpu* rdi, const void* code rsi, uint64_t budget rdx, BlockCache* rcx)
+        // void entry(Cpu* rdi, const void* code rsi)
         push(rbx);
         push(rbp);
         push(r12);
@@ -310,14 +314,9 @@ public:
         sub(rsp, 8); // rsp = CFA - 64, 16-byte aligned at calls
         (void)l;
         mov(rbx, rdi);
-        mov(r14, rdx);
-        mov(rbp, rcx);
-        xor_(r13d, r13d);
-        Xbyak::Label exit;
-        lea(r15, ptr[rip + exit]);
         jmp(rsi);
         align(16);
-        L(exit);
+        m_exit_offset = getSize();
         add(rsp, 8);
         pop(r15);
         pop(r14);
@@ -330,8 +329,56 @@ public:
     }
 
     EmittedCode block(const CpuLayout& layout, const Block& b, bool user, std::vector<LinkSlot>& slots);
+    size_t exit_offset() const { return m_exit_offset; }
 
 private:
+    size_t m_exit_offset { 0 };
+
+    // Guest registers cached in host registers for the block (callee-saved: they survive calls).
+    static constexpr unsigned kCacheRegs = 4;
+    const Xbyak::Reg64& cache_host(unsigned i) const
+    {
+        switch (i) {
+        case 0: return rbp;
+        case 1: return r13;
+        case 2: return r14;
+        default: return r15;
+        }
+    }
+    std::array<int8_t, 16> m_cached {}; // guest register -> cache slot, or -1
+    std::array<uint8_t, kCacheRegs> m_cached_reg {};
+    unsigned m_ncached { 0 };
+    uint16_t m_dirty { 0 }; // guest registers whose cached value is newer than Cpu::gpr
+
+    void gload(const Xbyak::Reg64& r, unsigned g)
+    {
+        if (m_cached[g] >= 0)
+            mov(r, cache_host(static_cast<unsigned>(m_cached[g])));
+        else
+            mov(r, gpr(g));
+    }
+    void gstore(unsigned g, const Xbyak::Reg64& r)
+    {
+        if (m_cached[g] >= 0) {
+            mov(cache_host(static_cast<unsigned>(m_cached[g])), r);
+            m_dirty = static_cast<uint16_t>(m_dirty | (1u << g));
+        } else {
+            mov(gpr(g), r);
+        }
+    }
+    // Cpu::gpr := the cached registers in `mask`.
+    void write_back(uint16_t mask)
+    {
+        for (unsigned i = 0; i < m_ncached; ++i)
+            if (mask & (1u << m_cached_reg[i]))
+                mov(gpr(m_cached_reg[i]), cache_host(i));
+    }
+    // The cached registers := Cpu::gpr (after a handler ran).
+    void reload()
+    {
+        for (unsigned i = 0; i < m_ncached; ++i)
+            mov(cache_host(i), gpr(m_cached_reg[i]));
+    }
     struct Slow {
         Xbyak::Label entry;
         Xbyak::Label resume;
@@ -339,6 +386,7 @@ private:
         uint32_t offset;
         bool ends_block; // the instruction is the block's branch: exit after the handler
         bool materialize;
+        uint16_t dirty; // cached registers to write back before the handler
     };
 
     const CpuLayout* m_l { nullptr };
@@ -375,10 +423,10 @@ private:
     // returns the sized host operand.
     Xbyak::Reg load_reg(const Operand& o, const Xbyak::Reg64& r)
     {
-        mov(r, gpr(o.reg));
+        gload(r, o.reg);
         return o.kind == OpKind::GprHigh8 ? high8(r) : sized(r, o.size);
     }
-    void store_reg(const Operand& o, const Xbyak::Reg64& r) { mov(gpr(o.reg), r); }
+    void store_reg(const Operand& o, const Xbyak::Reg64& r) { gstore(o.reg, r); }
 
     static constexpr size_t kMaxLinks = 4;
     struct Link {
@@ -386,7 +434,7 @@ private:
         Xbyak::Label stub;
     };
     const Block* m_block { nullptr };
-    Xbyak::Label m_out;    // mov rax, r13; jmp r15
+    Xbyak::Label m_out;    // to the exit stub
     Xbyak::Label m_lookup; // jit_link(c, cache, nullptr) and on, or out
     std::vector<Link> m_links;
     std::vector<LinkSlot>* m_slots { nullptr };
@@ -465,15 +513,15 @@ private:
         }
         int32_t disp = static_cast<int32_t>(in.disp);
         if (in.base != kNoReg && in.index != kNoReg) {
-            mov(rsi, gpr(in.base));
-            mov(rdi, gpr(in.index));
+            gload(rsi, in.base);
+            gload(rdi, in.index);
             lea(rsi, ptr[rsi + rdi * in.scale + disp]);
         } else if (in.base != kNoReg) {
-            mov(rsi, gpr(in.base));
+            gload(rsi, in.base);
             if (disp)
                 lea(rsi, ptr[rsi + disp]);
         } else if (in.index != kNoReg) {
-            mov(rdi, gpr(in.index));
+            gload(rdi, in.index);
             lea(rsi, ptr[rdi * in.scale + disp]);
         } else {
             mov(rsi, static_cast<uint64_t>(static_cast<int64_t>(disp)));
@@ -518,8 +566,8 @@ private:
         jne(slow, T_NEAR);
     }
 
-    // Block exits. r13 counts the instructions completed since the entry stub, r14 is the
-    // budget; every exit leaves c.rip at the next instruction to run.
+    // Block exits: Cpu::jit_left counts the budget down; every exit leaves c.rip at the next
+    // instruction to run and Cpu::gpr up to date.
     //
     // Static target (rax = its RIP, `target` its offset from the block's start): with budget
     // left, no attention request and no new code page anywhere, go straight on to the target's
@@ -528,9 +576,9 @@ private:
     // jit_link), else through a look-up.
     void static_exit(unsigned count, int64_t target)
     {
+        write_back(m_dirty);
         mov(field64(m_l->rip), rax);
-        add(r13, count);
-        chain_checks();
+        chain_checks(count);
         int64_t in_page = static_cast<int64_t>(m_block->gpa & 0xfff) + target;
         if (in_page >= 0 && in_page < 4096 && m_links.size() < kMaxLinks) {
             m_links.push_back(Link {});
@@ -543,28 +591,23 @@ private:
     // Dynamic target: c.rip already holds it.
     void dynamic_exit(unsigned count)
     {
-        add(r13, count);
+        write_back(m_dirty);
+        chain_checks(count);
         cmp(byte[rbx + m_l->stop_block], 0);
         jne(m_out, T_NEAR);
-        chain_checks();
         jmp(m_lookup, T_NEAR);
     }
-    void chain_checks()
+    // Counts the block's instructions off Cpu::jit_left; leaves unless more may run now.
+    void chain_checks(unsigned count)
     {
-        cmp(r13, r14);
-        jae(m_out, T_NEAR);
+        sub(qword[rbx + m_l->jit_left], count);
+        jbe(m_out, T_NEAR);
         cmp(byte[rbx + m_l->attention], 0);
         jne(m_out, T_NEAR);
         mov(rcx, reinterpret_cast<uint64_t>(m_l->code_epoch));
         mov(rcx, qword[rcx]);
         cmp(rcx, qword[rbx + m_l->code_epoch_seen]);
         jne(m_out, T_NEAR);
-    }
-    void exit_with_rip_in_rax(unsigned count)
-    {
-        mov(field64(m_l->rip), rax);
-        add(r13, count);
-        jmp(m_out, T_NEAR);
     }
 
     void alu_op(ZydisMnemonic m, const Xbyak::Operand& d, const Xbyak::Operand& s)
@@ -685,6 +728,43 @@ private:
         }
     }
 
+    // Picks the guest registers the block's inline instructions use most (at least twice).
+    void choose_cached(const Block& b, const std::vector<Plan>& plans)
+    {
+        std::array<unsigned, 16> uses {};
+        for (unsigned i = 0; i < b.count; ++i) {
+            const Insn& in = b.insns[i];
+            const Plan& p = plans[i];
+            if (p.kind == Kind::Generic)
+                continue;
+            for (unsigned k = 0; k < in.nops; ++k)
+                if (is_reg(in.op[k]))
+                    ++uses[in.op[k].reg & 15];
+            if ((in.flags & kFlagHasMem) && in.base < 16)
+                ++uses[in.base];
+            if ((in.flags & kFlagHasMem) && in.index < 16)
+                ++uses[in.index];
+            if (p.kind == Kind::Push || p.kind == Kind::Pop || p.kind == Kind::Call || p.kind == Kind::Ret)
+                uses[RSP] += 2;
+            if (p.kind == Kind::Convert)
+                ++uses[RAX], ++uses[RDX];
+            if (p.kind == Kind::Shift)
+                ++uses[RCX];
+        }
+        m_cached.fill(-1);
+        m_ncached = 0;
+        while (m_ncached < kCacheRegs) {
+            unsigned best = 16;
+            for (unsigned g = 0; g < 16; ++g)
+                if (m_cached[g] < 0 && uses[g] >= 2 && (best == 16 || uses[g] > uses[best]))
+                    best = g;
+            if (best == 16)
+                break;
+            m_cached[best] = static_cast<int8_t>(m_ncached);
+            m_cached_reg[m_ncached++] = static_cast<uint8_t>(best);
+        }
+    }
+
     // One instruction translated inline. Returns true if it ended the block (a branch).
     bool inline_insn(const Insn& in, const Plan& p, unsigned index, uint32_t off);
 };
@@ -706,6 +786,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
             slow = &m_slow.back();
             slow->index = index;
             slow->offset = off;
+            slow->dirty = m_dirty;
         }
         return slow->entry;
     };
@@ -785,7 +866,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         if (is_reg(a))
             dreg = load_reg(a, rax);
         if (count < 0)
-            mov(rcx, gpr(RCX));
+            gload(rcx, RCX);
         if (dreg)
             shift_op(m, *dreg, count);
         else
@@ -813,7 +894,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
     }
     case Kind::Extend: {
         if (a.size == 2)
-            mov(rax, gpr(a.reg));
+            gload(rax, a.reg);
         Xbyak::Reg d = sized(rax, a.size);
         auto ext = [&](const Xbyak::Operand& s) {
             if (m == ZYDIS_MNEMONIC_MOVZX)
@@ -835,19 +916,19 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
             throw Xbyak::Error(Xbyak::ERR_OFFSET_IS_TOO_BIG);
         effective_address(in, next);
         if (a.size == 8) {
-            mov(gpr(a.reg), rsi);
+            gstore(a.reg, rsi);
         } else if (a.size == 4) {
             mov(esi, esi);
-            mov(gpr(a.reg), rsi);
+            gstore(a.reg, rsi);
         } else {
-            mov(rax, gpr(a.reg));
+            gload(rax, a.reg);
             mov(ax, si);
             store_reg(a, rax);
         }
         break;
     }
     case Kind::Imul: {
-        mov(rax, gpr(a.reg));
+        gload(rax, a.reg);
         Xbyak::Reg d = sized(rax, a.size);
         if (in.nops == 3) {
             auto iv = static_cast<int>(static_cast<int64_t>(imm_of(in, in.op[2])));
@@ -865,7 +946,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         break;
     }
     case Kind::Cmov: {
-        mov(rax, gpr(a.reg));
+        gload(rax, a.reg);
         Xbyak::Reg d = sized(rax, a.size);
         if (b.kind == OpKind::Mem)
             cmov_op(in.cond, d, mem(b.size));
@@ -913,7 +994,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         break;
     }
     case Kind::Bswap: {
-        mov(rax, gpr(a.reg));
+        gload(rax, a.reg);
         if (a.size == 8)
             bswap(rax);
         else
@@ -922,13 +1003,13 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         break;
     }
     case Kind::Convert:
-        mov(rax, gpr(RAX));
+        gload(rax, RAX);
         switch (m) {
         case ZYDIS_MNEMONIC_CBW: cbw(); break;
         case ZYDIS_MNEMONIC_CWDE: cwde(); break;
         case ZYDIS_MNEMONIC_CDQE: cdqe(); break;
         default:
-            mov(rdx, gpr(RDX));
+            gload(rdx, RDX);
             if (m == ZYDIS_MNEMONIC_CWD)
                 cwd();
             else if (m == ZYDIS_MNEMONIC_CDQ)
@@ -941,24 +1022,24 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         store_reg(Operand { OpKind::Gpr, RAX, 8, 0 }, rax);
         break;
     case Kind::Push: {
-        mov(rsi, gpr(RSP));
+        gload(rsi, RSP);
         sub(rsi, 8);
         tlb_lookup(8, true, need_slow());
         if (a.kind == OpKind::Imm)
             mov(rcx, imm_of(in, a));
         else
-            mov(rcx, gpr(a.reg));
+            gload(rcx, a.reg);
         mov(qword[rdx], rcx);
-        mov(gpr(RSP), rsi);
+        gstore(RSP, rsi);
         break;
     }
     case Kind::Pop: {
-        mov(rsi, gpr(RSP));
+        gload(rsi, RSP);
         tlb_lookup(8, false, need_slow());
         mov(rcx, qword[rdx]);
         add(rsi, 8);
-        mov(gpr(RSP), rsi);
-        mov(gpr(a.reg), rcx);
+        gstore(RSP, rsi);
+        gstore(a.reg, rcx);
         break;
     }
     case Kind::Jcc: {
@@ -983,24 +1064,24 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         lea(rax, ptr[r12 + static_cast<int32_t>(next + static_cast<int64_t>(in.imm))]);
         check_canonical(need_slow());
         if (p.kind == Kind::Call) {
-            mov(rsi, gpr(RSP));
+            gload(rsi, RSP);
             sub(rsi, 8);
             tlb_lookup(8, true, need_slow()); // keeps rax
             lea(rcx, ptr[r12 + next]);
             mov(qword[rdx], rcx);
-            mov(gpr(RSP), rsi);
+            gstore(RSP, rsi);
         }
         static_exit(index + 1, static_cast<int64_t>(next) + static_cast<int64_t>(in.imm));
         ends = true;
         break;
     }
     case Kind::Ret: {
-        mov(rsi, gpr(RSP));
+        gload(rsi, RSP);
         tlb_lookup(8, false, need_slow());
         mov(rax, qword[rdx]);
         check_canonical(need_slow());
         add(rsi, 8);
-        mov(gpr(RSP), rsi);
+        gstore(RSP, rsi);
         mov(field64(m_l->rip), rax);
         dynamic_exit(index + 1);
         ends = true;
@@ -1052,7 +1133,10 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
             live = false;
     }
 
+    choose_cached(b, plans);
     mov(r12, field64(m_l->rip));
+    reload();
+    m_dirty = 0;
     uint32_t off = 0;
     bool ended = false;
     for (unsigned i = 0; i < b.count; ++i) {
@@ -1060,11 +1144,14 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         const Plan& p = plans[i];
         bool last = i + 1 == b.count;
         if (p.kind == Kind::Generic) {
+            write_back(m_dirty);
+            m_dirty = 0;
             call_handler(in, off);
             m_lf_host = false;
             if (!last) {
                 cmp(byte[rbx + m_l->stop_block], 0);
                 jne(exit_label(i + 1), T_NEAR);
+                reload();
             } else {
                 dynamic_exit(i + 1);
                 ended = true;
@@ -1079,10 +1166,12 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         static_exit(b.count, off);
     }
 
-    // Slow paths: the interpreter runs the instruction.
+    // Slow paths: the interpreter runs the instruction (Cpu::gpr is what it sees and changes).
     for (Slow& s : m_slow) {
         const Insn& in = b.insns[s.index];
         L(s.entry);
+        write_back(s.dirty);
+        m_dirty = 0;
         call_handler(in, s.offset);
         if (s.ends_block) {
             dynamic_exit(s.index + 1);
@@ -1095,15 +1184,16 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         if (s.index + 1 < b.count) {
             cmp(byte[rbx + m_l->stop_block], 0);
             jne(exit_label(s.index + 1), T_NEAR);
+            reload();
             jmp(s.resume, T_NEAR);
         } else {
             dynamic_exit(s.index + 1);
         }
     }
     for (auto& [label, count] : m_exits) {
-        L(label);
-        lea(rax, ptr[r13 + count]);
-        jmp(r15);
+        L(label); // after a handler: Cpu::gpr is current
+        sub(qword[rbx + m_l->jit_left], count);
+        jmp(m_out, T_NEAR);
     }
     // The next block from the jump cache, as find_linear() would find it; jit_link otherwise.
     L(m_lookup);
@@ -1146,7 +1236,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         L(miss);
     }
     mov(rdi, rbx);
-    mov(rsi, rbp);
+    mov(rsi, qword[rbx + m_l->jit_cache]);
     xor_(edx, edx);
     call_abs(reinterpret_cast<const void*>(&jit_link));
     test(rax, rax);
@@ -1155,7 +1245,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     for (Link& link : m_links) {
         L(link.stub);
         mov(rdi, rbx);
-        mov(rsi, rbp);
+        mov(rsi, qword[rbx + m_l->jit_cache]);
         lea(rdx, ptr[rip + link.slot]);
         call_abs(reinterpret_cast<const void*>(&jit_link));
         test(rax, rax);
@@ -1163,8 +1253,8 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         jmp(rax);
     }
     L(m_out);
-    mov(rax, r13);
-    jmp(r15);
+    mov(rax, reinterpret_cast<uint64_t>(m_l->exit_stub));
+    jmp(rax);
     align(8);
     for (Link& link : m_links) {
         L(link.slot);
@@ -1185,9 +1275,11 @@ JitEmitterPtr make_jit_emitter()
     return JitEmitterPtr(new JitEmitter());
 }
 
-EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout)
+EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout, size_t& exit_offset)
 {
-    return e.stubs(layout);
+    EmittedCode code = e.stubs(layout);
+    exit_offset = e.exit_offset();
+    return code;
 }
 
 EmittedCode emit_block(JitEmitter& e, const CpuLayout& layout, const Block& block, bool user,

@@ -31,6 +31,9 @@ struct CpuLayout {
     int32_t halted;
     int32_t interrupt_shadow;
     const JumpEntry* jump_table;
+    int32_t jit_left;
+    int32_t jit_cache;
+    const void* exit_stub; // absolute
     static CpuLayout of(const Cpu& c, const BlockCache& cache);
 };
 
@@ -42,9 +45,9 @@ struct EmittedCode {
     size_t size;
 };
 
-// The entry stub (uint64_t entry(Cpu*, const void* code)) followed by the exit stub, which
-// translated code reaches through r15. Position-independent.
-EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout);
+// The entry stub (void entry(Cpu*, const void* code)) followed by the exit stub (at
+// `exit_offset`), to which translated code jumps. Position-independent.
+EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout, size_t& exit_offset);
 
 // Host code for a 64-bit block; position-independent (calls are absolute) apart from the jump
 // slots appended to `slots`. Throws Xbyak::Error if the block cannot be emitted.
