@@ -76,10 +76,12 @@ struct RunResult {
 
 class SoftHarness {
 public:
-    explicit SoftHarness(CpuMode mode = CpuMode::Long64, uint64_t mem_bytes = 16 << 20)
+    // `jit`: whether the block cache translates 64-bit blocks (VESSEL_JIT by default).
+    explicit SoftHarness(CpuMode mode = CpuMode::Long64, uint64_t mem_bytes = 16 << 20,
+                         JitMode jit = jit_mode_from_env())
         : m_memory(GuestMemory::create(mem_bytes).release_value())
         , m_machine(m_memory)
-        , m_cache(m_machine)
+        , m_cache(m_machine, jit)
     {
         m_cpu = std::make_unique<Cpu>();
         Cpu& c = *m_cpu;
@@ -116,6 +118,7 @@ public:
     Cpu& cpu() { return *m_cpu; }
     GuestMemory& memory() { return m_memory; }
     SoftMachine& machine() { return m_machine; }
+    // cache().jit() is the translator (nullptr before the first translation).
     BlockCache& cache() { return m_cache; }
 
     // Copies code to `addr` and points RIP at it (CS base 0 in every mode set up here).
