@@ -49,7 +49,10 @@ uint64_t splitmix(uint64_t& s)
 
 class Rng {
 public:
-    explicit Rng(uint64_t seed) : m_s(seed) { }
+    explicit Rng(uint64_t seed)
+        : m_s(seed)
+    {
+    }
     uint64_t next() { return splitmix(m_s); }
     uint64_t below(uint64_t n) { return next() % n; }
     bool chance(unsigned percent) { return below(100) < percent; }
@@ -57,8 +60,8 @@ public:
     uint64_t value()
     {
         static const uint64_t edges[] = { 0, 1, 2, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0x8000, 0xffff, 0x7fffffff,
-            0x80000000, 0xffffffff, 0x100000000ULL, 0x7fffffffffffffffULL, 0x8000000000000000ULL,
-            0xffffffffffffffffULL, 0xfffffffffffffffeULL };
+            0x80000000, 0xffffffff, 0x100000000ULL, 0x7fffffffffffffffULL, 0x8000000000000000ULL, 0xffffffffffffffffULL,
+            0xfffffffffffffffeULL };
         switch (below(4)) {
         case 0: return edges[below(std::size(edges))];
         case 1: return below(64) - 32;
@@ -79,13 +82,17 @@ struct InitialState {
 
 // Register constraints inside one instruction: AH..BH cannot be encoded with a REX prefix.
 struct Enc {
-    bool no_rex { false };  // an AH..BH operand was picked
+    bool no_rex { false }; // an AH..BH operand was picked
     bool no_high { false }; // a REX-only operand (r8+, SPL..DIL, 64-bit size) was picked
 };
 
 class ProgramGen {
 public:
-    explicit ProgramGen(uint64_t seed) : m_r(seed), g(1 << 16) { }
+    explicit ProgramGen(uint64_t seed)
+        : m_r(seed)
+        , g(1 << 16)
+    {
+    }
 
     // The program: a loop (kLoopRuns times, counter in memory) around random code, then HLT.
     std::vector<uint8_t> generate()
@@ -118,7 +125,7 @@ private:
     CodeGenerator g;
     Xbyak::Label m_start; // the code's first byte (guest kCodeBase): anchor for RIP-relative data
     uint64_t m_undef { 0 }; // arithmetic flags whose value is undefined here
-    int m_depth { 0 };      // pushes not yet popped
+    int m_depth { 0 }; // pushes not yet popped
     bool m_in_sub { false };
     bool m_in_skip { false };
 
@@ -218,7 +225,8 @@ private:
             unsigned b = addr_reg(e), x = addr_reg(e, static_cast<int>(b));
             int scale = 1 << m_r.below(4);
             int32_t d = disp();
-            uint64_t iv = m_r.chance(50) ? m_r.below(64) : static_cast<uint64_t>(static_cast<int64_t>(m_r.below(64)) - 32);
+            uint64_t iv
+                = m_r.chance(50) ? m_r.below(64) : static_cast<uint64_t>(static_cast<int64_t>(m_r.below(64)) - 32);
             set(x, iv);
             set(b, ea - static_cast<int64_t>(d) - iv * scale);
             a = af[Xbyak::Reg64(static_cast<int>(b)) + Xbyak::Reg64(static_cast<int>(x)) * scale + d];
@@ -287,9 +295,11 @@ private:
         switch (size) {
         case 1: return static_cast<uint32_t>(v & 0xff);
         case 2: // Xbyak wants 16-bit immediates sign-extended to 32 bits
-            return static_cast<uint32_t>(static_cast<int32_t>(static_cast<int16_t>(m_r.chance(50) ? v : static_cast<uint64_t>(static_cast<int8_t>(v)))));
-        default: return m_r.chance(40) ? static_cast<uint32_t>(static_cast<int32_t>(static_cast<int8_t>(v)))
-                                        : static_cast<uint32_t>(v);
+            return static_cast<uint32_t>(static_cast<int32_t>(
+                static_cast<int16_t>(m_r.chance(50) ? v : static_cast<uint64_t>(static_cast<int8_t>(v)))));
+        default:
+            return m_r.chance(40) ? static_cast<uint32_t>(static_cast<int32_t>(static_cast<int8_t>(v)))
+                                  : static_cast<uint32_t>(v);
         }
     }
 
@@ -606,9 +616,13 @@ private:
         int scale = 1 << m_r.below(4);
         switch (m_r.below(5)) {
         case 0: g.lea(d, g.ptr[Xbyak::Reg64(static_cast<int>(b)) + dd]); break;
-        case 1: g.lea(d, g.ptr[Xbyak::Reg64(static_cast<int>(b)) + Xbyak::Reg64(static_cast<int>(x)) * scale + dd]); break;
+        case 1:
+            g.lea(d, g.ptr[Xbyak::Reg64(static_cast<int>(b)) + Xbyak::Reg64(static_cast<int>(x)) * scale + dd]);
+            break;
         case 2: g.lea(d, g.ptr[Xbyak::Reg64(static_cast<int>(x)) * scale + dd]); break;
-        case 3: g.lea(d, g.ptr[Xbyak::Reg32(static_cast<int>(b)) + Xbyak::Reg32(static_cast<int>(x)) * scale + dd]); break;
+        case 3:
+            g.lea(d, g.ptr[Xbyak::Reg32(static_cast<int>(b)) + Xbyak::Reg32(static_cast<int>(x)) * scale + dd]);
+            break;
         default: g.lea(d, g.ptr[g.rip + m_start + dd]); break;
         }
     }
@@ -946,8 +960,8 @@ std::string disassemble(const std::vector<uint8_t>& code)
     size_t off = 0;
     while (off < code.size()) {
         ZydisDisassembledInstruction insn;
-        if (!ZYAN_SUCCESS(ZydisDisassembleIntel(ZYDIS_MACHINE_MODE_LONG_64, kCodeBase + off, code.data() + off,
-                                                code.size() - off, &insn))) {
+        if (!ZYAN_SUCCESS(ZydisDisassembleIntel(
+                ZYDIS_MACHINE_MODE_LONG_64, kCodeBase + off, code.data() + off, code.size() - off, &insn))) {
             os << "  " << std::hex << kCodeBase + off << ": (bad) " << int(code[off]) << std::dec << "\n";
             ++off;
             continue;

@@ -24,7 +24,10 @@ using namespace Xbyak::util;
 constexpr uint64_t kIdtBase = 0x4000, kTssBase = 0x5000;
 constexpr uint64_t kPtArea = 0xc00000; // 4 KiB page tables for split 2 MiB pages
 
-std::vector<uint8_t> bytes_of(const CodeGenerator& g) { return { g.getCode(), g.getCode() + g.getSize() }; }
+std::vector<uint8_t> bytes_of(const CodeGenerator& g)
+{
+    return { g.getCode(), g.getCode() + g.getSize() };
+}
 
 // 64-bit TSS in GDT slot 0x38 and an IDT at kIdtBase.
 void setup_idt_tss(SoftHarness& h)
@@ -39,7 +42,8 @@ void setup_idt_tss(SoftHarness& h)
 
 void gate64(SoftHarness& h, uint8_t vector, uint64_t handler)
 {
-    uint64_t lo = (handler & 0xffff) | (0x08ULL << 16) | (0xeULL << 40) | (1ULL << 47) | (((handler >> 16) & 0xffff) << 48);
+    uint64_t lo
+        = (handler & 0xffff) | (0x08ULL << 16) | (0xeULL << 40) | (1ULL << 47) | (((handler >> 16) & 0xffff) << 48);
     h.write<uint64_t>(kIdtBase + vector * 16u, lo);
     h.write<uint64_t>(kIdtBase + vector * 16u + 8, handler >> 32);
 }
@@ -58,7 +62,10 @@ uint64_t page_table(SoftHarness& h, uint64_t gpa)
     h.cpu().tlb.flush();
     return pt;
 }
-uint64_t pte_address(SoftHarness& h, uint64_t linear) { return page_table(h, linear) + ((linear >> 12) & 511) * 8; }
+uint64_t pte_address(SoftHarness& h, uint64_t linear)
+{
+    return page_table(h, linear) + ((linear >> 12) & 511) * 8;
+}
 
 class SoftJit : public ::testing::TestWithParam<JitMode> {
 protected:
@@ -409,8 +416,14 @@ void remap_test(SoftHarness& h, Remap how)
     EXPECT_EQ(c.gpr[RAX], 30u); // 10 runs of the old code, 10 of the new
 }
 
-TEST_P(SoftJit, RemapCodePageWithInvlpg) { remap_test(h, Remap::Invlpg); }
-TEST_P(SoftJit, RemapCodePageWithCr3Write) { remap_test(h, Remap::Cr3); }
+TEST_P(SoftJit, RemapCodePageWithInvlpg)
+{
+    remap_test(h, Remap::Invlpg);
+}
+TEST_P(SoftJit, RemapCodePageWithCr3Write)
+{
+    remap_test(h, Remap::Cr3);
+}
 
 // (f) The budget: an endless translated loop stops after about `budget` instructions.
 TEST_P(SoftJit, BudgetEndsEndlessLoop)
@@ -499,8 +512,8 @@ TEST_P(SoftJit, CallRetChainAcrossPages)
         f.add(rax, i + 1);
         if (i + 1 < kDepth) {
             f.mov(rdx, kFuncs + (i + 1) * 0x1000);
-            f.call(rdx);                       // indirect (generic)
-            f.db(0xe8);                        // call rel32 to the next function's second entry
+            f.call(rdx); // indirect (generic)
+            f.db(0xe8); // call rel32 to the next function's second entry
             f.dd(static_cast<uint32_t>(kFuncs + (i + 1) * 0x1000 + 0x800 - (kFuncs + i * 0x1000 + f.getSize() + 4)));
         }
         f.imul(rax, rax, 3);
@@ -539,10 +552,8 @@ TEST_P(SoftJit, CallRetChainAcrossPages)
     EXPECT_GT(translations(), 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, SoftJit, ::testing::Values(JitMode::Eager, JitMode::On),
-                         [](const ::testing::TestParamInfo<JitMode>& i) {
-                             return i.param == JitMode::Eager ? "Eager" : "On";
-                         });
+INSTANTIATE_TEST_SUITE_P(Soft, SoftJit, ::testing::Values(JitMode::Eager, JitMode::On),
+    [](const ::testing::TestParamInfo<JitMode>& i) { return i.param == JitMode::Eager ? "Eager" : "On"; });
 
 } // namespace
 } // namespace vessel::soft::test

@@ -77,8 +77,8 @@ struct RunResult {
 class SoftHarness {
 public:
     // `jit`: whether the block cache translates 64-bit blocks (VESSEL_JIT by default).
-    explicit SoftHarness(CpuMode mode = CpuMode::Long64, uint64_t mem_bytes = 16 << 20,
-                         JitMode jit = jit_mode_from_env())
+    explicit SoftHarness(
+        CpuMode mode = CpuMode::Long64, uint64_t mem_bytes = 16 << 20, JitMode jit = jit_mode_from_env())
         : m_memory(GuestMemory::create(mem_bytes).release_value())
         , m_machine(m_memory)
         , m_cache(m_machine, jit)
@@ -137,8 +137,7 @@ public:
         c.halted = false;
         try {
             while (r.insns < budget) {
-                r.insns += execute(c, m_cache, budget - r.insns,
-                                   deliver_faults ? Faults::Deliver : Faults::Propagate);
+                r.insns += execute(c, m_cache, budget - r.insns, deliver_faults ? Faults::Deliver : Faults::Propagate);
                 if (c.halted) {
                     r.kind = RunResult::Halted;
                     return r;
@@ -185,7 +184,7 @@ private:
             0x00cffb000000ffffULL, // 0x20 user 32-bit code (selector 0x23)
             0x00cff3000000ffffULL, // 0x28 user data (0x2b)
             0x00affb000000ffffULL, // 0x30 user 64-bit code (0x33)
-            0, 0,                  // 0x38, 0x40: free for a TSS
+            0, 0, // 0x38, 0x40: free for a TSS
         };
         for (size_t i = 0; i < std::size(gdt); ++i)
             write<uint64_t>(kGdtBase + i * 8, gdt[i]);
