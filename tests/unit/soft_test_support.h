@@ -76,10 +76,12 @@ struct RunResult {
 
 class SoftHarness {
 public:
-    explicit SoftHarness(CpuMode mode = CpuMode::Long64, uint64_t mem_bytes = 16 << 20)
+    // `jit`: whether the block cache translates 64-bit blocks (VESSEL_JIT by default).
+    explicit SoftHarness(
+        CpuMode mode = CpuMode::Long64, uint64_t mem_bytes = 16 << 20, JitMode jit = jit_mode_from_env())
         : m_memory(GuestMemory::create(mem_bytes).release_value())
         , m_machine(m_memory)
-        , m_cache(m_machine)
+        , m_cache(m_machine, jit)
     {
         m_cpu = std::make_unique<Cpu>();
         Cpu& c = *m_cpu;
@@ -116,6 +118,7 @@ public:
     Cpu& cpu() { return *m_cpu; }
     GuestMemory& memory() { return m_memory; }
     SoftMachine& machine() { return m_machine; }
+    // cache().jit() is the translator (nullptr before the first translation).
     BlockCache& cache() { return m_cache; }
 
     // Copies code to `addr` and points RIP at it (CS base 0 in every mode set up here).
@@ -134,8 +137,7 @@ public:
         c.halted = false;
         try {
             while (r.insns < budget) {
-                r.insns += execute(c, m_cache, budget - r.insns,
-                                   deliver_faults ? Faults::Deliver : Faults::Propagate);
+                r.insns += execute(c, m_cache, budget - r.insns, deliver_faults ? Faults::Deliver : Faults::Propagate);
                 if (c.halted) {
                     r.kind = RunResult::Halted;
                     return r;
@@ -182,7 +184,7 @@ private:
             0x00cffb000000ffffULL, // 0x20 user 32-bit code (selector 0x23)
             0x00cff3000000ffffULL, // 0x28 user data (0x2b)
             0x00affb000000ffffULL, // 0x30 user 64-bit code (0x33)
-            0, 0,                  // 0x38, 0x40: free for a TSS
+            0, 0, // 0x38, 0x40: free for a TSS
         };
         for (size_t i = 0; i < std::size(gdt); ++i)
             write<uint64_t>(kGdtBase + i * 8, gdt[i]);
