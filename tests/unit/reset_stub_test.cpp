@@ -56,7 +56,7 @@ TEST(ResetStub, RealModeJumpThereResetsThroughTheI8042)
     EXPECT_EQ(h.io.writes, 1);
     EXPECT_EQ(h.io.last_port, layout::kI8042Port + 4);
     EXPECT_EQ(h.io.last_value, 0xfeu); // pulse output line 0: the CPU reset
-    EXPECT_FALSE(c.rflags & kIF);      // halted with interrupts off: nothing runs on
+    EXPECT_FALSE(c.rflags & kIF); // halted with interrupts off: nothing runs on
 }
 
 } // namespace

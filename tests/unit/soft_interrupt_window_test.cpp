@@ -87,6 +87,13 @@ TEST_F(SoftInterruptWindow, PopfSettingIfWithAPendingInterruptEndsTheSlice)
     EXPECT_TRUE(h.cpu().rflags & kIF);
 }
 
+// mov cr8, <register 0-7> (Xbyak has no CR8 operand): REX.R 0F 22 /r.
+void mov_cr8(Xbyak::CodeGenerator& g, uint8_t reg)
+{
+    for (uint8_t b : { uint8_t { 0x44 }, uint8_t { 0x0f }, uint8_t { 0x22 }, static_cast<uint8_t>(0xc0 | reg) })
+        g.db(b);
+}
+
 TEST_F(SoftInterruptWindow, LoweringTheTprWithAPendingInterruptEndsTheSlice)
 {
     // IF stays set; the TPR (CR8) masks vector 0x40 except for a short window.
@@ -95,10 +102,10 @@ TEST_F(SoftInterruptWindow, LoweringTheTprWithAPendingInterruptEndsTheSlice)
     g.mov(g.eax, 15);
     g.mov(g.ecx, 0);
     g.L(top);
-    g.db(0x44); g.db(0x0f); g.db(0x22); g.db(0xc0); // mov cr8, rax
+    mov_cr8(g, 0); // rax
     for (int i = 0; i < 32; ++i)
         g.nop();
-    g.db(0x44); g.db(0x0f); g.db(0x22); g.db(0xc1); // mov cr8, rcx
+    mov_cr8(g, 1); // rcx
     g.nop();
     g.jmp(top);
     load(g);

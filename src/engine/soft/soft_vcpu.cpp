@@ -27,7 +27,11 @@ constexpr uint64_t kSlice = 20'000;
 // The vCPU's APIC page as the MMU sees it (only the owning vCPU's thread accesses it).
 class ApicPage : public BusDevice {
 public:
-    ApicPage(Lapic& lapic, Cpu& cpu) : m_lapic(lapic), m_cpu(cpu) { }
+    ApicPage(Lapic& lapic, Cpu& cpu)
+        : m_lapic(lapic)
+        , m_cpu(cpu)
+    {
+    }
     std::string_view name() const override { return "lapic"; }
     void read(uint64_t offset, std::span<uint8_t> data) override { m_lapic.mmio_read(offset, data); }
     void write(uint64_t offset, std::span<const uint8_t> data) override
