@@ -1,5 +1,7 @@
 # guests/reset.S - resets the machine: through the i8042 (command 0xFE on port 0x64 pulses the
-# CPU reset line) or, with method=acpi, through the FADT's RESET_REG.
+# CPU reset line), with method=acpi through the FADT's RESET_REG, or with method=vector by jumping
+# to the legacy reset vector F000:FFF0 (physical 0xffff0), where a PC's firmware starts and Vessel
+# has its reset stub (src/arch/x86/reset_stub.h; Linux's default reboot ends there).
 #
 # With method=acpi it walks RSDP -> XSDT (or RSDT) -> FADT at CPL3, requires the RESET_REG_SUP
 # flag (FADT flags bit 10) and writes RESET_VALUE (offset 128) to RESET_REG (Generic Address
@@ -12,9 +14,13 @@
 # Output:   reset: via i8042
 #      or   reset: via ACPI reset register
 #           reset: RESET_REG is io 0x... (or memory 0x...), value 0x...
+#      or   reset: via the reset vector F000:FFF0
 # Failure:  FAIL: still running after the reset   (debug-exit 0x11, status 35), and FAIL: lines
 #           about missing or unusable ACPI tables
 # Options:  method=acpi   reset through the FADT's RESET_REG instead of the i8042
+#           method=vector jump (CPL0, 64-bit mode) to physical 0xffff0. Vessel-specific: Vessel's stub
+#                         decodes the same in every mode; a real firmware there expects real mode.
+#                         If nothing resets, the vCPU stays halted there (no FAIL line).
 
     .include "guest.inc"
 
@@ -27,6 +33,8 @@
     .set I8042_INPUT_FULL,      0x02
     .set I8042_PULSE_RESET,     0xfe
     .set SPIN_ITERATIONS,       100000000
+    .set RESET_VECTOR,          0xffff0     # F000:FFF0
+    .set PREPARE_VECTOR,        1           # prepare's answer for method=vector (never a FADT address)
 
     .text
     .code64
@@ -35,6 +43,8 @@ guest_main:
     mov $prepare, %edi              # option parsing, banner and table walk run at CPL3
     xor %esi, %esi
     call call_user
+    cmp $PREPARE_VECTOR, %rax
+    je 5f
     test %rax, %rax
     jz 3f
     lea FADT_RESET_REG(%rax), %rdi  # ACPI: CPL0 (the port is outside the TSS I/O bitmap)
@@ -53,9 +63,18 @@ guest_main:
     mov $SPIN_ITERATIONS, %esi
     call call_user
     FAIL "still running after the reset"
+5:  mov $RESET_VECTOR, %eax         # vector: identity-mapped, executable at CPL0
+    jmp *%rax
 
-prepare:                            # CPL3 -> RAX = FADT for method=acpi, 0 for the i8042
-    mov $word_method_acpi, %esi
+prepare:                            # CPL3 -> RAX = FADT for method=acpi, PREPARE_VECTOR, 0 for the i8042
+    mov $word_method_vector, %esi
+    call cmdline_has_token
+    test %rax, %rax
+    jz 0f
+    PUTS "reset: via the reset vector F000:FFF0\n"
+    mov $PREPARE_VECTOR, %eax
+    ret
+0:  mov $word_method_acpi, %esi
     call cmdline_has_token
     test %rax, %rax
     jnz 1f
@@ -93,5 +112,7 @@ spin:                               # CPL3: RDI iterations of nothing
     .section .rodata
 word_method_acpi:
     .asciz "method=acpi"
+word_method_vector:
+    .asciz "method=vector"
 
     .section .note.GNU-stack, "", @progbits

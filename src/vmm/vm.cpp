@@ -14,6 +14,7 @@
 #include "arch/x86/boot_cpu.h"
 #include "arch/x86/e820.h"
 #include "arch/x86/mptable.h"
+#include "arch/x86/reset_stub.h"
 #include "devices/acpi_pm.h"
 #include "devices/debug_exit.h"
 #include "devices/i8042.h"
@@ -101,6 +102,8 @@ Result<void> Vm::load_guest()
     acpi.devices = legacy_acpi_devices();
     acpi.devices.insert(acpi.devices.end(), m_virtio_acpi.begin(), m_virtio_acpi.end());
     uint64_t rsdp = TRY_CTX(build_acpi_tables(m_memory, acpi), "building ACPI tables");
+    // Linux's default reboot on this machine ends in a jump to F000:FFF0 (see reset_stub.h).
+    TRY(write_reset_stub(m_memory));
 
     // The MP table is only for kernels without ACPI; a VM too big for it still boots with ACPI.
     if (auto mp = build_mp_table(m_memory, m_config.cpus); !mp.ok())

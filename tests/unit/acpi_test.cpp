@@ -33,10 +33,10 @@ std::string str_at(std::span<const uint8_t> bytes, size_t offset, size_t len)
 Bytes read_table(const GuestMemory& mem, uint64_t gpa)
 {
     EXPECT_GE(gpa, layout::kAcpiStart);
-    EXPECT_LT(gpa, layout::kBiosEnd);
+    EXPECT_LT(gpa, layout::kAcpiEnd);
     auto length = mem.read_obj<uint32_t>(gpa + 4).value();
     EXPECT_GE(length, 36u);
-    EXPECT_LE(gpa + length, layout::kBiosEnd);
+    EXPECT_LE(gpa + length, layout::kAcpiEnd);
     return read_bytes(mem, gpa, length);
 }
 
@@ -135,7 +135,7 @@ TEST(Acpi, RsdpAtE0000WithBothChecksums)
     EXPECT_EQ(at<uint32_t>(rsdp, 20), 36u);
     uint64_t xsdt = at<uint64_t>(rsdp, 24);
     EXPECT_GT(xsdt, layout::kAcpiStart);
-    EXPECT_LT(xsdt, layout::kBiosEnd);
+    EXPECT_LT(xsdt, layout::kAcpiEnd);
     EXPECT_EQ(b.mem.read_obj<uint32_t>(xsdt).value(), 0x54445358u); // "XSDT"
 }
 
@@ -192,7 +192,7 @@ TEST(Acpi, TablesDoNotOverlap)
     std::sort(ranges.begin(), ranges.end());
     for (size_t i = 0; i + 1 < ranges.size(); ++i)
         EXPECT_LE(ranges[i].first + ranges[i].second, ranges[i + 1].first);
-    EXPECT_LE(ranges.back().first + ranges.back().second, layout::kBiosEnd);
+    EXPECT_LE(ranges.back().first + ranges.back().second, layout::kAcpiEnd); // below the reset stub page
 }
 
 TEST(Acpi, FadtIsHardwareReduced)

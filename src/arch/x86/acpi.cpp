@@ -342,7 +342,7 @@ Rsdp build_rsdp(uint64_t xsdt_address)
     return rsdp;
 }
 
-// Hands out 16-byte aligned slots in [kAcpiStart, kBiosEnd) and writes tables into them.
+// Hands out 16-byte aligned slots in [kAcpiStart, kAcpiEnd) and writes tables into them.
 class TableWriter {
 public:
     TableWriter(GuestMemory& mem, uint64_t start) : m_mem(mem), m_next(start) { }
@@ -350,8 +350,8 @@ public:
     Result<uint64_t> place(std::span<const uint8_t> table, std::string_view what)
     {
         uint64_t address = (m_next + kTableAlign - 1) & ~(kTableAlign - 1);
-        if (address > layout::kBiosEnd || table.size() > layout::kBiosEnd - address)
-            return make_error("ACPI {} ({} bytes) does not fit below {:#x}", what, table.size(), layout::kBiosEnd);
+        if (address > layout::kAcpiEnd || table.size() > layout::kAcpiEnd - address)
+            return make_error("ACPI {} ({} bytes) does not fit below {:#x}", what, table.size(), layout::kAcpiEnd);
         TRY_CTX(m_mem.write(address, table), fmt::format("writing ACPI {}", what));
         m_next = address + table.size();
         return address;
@@ -435,7 +435,7 @@ Result<uint64_t> build_acpi_tables(GuestMemory& mem, const AcpiConfig& cfg)
     TRY(check_vcpus(cfg.vcpus));
     Bytes dsdt = TRY(build_dsdt(cfg));
 
-    TRY_CTX(mem.fill(layout::kAcpiStart, 0, layout::kBiosEnd - layout::kAcpiStart), "clearing the ACPI area");
+    TRY_CTX(mem.fill(layout::kAcpiStart, 0, layout::kAcpiEnd - layout::kAcpiStart), "clearing the ACPI area");
     // The RSDP goes first, at 0xe0000: inside the 0xe0000-0xfffff range a legacy OS scans.
     const uint64_t rsdp_address = layout::kAcpiStart;
     TableWriter writer(mem, rsdp_address + sizeof(Rsdp));

@@ -73,7 +73,7 @@ AcpiDevice virtio_mmio_acpi_device(uint32_t index, uint64_t base, uint64_t size,
 Result<std::vector<uint8_t>> build_dsdt(const AcpiConfig& cfg);
 
 // Writes RSDP (at layout::kAcpiStart), XSDT, FADT, MADT and DSDT into
-// [layout::kAcpiStart, layout::kBiosEnd) and returns the RSDP's guest-physical address.
+// [layout::kAcpiStart, layout::kAcpiEnd) and returns the RSDP's guest-physical address.
 Result<uint64_t> build_acpi_tables(GuestMemory& mem, const AcpiConfig& cfg);
 
 } // namespace vessel

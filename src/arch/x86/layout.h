@@ -25,8 +25,11 @@ constexpr uint64_t kCmdlineMax = 64 * KiB;      // incl. terminating NUL
 constexpr uint64_t kEbdaStart = 0x9fc00;        // reserved: MP table lives here
 constexpr uint64_t kMpTable = kEbdaStart;
 constexpr uint64_t kLowRamEnd = 0xa0000;        // 640 KiB
-constexpr uint64_t kBiosStart = 0xe0000;        // reserved: ACPI RSDP and tables
+constexpr uint64_t kBiosStart = 0xe0000;        // reserved: ACPI RSDP and tables,
 constexpr uint64_t kAcpiStart = kBiosStart;
+constexpr uint64_t kAcpiEnd = 0xff000;
+constexpr uint64_t kResetStubPage = 0xff000;    //   then the firmware stub page with
+constexpr uint64_t kResetVector = 0xffff0;      //   the legacy reset vector F000:FFF0
 constexpr uint64_t kBiosEnd = 0x100000;
 constexpr uint64_t kHighMemStart = 0x100000;    // 1 MiB
 

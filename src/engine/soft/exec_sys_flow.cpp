@@ -5,6 +5,7 @@
 // NT=1 outside IA-32e mode), virtual-8086 mode.
 #include "engine/soft/exceptions.h"
 #include "engine/soft/exec_sys.h"
+#include "engine/soft/platform.h"
 #include "engine/soft/segments.h"
 
 namespace vessel::soft::sys {
@@ -195,6 +196,7 @@ void exec_iret(Cpu& c, const Insn& in)
         set_sp(c, sp + 3 * size);
         c.nmi_masked = false;
         c.stop_block = true;
+        interrupt_window_opened(c);
         return;
     }
     no_vm86(c);
@@ -243,6 +245,7 @@ void exec_iret(Cpu& c, const Insn& in)
         null_outer_segments(c);
     c.nmi_masked = false;
     c.stop_block = true;
+    interrupt_window_opened(c);
 }
 
 void exec_syscall(Cpu& c, const Insn&)

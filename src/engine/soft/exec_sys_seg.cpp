@@ -1,6 +1,7 @@
 // Segment registers (MOV/PUSH/POP Sreg, LDS/LES/LFS/LGS/LSS), descriptor queries (LAR, LSL,
 // VERR, VERW) and the system flags (CLI, STI, PUSHF, POPF).
 #include "engine/soft/exec_sys.h"
+#include "engine/soft/platform.h"
 #include "engine/soft/segments.h"
 
 namespace vessel::soft::sys {
@@ -107,6 +108,7 @@ void exec_sti(Cpu& c, const Insn&)
         c.rflags |= kIF;
         c.interrupt_shadow = 1; // interrupts stay blocked until the next instruction completes
         c.stop_block = true;
+        interrupt_window_opened(c);
     }
 }
 
@@ -147,8 +149,10 @@ void exec_popf(Cpu& c, const Insn& in)
     set_sp(c, sp + size);
     set_rflags_bits(c, v & ~kRF, mask);
     // The block loop must look again when interrupts became enabled.
-    if (!(before & kIF) && (c.rflags & kIF))
+    if (!(before & kIF) && (c.rflags & kIF)) {
         c.stop_block = true;
+        interrupt_window_opened(c);
+    }
 }
 
 } // namespace

@@ -73,6 +73,7 @@ bool lapic_write_msr(Cpu& c, uint32_t msr, uint64_t value)
         if (msr == kMsrTscDeadline)
             c.msrs.tsc_deadline = value;
         c.stop_block = true;
+        interrupt_window_opened(c); // x2APIC EOI or TPR
         return true;
     }
     if (msr == kMsrApicBase) {
@@ -93,9 +94,16 @@ void set_cr8(Cpu& c, uint8_t value)
     if (c.lapic) {
         c.lapic->set_tpr(value);
         c.stop_block = true; // a lower TPR can make an interrupt deliverable
+        interrupt_window_opened(c);
     } else {
         c.cr8_no_lapic = value & 0xf;
     }
+}
+
+void interrupt_window_opened(Cpu& c)
+{
+    if (c.lapic && c.lapic->has_pending_event())
+        c.attention.store(true, std::memory_order_relaxed);
 }
 
 void cpu_halt(Cpu& c)

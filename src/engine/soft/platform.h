@@ -28,4 +28,12 @@ void set_cr8(Cpu& c, uint8_t value);
 // HLT: the vCPU sleeps until an interrupt (or NMI/INIT/SIPI) arrives.
 void cpu_halt(Cpu& c);
 
+// Something may have made a pending interrupt deliverable (STI/POPF/IRET set IF, IRET unmasked
+// NMIs, the TPR was lowered, an EOI cleared an in-service vector). If the LAPIC holds a pending
+// event, raise c.attention: the block loop then returns to the vCPU at the next block boundary,
+// which delivers it. Without this a pending interrupt is only looked at again at the end of the
+// vCPU's slice, and code that keeps interrupts enabled for only a few instructions at a time can
+// hold one off indefinitely.
+void interrupt_window_opened(Cpu& c);
+
 } // namespace vessel::soft

@@ -24,16 +24,25 @@ namespace {
 // threads raise cpu.attention and are seen at the next block boundary regardless.
 constexpr uint64_t kSlice = 20'000;
 
-// The vCPU's APIC page as the MMU sees it.
+// The vCPU's APIC page as the MMU sees it (only the owning vCPU's thread accesses it).
 class ApicPage : public BusDevice {
 public:
-    explicit ApicPage(Lapic& lapic) : m_lapic(lapic) { }
+    ApicPage(Lapic& lapic, Cpu& cpu)
+        : m_lapic(lapic)
+        , m_cpu(cpu)
+    {
+    }
     std::string_view name() const override { return "lapic"; }
     void read(uint64_t offset, std::span<uint8_t> data) override { m_lapic.mmio_read(offset, data); }
-    void write(uint64_t offset, std::span<const uint8_t> data) override { m_lapic.mmio_write(offset, data); }
+    void write(uint64_t offset, std::span<const uint8_t> data) override
+    {
+        m_lapic.mmio_write(offset, data);
+        interrupt_window_opened(m_cpu); // an EOI or a lower TPR can unblock a pending interrupt
+    }
 
 private:
     Lapic& m_lapic;
+    Cpu& m_cpu;
 };
 
 } // namespace
@@ -65,7 +74,7 @@ Result<std::unique_ptr<SoftVcpu>> SoftVcpu::create(SoftEngine& engine, uint32_t 
     Cpu& c = vcpu->m_cpu;
     Lapic* lapic = TRY(engine.irqchip().add_lapic(id, *vcpu));
     vcpu->m_lapic = lapic;
-    vcpu->m_apic_page = std::make_unique<ApicPage>(*lapic);
+    vcpu->m_apic_page = std::make_unique<ApicPage>(*lapic, c);
     c.lapic = lapic;
     c.apic_page = vcpu->m_apic_page.get();
     try {
@@ -219,7 +228,10 @@ Result<VcpuExit> SoftVcpu::run()
                 sleep_until(next_deadline());
                 continue;
             }
-            m_instructions += execute(c, m_cache, kSlice);
+            // An event held back only by an STI / MOV SS interrupt shadow: run just the next block
+            // (it ends the shadow), then come back here to deliver it.
+            const uint64_t budget = c.interrupt_shadow && m_lapic->has_pending_event() ? 1 : kSlice;
+            m_instructions += execute(c, m_cache, budget);
         }
     } catch (const TripleFault&) {
         return VcpuExit { VcpuExitKind::Shutdown,
