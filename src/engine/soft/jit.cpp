@@ -133,8 +133,12 @@ std::unique_ptr<Jit> Jit::create(size_t buffer_bytes)
     return jit;
 }
 
+void jit_print_stats();
+extern std::atomic<uint64_t>* g_jit_stats;
+
 Jit::~Jit()
 {
+    jit_print_stats();
     if (m_eh_registered)
         __deregister_frame(m_eh_frame.data());
     if (m_rw)

@@ -11,7 +11,11 @@
 #include <Zydis/Zydis.h>
 #include <xbyak/xbyak.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstddef>
 #include <optional>
 #include <type_traits>
@@ -20,6 +24,27 @@
 #include "engine/soft/flags.h"
 
 namespace vessel::soft {
+
+// VESSEL_JIT_STATS=1: translated code counts the instructions it leaves to the interpreter's
+// handlers, by mnemonic; printed when the vCPU's translator goes away.
+std::atomic<uint64_t>* g_jit_stats = [] {
+    const char* s = std::getenv("VESSEL_JIT_STATS");
+    return s && *s == '1' ? new std::atomic<uint64_t>[ZYDIS_MNEMONIC_MAX_VALUE + 1] {} : nullptr;
+}();
+
+void jit_print_stats()
+{
+    if (!g_jit_stats)
+        return;
+    std::vector<std::pair<uint64_t, int>> v;
+    for (int m = 0; m <= ZYDIS_MNEMONIC_MAX_VALUE; ++m)
+        if (uint64_t n = g_jit_stats[m].load())
+            v.emplace_back(n, m);
+    std::sort(v.rbegin(), v.rend());
+    for (size_t i = 0; i < v.size() && i < 40; ++i)
+        std::fprintf(stderr, "jit: interpreted %-12s %12lu\n", ZydisMnemonicGetString(static_cast<ZydisMnemonic>(v[i].second)),
+                     static_cast<unsigned long>(v[i].first));
+}
 
 CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
 {
@@ -87,6 +112,10 @@ enum class Kind : uint8_t {
     Jmp,
     Call,
     Ret,
+    JmpInd,  // JMP r/m64
+    CallInd, // CALL r/m64
+    MulDiv,  // MUL IMUL DIV r/m (one operand: rDX:rAX)
+    BitScan, // BSF BSR
 };
 
 // How an instruction touches the arithmetic flags.
@@ -119,16 +148,19 @@ uint64_t imm_of(const Insn& in, const Operand& o) { return o.imm_index ? in.imm2
 Plan classify(const Insn& in)
 {
     Plan p;
-    if (in.flags & (kFlagLock | kFlagRep | kFlagRepne))
+    auto mnem = static_cast<ZydisMnemonic>(in.mnemonic);
+    // F3 0F 1E FA (ENDBR64) is a NOP with a REP prefix here (CET is not offered).
+    if (in.flags & (kFlagLock | ((kFlagRep | kFlagRepne) * (mnem != ZYDIS_MNEMONIC_NOP))))
         return p;
     bool mem = in.flags & kFlagHasMem;
     if (mem && in.asize != 4 && in.asize != 8)
+        return p;
+    if (mem && !fits_i32(in.disp)) // 64-bit absolute (moffs) forms
         return p;
     if (mem && in.base == kRipReg && in.asize != 8)
         return p;
     const Operand& a = in.op[0];
     const Operand& b = in.op[1];
-    auto mnem = static_cast<ZydisMnemonic>(in.mnemonic);
     switch (mnem) {
     case ZYDIS_MNEMONIC_NOP:
         p.kind = Kind::Nop;
@@ -202,17 +234,6 @@ Plan classify(const Insn& in)
             return p; // no memory access
         }
         break;
-    case ZYDIS_MNEMONIC_IMUL:
-        if (in.opmap == 1 && in.opcode == 0xaf && in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 2 && is_rm(b)
-            && b.kind != OpKind::GprHigh8) {
-            p.kind = Kind::Imul;
-            p.writes = Writes::Partial;
-        } else if (in.opmap == 0 && (in.opcode == 0x69 || in.opcode == 0x6b) && in.nops == 3 && a.kind == OpKind::Gpr
-                   && a.size >= 2 && is_rm(b) && b.kind != OpKind::GprHigh8 && in.op[2].kind == OpKind::Imm) {
-            p.kind = Kind::Imul;
-            p.writes = Writes::Partial;
-        }
-        break;
     case ZYDIS_MNEMONIC_BT:
     case ZYDIS_MNEMONIC_BTS:
     case ZYDIS_MNEMONIC_BTR:
@@ -249,17 +270,49 @@ Plan classify(const Insn& in)
         }
         return p;
     case ZYDIS_MNEMONIC_JMP:
+    case ZYDIS_MNEMONIC_CALL: {
+        bool call = mnem == ZYDIS_MNEMONIC_CALL;
         if ((in.flags & kFlagRelBranch) && in.osize == 8) {
-            p.kind = Kind::Jmp;
+            p.kind = call ? Kind::Call : Kind::Jmp;
+            p.can_fault = true;
+        } else if (in.opmap == 0 && in.opcode == 0xff && in.modrm_reg == (call ? 2 : 4) && in.osize == 8
+                   && in.nops >= 1 && (a.kind == OpKind::Gpr || a.kind == OpKind::Mem) && a.size == 8) {
+            p.kind = call ? Kind::CallInd : Kind::JmpInd;
             p.can_fault = true;
         }
         return p;
-    case ZYDIS_MNEMONIC_CALL:
-        if ((in.flags & kFlagRelBranch) && in.osize == 8) {
-            p.kind = Kind::Call;
-            p.can_fault = true;
+    }
+    case ZYDIS_MNEMONIC_MUL:
+    case ZYDIS_MNEMONIC_DIV:
+    case ZYDIS_MNEMONIC_IMUL:
+        if (in.opmap == 0 && (in.opcode == 0xf6 || in.opcode == 0xf7) && in.nops >= 1 && is_rm(a)
+            && valid_size(a.size) && (mnem != ZYDIS_MNEMONIC_IMUL || in.modrm_reg == 5)) {
+            p.kind = Kind::MulDiv;
+            p.writes = mnem == ZYDIS_MNEMONIC_DIV ? Writes::None : Writes::Partial; // DIV: all undefined
+            if (mnem == ZYDIS_MNEMONIC_DIV)
+                p.can_fault = true; // #DE
+            break;
         }
-        return p;
+        if (mnem != ZYDIS_MNEMONIC_IMUL)
+            break;
+        if (in.opmap == 1 && in.opcode == 0xaf && in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 2 && is_rm(b)
+            && b.kind != OpKind::GprHigh8) {
+            p.kind = Kind::Imul;
+            p.writes = Writes::Partial;
+        } else if (in.opmap == 0 && (in.opcode == 0x69 || in.opcode == 0x6b) && in.nops == 3 && a.kind == OpKind::Gpr
+                   && a.size >= 2 && is_rm(b) && b.kind != OpKind::GprHigh8 && in.op[2].kind == OpKind::Imm) {
+            p.kind = Kind::Imul;
+            p.writes = Writes::Partial;
+        }
+        break;
+    case ZYDIS_MNEMONIC_BSF:
+    case ZYDIS_MNEMONIC_BSR:
+        if (in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 2 && is_rm(b) && b.kind != OpKind::GprHigh8
+            && b.size == a.size) {
+            p.kind = Kind::BitScan;
+            p.writes = Writes::Partial;
+        }
+        break;
     case ZYDIS_MNEMONIC_RET:
         if (in.opcode == 0xc3 && in.opmap == 0 && in.osize == 8) {
             p.kind = Kind::Ret;
@@ -464,6 +517,11 @@ private:
 
     void call_handler(const Insn& in, uint32_t off)
     {
+        if (g_jit_stats) {
+            mov(rax, reinterpret_cast<uint64_t>(&g_jit_stats[in.mnemonic]));
+            lock();
+            inc(qword[rax]);
+        }
         set_rips(off, in.length);
         mov(rdi, rbx);
         mov(rsi, reinterpret_cast<uint64_t>(&in));
@@ -746,8 +804,10 @@ private:
                 ++uses[in.index];
             if (p.kind == Kind::Push || p.kind == Kind::Pop || p.kind == Kind::Call || p.kind == Kind::Ret)
                 uses[RSP] += 2;
-            if (p.kind == Kind::Convert)
+            if (p.kind == Kind::Convert || p.kind == Kind::MulDiv)
                 ++uses[RAX], ++uses[RDX];
+            if (p.kind == Kind::CallInd)
+                uses[RSP] += 2;
             if (p.kind == Kind::Shift)
                 ++uses[RCX];
         }
@@ -1085,6 +1145,68 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         mov(field64(m_l->rip), rax);
         dynamic_exit(index + 1);
         ends = true;
+        break;
+    }
+    case Kind::JmpInd:
+    case Kind::CallInd: {
+        if (a.kind == OpKind::Mem)
+            mov(rax, qword[rdx]); // memory_operand() above
+        else
+            gload(rax, a.reg);
+        check_canonical(need_slow());
+        if (p.kind == Kind::CallInd) {
+            gload(rsi, RSP);
+            sub(rsi, 8);
+            tlb_lookup(8, true, need_slow()); // keeps rax
+            lea(rcx, ptr[r12 + next]);
+            mov(qword[rdx], rcx);
+            gstore(RSP, rsi);
+        }
+        mov(field64(m_l->rip), rax);
+        dynamic_exit(index + 1);
+        ends = true;
+        break;
+    }
+    case Kind::MulDiv: {
+        // Source into rcx (rdx is the implicit operand).
+        Xbyak::Reg src = a.kind == OpKind::GprHigh8 ? Xbyak::Reg(ch) : sized(rcx, a.size);
+        if (a.kind == OpKind::Mem)
+            mov(src, mem(a.size));
+        else
+            gload(rcx, a.reg);
+        gload(rax, RAX);
+        if (a.size > 1)
+            gload(rdx, RDX);
+        if (m == ZYDIS_MNEMONIC_DIV) {
+            // #DE (zero divisor, quotient too wide) when the high half is not below the divisor.
+            Xbyak::Reg high = a.size == 1 ? Xbyak::Reg(ah) : sized(rdx, a.size);
+            cmp(high, src);
+            jae(need_slow(), T_NEAR);
+            div(src);
+        } else if (m == ZYDIS_MNEMONIC_MUL) {
+            mul(src);
+        } else {
+            imul(src);
+        }
+        gstore(RAX, rax);
+        if (a.size > 1)
+            gstore(RDX, rdx);
+        break;
+    }
+    case Kind::BitScan: {
+        gload(rax, a.reg); // a zero source leaves the destination unchanged
+        Xbyak::Reg d = sized(rax, a.size);
+        auto op = [&](const Xbyak::Operand& s) {
+            if (m == ZYDIS_MNEMONIC_BSF)
+                bsf(d, s);
+            else
+                bsr(d, s);
+        };
+        if (b.kind == OpKind::Mem)
+            op(mem(b.size));
+        else
+            op(load_reg(b, rcx));
+        store_reg(a, rax);
         break;
     }
     case Kind::Generic: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
