@@ -852,7 +852,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
     };
 
     bool has_mem = in.flags & kFlagHasMem;
-    if (has_mem && p.kind != Kind::Lea) {
+    if (has_mem && p.kind != Kind::Lea && p.kind != Kind::Nop) { // neither touches memory
         unsigned size = 0;
         for (unsigned i = 0; i < in.nops; ++i)
             if (in.op[i].kind == OpKind::Mem)
