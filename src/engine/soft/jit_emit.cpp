@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "engine/soft/flags.h"
+#include "engine/soft/fpu_state.h"
 
 namespace vessel::soft {
 
@@ -70,6 +71,9 @@ CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
     l.interrupt_shadow = at(&c.interrupt_shadow);
     l.jump_table = cache.jump_table();
     l.jit_left = at(&c.jit_left);
+    l.cr0 = at(&c.cr0);
+    l.cr4 = at(&c.cr4);
+    l.fx = at(&c.fx[0]);
     l.jit_cache = at(&c.jit_cache);
     l.tlb[0] = at(&c.tlb.e[0][0]);
     l.tlb[1] = at(&c.tlb.e[1][0]);
@@ -116,6 +120,7 @@ enum class Kind : uint8_t {
     CallInd, // CALL r/m64
     MulDiv,  // MUL IMUL DIV r/m (one operand: rDX:rAX)
     BitScan, // BSF BSR
+    Sse,     // SSE2 integer/bitwise ops and moves on XMM registers (Cpu::fx)
 };
 
 // How an instruction touches the arithmetic flags.
@@ -133,7 +138,61 @@ struct Plan {
     bool mem_write { false }; // the memory operand is written
     bool can_fault { false };
     bool capture { false }; // store the flags it produces (a later reader may see them)
+    bool aligned { false }; // SSE: a 16-byte memory operand must be aligned (#GP otherwise)
 };
+
+// SSE instructions translated to themselves: xmm, xmm/m128 (memory aligned).
+bool sse_binary(ZydisMnemonic m)
+{
+    switch (m) {
+    case ZYDIS_MNEMONIC_PXOR:
+    case ZYDIS_MNEMONIC_POR:
+    case ZYDIS_MNEMONIC_PAND:
+    case ZYDIS_MNEMONIC_PANDN:
+    case ZYDIS_MNEMONIC_PCMPEQB:
+    case ZYDIS_MNEMONIC_PCMPEQW:
+    case ZYDIS_MNEMONIC_PCMPEQD:
+    case ZYDIS_MNEMONIC_PADDB:
+    case ZYDIS_MNEMONIC_PADDW:
+    case ZYDIS_MNEMONIC_PADDD:
+    case ZYDIS_MNEMONIC_PADDQ:
+    case ZYDIS_MNEMONIC_PSUBB:
+    case ZYDIS_MNEMONIC_PSUBW:
+    case ZYDIS_MNEMONIC_PSUBD:
+    case ZYDIS_MNEMONIC_PSUBQ:
+    case ZYDIS_MNEMONIC_PMINUB:
+    case ZYDIS_MNEMONIC_PMAXUB:
+    case ZYDIS_MNEMONIC_PUNPCKLBW:
+    case ZYDIS_MNEMONIC_PUNPCKLWD:
+    case ZYDIS_MNEMONIC_PUNPCKLDQ:
+    case ZYDIS_MNEMONIC_PUNPCKLQDQ:
+    case ZYDIS_MNEMONIC_PUNPCKHBW:
+    case ZYDIS_MNEMONIC_PUNPCKHWD:
+    case ZYDIS_MNEMONIC_PUNPCKHDQ:
+    case ZYDIS_MNEMONIC_PUNPCKHQDQ:
+    case ZYDIS_MNEMONIC_XORPS:
+    case ZYDIS_MNEMONIC_ANDPS:
+    case ZYDIS_MNEMONIC_ANDNPS:
+    case ZYDIS_MNEMONIC_ORPS:
+    case ZYDIS_MNEMONIC_XORPD:
+    case ZYDIS_MNEMONIC_ANDPD:
+    case ZYDIS_MNEMONIC_ORPD: return true;
+    default: return false;
+    }
+}
+
+bool sse_move(ZydisMnemonic m, bool& aligned)
+{
+    switch (m) {
+    case ZYDIS_MNEMONIC_MOVAPS:
+    case ZYDIS_MNEMONIC_MOVAPD:
+    case ZYDIS_MNEMONIC_MOVDQA: aligned = true; return true;
+    case ZYDIS_MNEMONIC_MOVUPS:
+    case ZYDIS_MNEMONIC_MOVUPD:
+    case ZYDIS_MNEMONIC_MOVDQU: aligned = false; return true;
+    default: return false;
+    }
+}
 
 bool is_reg(const Operand& o) { return o.kind == OpKind::Gpr || o.kind == OpKind::GprHigh8; }
 bool is_rm(const Operand& o) { return is_reg(o) || o.kind == OpKind::Mem; }
@@ -319,7 +378,37 @@ Plan classify(const Insn& in)
             p.can_fault = true;
         }
         return p;
-    default:
+    default: {
+        bool aligned = false;
+        const bool xa = a.kind == OpKind::Xmm, xb = b.kind == OpKind::Xmm;
+        const bool m16a = a.kind == OpKind::Mem && a.size == 16, m16b = b.kind == OpKind::Mem && b.size == 16;
+        if (sse_binary(mnem) && in.nops == 2 && xa && (xb || m16b)) {
+            p.kind = Kind::Sse;
+            p.aligned = true;
+        } else if (sse_move(mnem, aligned) && in.nops == 2 && ((xa && (xb || m16b)) || (m16a && xb))) {
+            p.kind = Kind::Sse;
+            p.aligned = aligned;
+            p.mem_write = m16a;
+        } else if (mnem == ZYDIS_MNEMONIC_PSHUFD && in.nops == 3 && xa && (xb || m16b) && in.op[2].kind == OpKind::Imm) {
+            p.kind = Kind::Sse;
+            p.aligned = true;
+        } else if (mnem == ZYDIS_MNEMONIC_PMOVMSKB && in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 4 && xb) {
+            p.kind = Kind::Sse;
+        } else if ((mnem == ZYDIS_MNEMONIC_MOVD || mnem == ZYDIS_MNEMONIC_MOVQ) && in.nops == 2
+                   && ((xa && (b.kind == OpKind::Gpr || b.kind == OpKind::Mem || xb))
+                       || ((a.kind == OpKind::Gpr || a.kind == OpKind::Mem) && xb))
+                   && !(xa && xb && mnem == ZYDIS_MNEMONIC_MOVD)) {
+            unsigned size = xa ? (xb ? 8 : b.size) : a.size;
+            if (size == 4 || size == 8) {
+                p.kind = Kind::Sse;
+                p.mem_write = a.kind == OpKind::Mem;
+            }
+        }
+        if (p.kind == Kind::Sse) {
+            p.can_fault = true; // #UD/#NM from CR0/CR4, #GP, #PF
+            break;
+        }
+    }
         if ((in.flags & kFlagRelBranch) && in.cond && in.opmap <= 1 && in.osize == 8
             && ((in.opmap == 0 && (in.opcode & 0xf0) == 0x70) || (in.opmap == 1 && (in.opcode & 0xf0) == 0x80))) {
             p.kind = Kind::Jcc;
@@ -786,6 +875,101 @@ private:
         }
     }
 
+    Xbyak::Address xmm_of(unsigned i) { return xword[rbx + m_l->fx + 160 + 16 * static_cast<int>(i)]; }
+
+    // SSE (after the CR0/CR4 checks; rdx = host pointer of an aligned-if-needed memory operand).
+    void sse_insn(const Insn& in, const Plan& p)
+    {
+        (void)p;
+        const auto m = static_cast<ZydisMnemonic>(in.mnemonic);
+        const Operand& a = in.op[0];
+        const Operand& b = in.op[1];
+        if (m == ZYDIS_MNEMONIC_PMOVMSKB) {
+            movdqu(xmm1, xmm_of(b.reg));
+            pmovmskb(eax, xmm1);
+            gstore(a.reg, rax); // zero-extended to 64 bits
+            return;
+        }
+        if (m == ZYDIS_MNEMONIC_MOVD || m == ZYDIS_MNEMONIC_MOVQ) {
+            bool q = m == ZYDIS_MNEMONIC_MOVQ;
+            if (a.kind == OpKind::Xmm) {
+                if (b.kind == OpKind::Xmm)
+                    movq(xmm0, xmm_of(b.reg)); // low quadword, upper zeroed
+                else if (b.kind == OpKind::Mem)
+                    q ? movq(xmm0, qword[rdx]) : movd(xmm0, dword[rdx]);
+                else {
+                    gload(rax, b.reg);
+                    q ? movq(xmm0, rax) : movd(xmm0, eax);
+                }
+                movdqu(xmm_of(a.reg), xmm0);
+            } else {
+                movdqu(xmm0, xmm_of(b.reg));
+                if (a.kind == OpKind::Mem) {
+                    q ? movq(qword[rdx], xmm0) : movd(dword[rdx], xmm0);
+                } else {
+                    q ? movq(rax, xmm0) : movd(eax, xmm0);
+                    gstore(a.reg, rax);
+                }
+            }
+            return;
+        }
+        bool aligned = false;
+        if (sse_move(m, aligned)) {
+            if (a.kind == OpKind::Mem) {
+                movdqu(xmm0, xmm_of(b.reg));
+                movdqu(xword[rdx], xmm0);
+            } else {
+                movdqu(xmm0, b.kind == OpKind::Mem ? xword[rdx] : xmm_of(b.reg));
+                movdqu(xmm_of(a.reg), xmm0);
+            }
+            return;
+        }
+        movdqu(xmm0, xmm_of(a.reg));
+        Xbyak::Address src = b.kind == OpKind::Mem ? xword[rdx] : xmm_of(b.reg);
+        if (b.kind != OpKind::Mem) {
+            movdqu(xmm1, src);
+        }
+        const Xbyak::Operand& s1 = b.kind == OpKind::Mem ? static_cast<const Xbyak::Operand&>(src)
+                                                         : static_cast<const Xbyak::Operand&>(xmm1);
+        switch (m) {
+        case ZYDIS_MNEMONIC_PXOR: pxor(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_POR: por(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PAND: pand(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PANDN: pandn(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PCMPEQB: pcmpeqb(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PCMPEQW: pcmpeqw(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PCMPEQD: pcmpeqd(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PADDB: paddb(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PADDW: paddw(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PADDD: paddd(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PADDQ: paddq(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PSUBB: psubb(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PSUBW: psubw(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PSUBD: psubd(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PSUBQ: psubq(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PMINUB: pminub(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PMAXUB: pmaxub(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PUNPCKLBW: punpcklbw(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PUNPCKLWD: punpcklwd(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PUNPCKLDQ: punpckldq(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PUNPCKLQDQ: punpcklqdq(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PUNPCKHBW: punpckhbw(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PUNPCKHWD: punpckhwd(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PUNPCKHDQ: punpckhdq(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PUNPCKHQDQ: punpckhqdq(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_XORPS: xorps(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_ANDPS: andps(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_ANDNPS: andnps(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_ORPS: orps(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_XORPD: xorpd(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_ANDPD: andpd(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_ORPD: orpd(xmm0, s1); break;
+        case ZYDIS_MNEMONIC_PSHUFD: pshufd(xmm0, s1, static_cast<uint8_t>(imm_of(in, in.op[2]))); break;
+        default: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
+        }
+        movdqu(xmm_of(a.reg), xmm0);
+    }
+
     // Picks the guest registers the block's inline instructions use most (at least twice).
     void choose_cached(const Block& b, const std::vector<Plan>& plans)
     {
@@ -852,6 +1036,13 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
     };
 
     bool has_mem = in.flags & kFlagHasMem;
+    if (p.kind == Kind::Sse) {
+        // What check_sse() raises: #UD (CR0.EM, no CR4.OSFXSR), #NM (CR0.TS).
+        test(dword[rbx + m_l->cr0], static_cast<uint32_t>(fpu::kCr0Em | fpu::kCr0Ts));
+        jnz(need_slow(), T_NEAR);
+        test(dword[rbx + m_l->cr4], static_cast<uint32_t>(x86::kCr4Osfxsr));
+        jz(need_slow(), T_NEAR);
+    }
     if (has_mem && p.kind != Kind::Lea && p.kind != Kind::Nop) { // neither touches memory
         unsigned size = 0;
         for (unsigned i = 0; i < in.nops; ++i)
@@ -860,6 +1051,10 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         if (in.base == kRipReg && !fits_i32(static_cast<int64_t>(next) + in.disp))
             throw Xbyak::Error(Xbyak::ERR_OFFSET_IS_TOO_BIG);
         memory_operand(in, next, size, p.mem_write, need_slow());
+        if (p.aligned && size == 16) {
+            test(esi, 15);
+            jnz(need_slow(), T_NEAR);
+        }
     }
     if (flags_in)
         load_flags();
@@ -1209,6 +1404,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         store_reg(a, rax);
         break;
     }
+    case Kind::Sse: sse_insn(in, p); break;
     case Kind::Generic: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
     }
 

@@ -32,6 +32,9 @@ struct CpuLayout {
     int32_t interrupt_shadow;
     const JumpEntry* jump_table;
     int32_t jit_left;
+    int32_t cr0;
+    int32_t cr4;
+    int32_t fx;
     int32_t jit_cache;
     const void* exit_stub; // absolute
     static CpuLayout of(const Cpu& c, const BlockCache& cache);
