@@ -454,8 +454,8 @@ public:
         push(r14);
         push(r15);
         sub(rsp, 8); // rsp = CFA - 64, 16-byte aligned at calls
-        (void)l;
         mov(rbx, rdi);
+        mov(rax, qword[rbx + l.rip]); // blocks start with rax = their RIP
         jmp(rsi);
         align(16);
         m_exit_offset = getSize();
@@ -577,6 +577,8 @@ private:
     };
     const Block* m_block { nullptr };
     Xbyak::Label m_out;    // to the exit stub
+    Xbyak::Label m_out_rax;    // c.rip := rax, then m_out
+    Xbyak::Label m_lookup_rax; // c.rip := rax, then m_lookup
     Xbyak::Label m_lookup; // jit_link(c, cache, nullptr) and on, or out
     std::vector<Link> m_links;
     std::vector<LinkSlot>* m_slots { nullptr };
@@ -724,37 +726,34 @@ private:
     void static_exit(unsigned count, int64_t target)
     {
         write_back(m_dirty);
-        mov(field64(m_l->rip), rax);
-        chain_checks(count);
+        chain_checks(count, m_out_rax);
         int64_t in_page = static_cast<int64_t>(m_block->gpa & 0xfff) + target;
         if (in_page >= 0 && in_page < 4096 && m_links.size() < kMaxLinks) {
             m_links.push_back(Link {});
             Link& link = m_links.back();
-            jmp(ptr[rip + link.slot]);
+            jmp(ptr[rip + link.slot]); // with rax = the target's RIP
         } else {
-            jmp(m_lookup, T_NEAR);
+            jmp(m_lookup_rax, T_NEAR);
         }
     }
     // Dynamic target: c.rip already holds it.
     void dynamic_exit(unsigned count)
     {
         write_back(m_dirty);
-        chain_checks(count);
+        chain_checks(count, m_out);
         cmp(byte[rbx + m_l->stop_block], 0);
         jne(m_out, T_NEAR);
         jmp(m_lookup, T_NEAR);
     }
     // Counts the block's instructions off Cpu::jit_left; leaves unless more may run now.
-    void chain_checks(unsigned count)
+    void chain_checks(unsigned count, Xbyak::Label& out)
     {
         sub(qword[rbx + m_l->jit_left], count);
-        jbe(m_out, T_NEAR);
+        jbe(out, T_NEAR);
+        // A new code page raises attention on every other vCPU (SoftMachine::watch_code_epoch);
+        // this vCPU's own new code pages come from jit_link or the execution loop, which sync.
         cmp(byte[rbx + m_l->attention], 0);
-        jne(m_out, T_NEAR);
-        mov(rcx, reinterpret_cast<uint64_t>(m_l->code_epoch));
-        mov(rcx, qword[rcx]);
-        cmp(rcx, qword[rbx + m_l->code_epoch_seen]);
-        jne(m_out, T_NEAR);
+        jne(out, T_NEAR);
     }
 
     void alu_op(ZydisMnemonic m, const Xbyak::Operand& d, const Xbyak::Operand& s)
@@ -1432,6 +1431,8 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     m_links.reserve(kMaxLinks);
     m_out = Xbyak::Label();
     m_lookup = Xbyak::Label();
+    m_out_rax = Xbyak::Label();
+    m_lookup_rax = Xbyak::Label();
     m_block = &b;
     m_l = &layout;
     m_user = user;
@@ -1452,7 +1453,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     }
 
     choose_cached(b, plans);
-    mov(r12, field64(m_l->rip));
+    mov(r12, rax); // entered with rax = c.rip or the RIP a chained exit is going to
     reload();
     m_dirty = 0;
     uint32_t off = 0;
@@ -1514,6 +1515,8 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         jmp(m_out, T_NEAR);
     }
     // The next block from the jump cache, as find_linear() would find it; jit_link otherwise.
+    L(m_lookup_rax);
+    mov(field64(m_l->rip), rax);
     L(m_lookup);
     {
         Xbyak::Label miss;
@@ -1547,10 +1550,10 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         cmp(word[rdx + offsetof(JumpEntry, mode)],
             static_cast<uint32_t>(static_cast<uint8_t>(CpuMode::Long64) | (m_user ? 0x100 : 0)));
         jne(miss, T_NEAR);
-        mov(rax, qword[rdx + offsetof(JumpEntry, code)]);
-        test(rax, rax);
+        mov(rcx, qword[rdx + offsetof(JumpEntry, code)]);
+        test(rcx, rcx);
         jz(miss, T_NEAR);
-        jmp(rax);
+        jmp(rcx);
         L(miss);
     }
     mov(rdi, rbx);
@@ -1559,17 +1562,24 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     call_abs(reinterpret_cast<const void*>(&jit_link));
     test(rax, rax);
     jz(m_out, T_NEAR);
-    jmp(rax);
+    mov(rcx, rax);
+    mov(rax, field64(m_l->rip));
+    jmp(rcx);
     for (Link& link : m_links) {
         L(link.stub);
+        mov(field64(m_l->rip), rax);
         mov(rdi, rbx);
         mov(rsi, qword[rbx + m_l->jit_cache]);
         lea(rdx, ptr[rip + link.slot]);
         call_abs(reinterpret_cast<const void*>(&jit_link));
         test(rax, rax);
         jz(m_out, T_NEAR);
-        jmp(rax);
+        mov(rcx, rax);
+        mov(rax, field64(m_l->rip));
+        jmp(rcx);
     }
+    L(m_out_rax);
+    mov(field64(m_l->rip), rax);
     L(m_out);
     mov(rax, reinterpret_cast<uint64_t>(m_l->exit_stub));
     jmp(rax);

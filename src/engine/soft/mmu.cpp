@@ -118,8 +118,12 @@ void SoftMachine::mark_code_page(uint64_t gpa)
     uint64_t pfn = gpa >> 12;
     if (pfn >= m_pages)
         return;
-    if (!m_code_page[pfn].exchange(1, std::memory_order_acq_rel))
+    if (!m_code_page[pfn].exchange(1, std::memory_order_acq_rel)) {
         m_code_epoch.fetch_add(1, std::memory_order_acq_rel);
+        uint32_t n = m_watchers_count.load(std::memory_order_acquire);
+        for (uint32_t i = 0; i < n; ++i)
+            m_watchers[i]->store(true, std::memory_order_release);
+    }
 }
 
 void SoftMachine::code_page_written(uint64_t gpa)

@@ -11,6 +11,7 @@
 // it changed.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -59,6 +60,18 @@ public:
         return reinterpret_cast<const uint64_t*>(&m_code_epoch);
     }
 
+    // vCPUs whose `attention` is raised when a page becomes a code page, so that they drop
+    // their write TLB entries (sync_code_epoch) before running on: translated code chains
+    // blocks without looking at the epoch itself.
+    void watch_code_epoch(std::atomic<bool>* attention)
+    {
+        uint32_t i = m_watchers_count.load(std::memory_order_relaxed);
+        if (i < m_watchers.size()) {
+            m_watchers[i] = attention;
+            m_watchers_count.store(i + 1, std::memory_order_release);
+        }
+    }
+
     // Number of vCPUs of the VM (the topology CPUID reports); set before the vCPUs run.
     uint32_t vcpu_count() const { return m_vcpu_count; }
     void set_vcpu_count(uint32_t count) { m_vcpu_count = count ? count : 1; }
@@ -70,6 +83,8 @@ private:
     std::unique_ptr<std::atomic<uint8_t>[]> m_code_page;
     std::atomic<uint64_t> m_code_epoch { 0 };
     std::atomic<uint64_t> m_code_write_epoch { 0 };
+    std::array<std::atomic<bool>*, 256> m_watchers {};
+    std::atomic<uint32_t> m_watchers_count { 0 };
     uint32_t m_vcpu_count { 1 };
 };
 

@@ -53,6 +53,7 @@ SoftVcpu::SoftVcpu(SoftEngine& engine, uint32_t id, IoHandler& io)
     , m_cache(engine.machine())
 {
     m_cpu.machine = &engine.machine();
+    engine.machine().watch_code_epoch(&m_cpu.attention);
     m_cpu.io = &io;
     m_cpu.id = id;
     m_cpu.clock = &engine.irqchip().clock();
