@@ -109,7 +109,7 @@ std::unique_ptr<Block> BlockCache::decode(Cpu& c, uint64_t linear, uint64_t gpa)
         if (status != Decoder::Status::Ok) {
             if (block->insns.empty())
                 raise_ud(); // the first instruction itself is invalid: #UD at c.rip
-            break;          // end the block before it; it faults when reached
+            break; // end the block before it; it faults when reached
         }
         block->insns.push_back(in);
         offset += in.length;

@@ -12,9 +12,9 @@
 
 #include "engine/soft/cpu.h"
 #include "engine/soft/decoder.h"
-#include "engine/soft/mmu.h"
 #include "engine/soft/insn.h"
 #include "engine/soft/jit.h"
+#include "engine/soft/mmu.h"
 
 namespace vessel::soft {
 
@@ -22,9 +22,9 @@ constexpr unsigned kMaxBlockInsns = 64;
 constexpr uint64_t kNoPage = ~0ULL;
 
 struct Block {
-    uint64_t gpa { 0 };       // guest-physical address of the first byte
+    uint64_t gpa { 0 }; // guest-physical address of the first byte
     uint64_t gpa2 { kNoPage }; // second page, when the last instruction crosses into it
-    uint32_t gen { 0 };       // code-page generations the block was decoded at
+    uint32_t gen { 0 }; // code-page generations the block was decoded at
     uint32_t gen2 { 0 };
     CpuMode mode { CpuMode::Real };
     uint32_t count { 0 };
@@ -42,7 +42,7 @@ struct JumpEntry {
     uint64_t epoch { ~0ULL }; // code-write epoch at which the block was last found valid
     const Block* block { nullptr };
     const void* code { nullptr }; // its translation for `user`, once there is one
-    uint8_t mode { 0 };           // CpuMode
+    uint8_t mode { 0 }; // CpuMode
     bool user { false };
     bool global { false }; // tlb_gen is Tlb::gen_global (a global page) rather than Tlb::gen
 };
@@ -70,8 +70,7 @@ public:
     {
         JumpEntry& j = m_jump[jump_index(linear)];
         if (j.linear == linear && j.tlb_gen == (j.global ? c.tlb.gen_global : c.tlb.gen)
-            && j.mode == static_cast<uint8_t>(c.mode)
-            && j.user == (c.cpl == 3)) [[likely]] {
+            && j.mode == static_cast<uint8_t>(c.mode) && j.user == (c.cpl == 3)) [[likely]] {
             uint64_t epoch = m_machine.code_write_epoch();
             if (j.epoch == epoch) [[likely]]
                 return j.block;
@@ -91,8 +90,7 @@ public:
         const TlbEntry& te = c.tlb.e[c.cpl == 3][(linear >> 12) & (kTlbEntries - 1)];
         bool global = b.gpa2 == kNoPage && te.tag_exec == (linear & ~0xfffULL) && te.global;
         m_jump[jump_index(linear)] = JumpEntry { linear, global ? c.tlb.gen_global : c.tlb.gen,
-                                                 valid(b) ? epoch : ~0ULL, &b, nullptr,
-                                                 static_cast<uint8_t>(c.mode), c.cpl == 3, global };
+            valid(b) ? epoch : ~0ULL, &b, nullptr, static_cast<uint8_t>(c.mode), c.cpl == 3, global };
     }
     // The translation of the block find_linear() just returned for `linear` (translated code
     // looks the jump cache up itself and goes straight there).

@@ -36,9 +36,24 @@ enum SegIdx : uint8_t { ES = 0, CS = 1, SS = 2, DS = 3, FS = 4, GS = 5 };
 
 // Exception vectors.
 enum Vector : uint8_t {
-    kExcDE = 0, kExcDB = 1, kExcNMI = 2, kExcBP = 3, kExcOF = 4, kExcBR = 5, kExcUD = 6, kExcNM = 7,
-    kExcDF = 8, kExcTS = 10, kExcNP = 11, kExcSS = 12, kExcGP = 13, kExcPF = 14, kExcMF = 16,
-    kExcAC = 17, kExcMC = 18, kExcXM = 19,
+    kExcDE = 0,
+    kExcDB = 1,
+    kExcNMI = 2,
+    kExcBP = 3,
+    kExcOF = 4,
+    kExcBR = 5,
+    kExcUD = 6,
+    kExcNM = 7,
+    kExcDF = 8,
+    kExcTS = 10,
+    kExcNP = 11,
+    kExcSS = 12,
+    kExcGP = 13,
+    kExcPF = 14,
+    kExcMF = 16,
+    kExcAC = 17,
+    kExcMC = 18,
+    kExcXM = 19,
 };
 
 // An architectural exception raised by the current instruction.
@@ -49,7 +64,7 @@ struct GuestFault {
     uint64_t cr2; // #PF only: the faulting linear address
 };
 
-[[noreturn]] void raise_fault(uint8_t vector);                      // no error code
+[[noreturn]] void raise_fault(uint8_t vector); // no error code
 [[noreturn]] void raise_fault(uint8_t vector, uint32_t error_code); // with error code
 [[noreturn]] void raise_page_fault(uint64_t linear, uint32_t error_code);
 // The instruction cannot be emulated (unknown opcode class we chose not to implement): #UD.
@@ -65,7 +80,7 @@ struct EngineAbort {
 
 // Decode/execution mode, from CS and EFER.LMA.
 enum class CpuMode : uint8_t {
-    Real,   // CR0.PE = 0: 16-bit code, segment base = selector << 4
+    Real, // CR0.PE = 0: 16-bit code, segment base = selector << 4
     Prot16, // protected mode, CS.D = 0
     Prot32, // protected mode (or compatibility mode), CS.D = 1
     Long64, // EFER.LMA and CS.L
@@ -73,14 +88,14 @@ enum class CpuMode : uint8_t {
 
 enum class FlagOp : uint8_t {
     None, // arithmetic flags are in Cpu::rflags
-    Add,  // res = a + b
-    Adc,  // res = a + b + carry_in (aux = carry_in)
-    Sub,  // res = a - b (also CMP)
-    Sbb,  // res = a - b - borrow_in (aux = borrow_in)
+    Add, // res = a + b
+    Adc, // res = a + b + carry_in (aux = carry_in)
+    Sub, // res = a - b (also CMP)
+    Sbb, // res = a - b - borrow_in (aux = borrow_in)
     Logic, // AND/OR/XOR/TEST: CF = OF = 0
-    Inc,  // res = a + 1, aux = CF before
-    Dec,  // res = a - 1, aux = CF before
-    Neg,  // res = -a (a = source)
+    Inc, // res = a + 1, aux = CF before
+    Dec, // res = a - 1, aux = CF before
+    Neg, // res = -a (a = source)
     Host, // res = an RFLAGS image from the host (translated code ran the instruction natively)
 };
 
@@ -101,7 +116,7 @@ struct TlbEntry {
     uint64_t tag_exec;
     uint64_t addend;
     uint64_t gpa_page; // guest-physical page (for code-page tracking)
-    uint64_t global;   // 1: a global page (CR4.PGE and PTE.G), kept across CR3 writes
+    uint64_t global; // 1: a global page (CR4.PGE and PTE.G), kept across CR3 writes
 };
 constexpr uint64_t kTlbInvalid = 1; // never equal to a page-aligned address
 constexpr size_t kTlbEntries = 1024;
@@ -109,7 +124,7 @@ constexpr size_t kTlbEntries = 1024;
 struct Tlb {
     // [0] supervisor accesses (CPL < 3 or implicit system accesses), [1] user accesses.
     std::array<std::array<TlbEntry, kTlbEntries>, 2> e;
-    uint64_t gen { 0 };        // bumped whenever translations are dropped (the jump cache keys on it)
+    uint64_t gen { 0 }; // bumped whenever translations are dropped (the jump cache keys on it)
     uint64_t gen_global { 0 }; // bumped whenever global translations may be dropped
     void flush();
     void flush_page(uint64_t linear);
@@ -170,8 +185,8 @@ struct Cpu {
     IoHandler* io { nullptr };
     Lapic* lapic { nullptr };
     BusDevice* apic_page { nullptr }; // this vCPU's LAPIC registers (MMIO at apic_base)
-    VirtualClock* clock { nullptr };   // guest time (TSC); nullptr in unit tests: host time
-    uint8_t cr8_no_lapic { 0 };        // CR8 when no LAPIC is attached (unit tests)
+    VirtualClock* clock { nullptr }; // guest time (TSC); nullptr in unit tests: host time
+    uint8_t cr8_no_lapic { 0 }; // CR8 when no LAPIC is attached (unit tests)
     uint32_t id { 0 };
     uint64_t code_epoch_seen { 0 };
     // Translated code's scratch (jit.h): the instruction budget left, the vCPU's BlockCache.

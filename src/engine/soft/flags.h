@@ -9,13 +9,19 @@
 
 namespace vessel::soft {
 
-constexpr uint64_t kCF = 1 << 0, kPF = 1 << 2, kAF = 1 << 4, kZF = 1 << 6, kSF = 1 << 7, kTF = 1 << 8,
-                   kIF = 1 << 9, kDF = 1 << 10, kOF = 1 << 11, kIOPL = 3 << 12, kNT = 1 << 14, kRF = 1 << 16,
-                   kVM = 1 << 17, kAC = 1 << 18, kVIF = 1 << 19, kVIP = 1 << 20, kID = 1 << 21;
+constexpr uint64_t kCF = 1 << 0, kPF = 1 << 2, kAF = 1 << 4, kZF = 1 << 6, kSF = 1 << 7, kTF = 1 << 8, kIF = 1 << 9,
+                   kDF = 1 << 10, kOF = 1 << 11, kIOPL = 3 << 12, kNT = 1 << 14, kRF = 1 << 16, kVM = 1 << 17,
+                   kAC = 1 << 18, kVIF = 1 << 19, kVIP = 1 << 20, kID = 1 << 21;
 constexpr uint64_t kArithFlags = kCF | kPF | kAF | kZF | kSF | kOF;
 
-constexpr uint64_t size_mask(unsigned size) { return size >= 8 ? ~0ULL : (1ULL << (size * 8)) - 1; }
-constexpr uint64_t sign_bit(unsigned size) { return 1ULL << (size * 8 - 1); }
+constexpr uint64_t size_mask(unsigned size)
+{
+    return size >= 8 ? ~0ULL : (1ULL << (size * 8)) - 1;
+}
+constexpr uint64_t sign_bit(unsigned size)
+{
+    return 1ULL << (size * 8 - 1);
+}
 inline int64_t sign_extend(uint64_t v, unsigned size)
 {
     unsigned shift = 64 - size * 8;
@@ -139,10 +145,16 @@ inline void set_rflags_bits(Cpu& c, uint64_t value, uint64_t mask)
 }
 
 // Sets the arithmetic flags eagerly (shifts, rotates, multiplies, BT*, ...).
-inline void set_arith_flags(Cpu& c, uint64_t flags) { set_rflags_bits(c, flags, kArithFlags); }
+inline void set_arith_flags(Cpu& c, uint64_t flags)
+{
+    set_rflags_bits(c, flags, kArithFlags);
+}
 
 // Parity flag of a result's low byte, for eager flag computations.
-inline uint64_t parity_flag(uint64_t res) { return __builtin_parity(static_cast<unsigned>(res & 0xff)) ? 0 : kPF; }
+inline uint64_t parity_flag(uint64_t res)
+{
+    return __builtin_parity(static_cast<unsigned>(res & 0xff)) ? 0 : kPF;
+}
 
 // Evaluates condition code cc (0..15, the Jcc/SETcc/CMOVcc encoding).
 inline bool test_cc(const Cpu& c, unsigned cc)

@@ -48,8 +48,7 @@ uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget, Faults faults)
                 cache.remember_code(linear, code);
                 // After STI / MOV SS only this block runs before interrupts are looked at again.
                 executed += cache.run_translated(c, code, had_shadow ? 1 : budget - executed);
-            }
-            else
+            } else
                 executed += run_block(c, block);
             if (had_shadow)
                 c.interrupt_shadow = 0;

@@ -36,7 +36,7 @@ void put_u64(std::vector<uint8_t>& v, uint64_t x)
 void pad_to_8(std::vector<uint8_t>& v, size_t start)
 {
     while ((v.size() - start) % 8 != 4) // the length field (4 bytes) is not counted
-        v.push_back(0);                 // DW_CFA_nop
+        v.push_back(0); // DW_CFA_nop
 }
 
 // One CIE and one FDE covering [code, code + size): the frame the entry stub builds
@@ -53,10 +53,10 @@ std::vector<uint8_t> frame_description(uint64_t code, uint64_t size)
     v.push_back('z');
     v.push_back('R');
     v.push_back(0);
-    v.push_back(1);    // code alignment factor
+    v.push_back(1); // code alignment factor
     v.push_back(0x78); // data alignment factor -8 (SLEB128)
-    v.push_back(16);   // return address column (RIP)
-    v.push_back(1);    // augmentation data length
+    v.push_back(16); // return address column (RIP)
+    v.push_back(1); // augmentation data length
     v.push_back(0x00); // FDE pointer encoding: DW_EH_PE_absptr
     v.push_back(0x0c); // DW_CFA_def_cfa rsp, 64
     v.push_back(7);

@@ -34,8 +34,8 @@ struct JitEmitterDeleter {
 };
 
 enum class JitMode : uint8_t {
-    Off,   // interpret everything
-    On,    // translate blocks that ran kJitThreshold times
+    Off, // interpret everything
+    On, // translate blocks that ran kJitThreshold times
     Eager, // translate every 64-bit block before it first runs (tests)
 };
 constexpr uint32_t kJitThreshold = 4;

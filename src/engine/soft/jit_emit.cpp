@@ -14,9 +14,9 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
-#include <cstddef>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -43,8 +43,8 @@ void jit_print_stats()
             v.emplace_back(n, m);
     std::sort(v.rbegin(), v.rend());
     for (size_t i = 0; i < v.size() && i < 40; ++i)
-        std::fprintf(stderr, "jit: interpreted %-12s %12lu\n", ZydisMnemonicGetString(static_cast<ZydisMnemonic>(v[i].second)),
-                     static_cast<unsigned long>(v[i].first));
+        std::fprintf(stderr, "jit: interpreted %-12s %12lu\n",
+            ZydisMnemonicGetString(static_cast<ZydisMnemonic>(v[i].second)), static_cast<unsigned long>(v[i].first));
 }
 
 CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
@@ -92,22 +92,21 @@ void jit_flags_to_host(Cpu* c)
     c->lf.op = FlagOp::Host;
 }
 
-
 // What the translator does with an instruction.
 enum class Kind : uint8_t {
     Generic, // the interpreter's handler, called from translated code
     Nop,
     Mov,
-    Alu,    // ADD OR ADC SBB AND SUB XOR CMP TEST
-    Shift,  // SHL SHR SAR ROL ROR RCL RCR
-    Unary,  // INC DEC NEG NOT
+    Alu, // ADD OR ADC SBB AND SUB XOR CMP TEST
+    Shift, // SHL SHR SAR ROL ROR RCL RCR
+    Unary, // INC DEC NEG NOT
     Extend, // MOVZX MOVSX MOVSXD
     Lea,
     Imul,
     Cmov,
     Setcc,
-    Bt,    // BT BTS BTR BTC on a register
-    Xchg,  // register with register
+    Bt, // BT BTS BTR BTC on a register
+    Xchg, // register with register
     Bswap,
     Convert, // CBW CWDE CDQE CWD CDQ CQO
     Push,
@@ -116,25 +115,25 @@ enum class Kind : uint8_t {
     Jmp,
     Call,
     Ret,
-    JmpInd,  // JMP r/m64
+    JmpInd, // JMP r/m64
     CallInd, // CALL r/m64
-    MulDiv,  // MUL IMUL DIV r/m (one operand: rDX:rAX)
+    MulDiv, // MUL IMUL DIV r/m (one operand: rDX:rAX)
     BitScan, // BSF BSR
-    Sse,     // SSE2 integer/bitwise ops and moves on XMM registers (Cpu::fx)
+    Sse, // SSE2 integer/bitwise ops and moves on XMM registers (Cpu::fx)
 };
 
 // How an instruction touches the arithmetic flags.
 enum class Writes : uint8_t {
     None,
-    All,     // all six (those it leaves undefined take the host silicon's values)
-    Logic,   // AND OR XOR TEST: AF cleared, the rest from the host
+    All, // all six (those it leaves undefined take the host silicon's values)
+    Logic, // AND OR XOR TEST: AF cleared, the rest from the host
     Partial, // some: the guest's flags are loaded into the host first, then all six stored
 };
 
 struct Plan {
     Kind kind { Kind::Generic };
     Writes writes { Writes::None };
-    bool reads { false };   // reads flags (ADC SBB RCL RCR CMOVcc SETcc Jcc)
+    bool reads { false }; // reads flags (ADC SBB RCL RCR CMOVcc SETcc Jcc)
     bool mem_write { false }; // the memory operand is written
     bool can_fault { false };
     bool capture { false }; // store the flags it produces (a later reader may see them)
@@ -194,14 +193,32 @@ bool sse_move(ZydisMnemonic m, bool& aligned)
     }
 }
 
-bool is_reg(const Operand& o) { return o.kind == OpKind::Gpr || o.kind == OpKind::GprHigh8; }
-bool is_rm(const Operand& o) { return is_reg(o) || o.kind == OpKind::Mem; }
-bool is_rmi(const Operand& o) { return is_rm(o) || o.kind == OpKind::Imm; }
-bool valid_size(unsigned s) { return s == 1 || s == 2 || s == 4 || s == 8; }
+bool is_reg(const Operand& o)
+{
+    return o.kind == OpKind::Gpr || o.kind == OpKind::GprHigh8;
+}
+bool is_rm(const Operand& o)
+{
+    return is_reg(o) || o.kind == OpKind::Mem;
+}
+bool is_rmi(const Operand& o)
+{
+    return is_rm(o) || o.kind == OpKind::Imm;
+}
+bool valid_size(unsigned s)
+{
+    return s == 1 || s == 2 || s == 4 || s == 8;
+}
 
-bool fits_i32(int64_t v) { return v == static_cast<int32_t>(v); }
+bool fits_i32(int64_t v)
+{
+    return v == static_cast<int32_t>(v);
+}
 
-uint64_t imm_of(const Insn& in, const Operand& o) { return o.imm_index ? in.imm2 : in.imm; }
+uint64_t imm_of(const Insn& in, const Operand& o)
+{
+    return o.imm_index ? in.imm2 : in.imm;
+}
 
 // Which instructions are translated inline, and how.
 Plan classify(const Insn& in)
@@ -221,11 +238,10 @@ Plan classify(const Insn& in)
     const Operand& a = in.op[0];
     const Operand& b = in.op[1];
     switch (mnem) {
-    case ZYDIS_MNEMONIC_NOP:
-        p.kind = Kind::Nop;
-        return p;
+    case ZYDIS_MNEMONIC_NOP: p.kind = Kind::Nop; return p;
     case ZYDIS_MNEMONIC_MOV:
-        if (in.nops == 2 && is_rm(a) && is_rmi(b) && valid_size(a.size) && !(a.kind == OpKind::Mem && b.kind == OpKind::Mem)) {
+        if (in.nops == 2 && is_rm(a) && is_rmi(b) && valid_size(a.size)
+            && !(a.kind == OpKind::Mem && b.kind == OpKind::Mem)) {
             p.kind = Kind::Mov;
             p.mem_write = a.kind == OpKind::Mem;
         }
@@ -274,8 +290,8 @@ Plan classify(const Insn& in)
         if (in.nops >= 1 && is_rm(a) && valid_size(a.size)) {
             p.kind = Kind::Unary;
             p.writes = mnem == ZYDIS_MNEMONIC_NOT ? Writes::None
-                : mnem == ZYDIS_MNEMONIC_NEG    ? Writes::All
-                                                : Writes::Partial;
+                : mnem == ZYDIS_MNEMONIC_NEG      ? Writes::All
+                                                  : Writes::Partial;
             p.mem_write = a.kind == OpKind::Mem;
         }
         break;
@@ -283,12 +299,13 @@ Plan classify(const Insn& in)
     case ZYDIS_MNEMONIC_MOVSX:
     case ZYDIS_MNEMONIC_MOVSXD:
         if (in.nops == 2 && a.kind == OpKind::Gpr && (a.size == 2 || a.size == 4 || a.size == 8) && is_rm(b)
-            && b.size < a.size && !(b.kind == OpKind::GprHigh8 && a.size == 8) && (mnem != ZYDIS_MNEMONIC_MOVSXD || (a.size == 8 && b.size == 4)))
+            && b.size < a.size && !(b.kind == OpKind::GprHigh8 && a.size == 8)
+            && (mnem != ZYDIS_MNEMONIC_MOVSXD || (a.size == 8 && b.size == 4)))
             p.kind = Kind::Extend;
         break;
     case ZYDIS_MNEMONIC_LEA:
-        if (in.nops == 2 && a.kind == OpKind::Gpr && (a.size == 2 || a.size == 4 || a.size == 8) && b.kind == OpKind::Mem
-            && !(in.base == kRipReg && in.asize != 8)) {
+        if (in.nops == 2 && a.kind == OpKind::Gpr && (a.size == 2 || a.size == 4 || a.size == 8)
+            && b.kind == OpKind::Mem && !(in.base == kRipReg && in.asize != 8)) {
             p.kind = Kind::Lea;
             return p; // no memory access
         }
@@ -334,8 +351,8 @@ Plan classify(const Insn& in)
         if ((in.flags & kFlagRelBranch) && in.osize == 8) {
             p.kind = call ? Kind::Call : Kind::Jmp;
             p.can_fault = true;
-        } else if (in.opmap == 0 && in.opcode == 0xff && in.modrm_reg == (call ? 2 : 4) && in.osize == 8
-                   && in.nops >= 1 && (a.kind == OpKind::Gpr || a.kind == OpKind::Mem) && a.size == 8) {
+        } else if (in.opmap == 0 && in.opcode == 0xff && in.modrm_reg == (call ? 2 : 4) && in.osize == 8 && in.nops >= 1
+            && (a.kind == OpKind::Gpr || a.kind == OpKind::Mem) && a.size == 8) {
             p.kind = call ? Kind::CallInd : Kind::JmpInd;
             p.can_fault = true;
         }
@@ -344,8 +361,8 @@ Plan classify(const Insn& in)
     case ZYDIS_MNEMONIC_MUL:
     case ZYDIS_MNEMONIC_DIV:
     case ZYDIS_MNEMONIC_IMUL:
-        if (in.opmap == 0 && (in.opcode == 0xf6 || in.opcode == 0xf7) && in.nops >= 1 && is_rm(a)
-            && valid_size(a.size) && (mnem != ZYDIS_MNEMONIC_IMUL || in.modrm_reg == 5)) {
+        if (in.opmap == 0 && (in.opcode == 0xf6 || in.opcode == 0xf7) && in.nops >= 1 && is_rm(a) && valid_size(a.size)
+            && (mnem != ZYDIS_MNEMONIC_IMUL || in.modrm_reg == 5)) {
             p.kind = Kind::MulDiv;
             p.writes = mnem == ZYDIS_MNEMONIC_DIV ? Writes::None : Writes::Partial; // DIV: all undefined
             if (mnem == ZYDIS_MNEMONIC_DIV)
@@ -359,7 +376,7 @@ Plan classify(const Insn& in)
             p.kind = Kind::Imul;
             p.writes = Writes::Partial;
         } else if (in.opmap == 0 && (in.opcode == 0x69 || in.opcode == 0x6b) && in.nops == 3 && a.kind == OpKind::Gpr
-                   && a.size >= 2 && is_rm(b) && b.kind != OpKind::GprHigh8 && in.op[2].kind == OpKind::Imm) {
+            && a.size >= 2 && is_rm(b) && b.kind != OpKind::GprHigh8 && in.op[2].kind == OpKind::Imm) {
             p.kind = Kind::Imul;
             p.writes = Writes::Partial;
         }
@@ -389,15 +406,16 @@ Plan classify(const Insn& in)
             p.kind = Kind::Sse;
             p.aligned = aligned;
             p.mem_write = m16a;
-        } else if (mnem == ZYDIS_MNEMONIC_PSHUFD && in.nops == 3 && xa && (xb || m16b) && in.op[2].kind == OpKind::Imm) {
+        } else if (mnem == ZYDIS_MNEMONIC_PSHUFD && in.nops == 3 && xa && (xb || m16b)
+            && in.op[2].kind == OpKind::Imm) {
             p.kind = Kind::Sse;
             p.aligned = true;
         } else if (mnem == ZYDIS_MNEMONIC_PMOVMSKB && in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 4 && xb) {
             p.kind = Kind::Sse;
         } else if ((mnem == ZYDIS_MNEMONIC_MOVD || mnem == ZYDIS_MNEMONIC_MOVQ) && in.nops == 2
-                   && ((xa && (b.kind == OpKind::Gpr || b.kind == OpKind::Mem || xb))
-                       || ((a.kind == OpKind::Gpr || a.kind == OpKind::Mem) && xb))
-                   && !(xa && xb && mnem == ZYDIS_MNEMONIC_MOVD)) {
+            && ((xa && (b.kind == OpKind::Gpr || b.kind == OpKind::Mem || xb))
+                || ((a.kind == OpKind::Gpr || a.kind == OpKind::Mem) && xb))
+            && !(xa && xb && mnem == ZYDIS_MNEMONIC_MOVD)) {
             unsigned size = xa ? (xb ? 8 : b.size) : a.size;
             if (size == 4 || size == 8) {
                 p.kind = Kind::Sse;
@@ -415,12 +433,12 @@ Plan classify(const Insn& in)
             p.reads = true;
             p.can_fault = true;
         } else if ((in.flags & kFlagRelBranch) && in.opmap <= 1 && in.osize == 8
-                   && ((in.opmap == 0 && (in.opcode & 0xf0) == 0x70) || (in.opmap == 1 && (in.opcode & 0xf0) == 0x80))) {
+            && ((in.opmap == 0 && (in.opcode & 0xf0) == 0x70) || (in.opmap == 1 && (in.opcode & 0xf0) == 0x80))) {
             p.kind = Kind::Jcc; // cond 0 (JO)
             p.reads = true;
             p.can_fault = true;
         } else if (in.opmap == 1 && (in.opcode & 0xf0) == 0x40 && in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 2
-                   && is_rm(in.op[1]) && in.op[1].kind != OpKind::GprHigh8) {
+            && is_rm(in.op[1]) && in.op[1].kind != OpKind::GprHigh8) {
             p.kind = Kind::Cmov;
             p.reads = true;
         } else if (in.opmap == 1 && (in.opcode & 0xf0) == 0x90 && in.nops >= 1 && is_rm(a) && a.size == 1) {
@@ -441,7 +459,10 @@ Plan classify(const Insn& in)
 
 class JitEmitter : public Xbyak::CodeGenerator {
 public:
-    JitEmitter() : Xbyak::CodeGenerator(256 * 1024, Xbyak::DontSetProtectRWE) { }
+    JitEmitter()
+        : Xbyak::CodeGenerator(256 * 1024, Xbyak::DontSetProtectRWE)
+    {
+    }
 
     EmittedCode stubs(const CpuLayout& l)
     {
@@ -576,8 +597,8 @@ private:
         Xbyak::Label stub;
     };
     const Block* m_block { nullptr };
-    Xbyak::Label m_out;    // to the exit stub
-    Xbyak::Label m_out_rax;    // c.rip := rax, then m_out
+    Xbyak::Label m_out; // to the exit stub
+    Xbyak::Label m_out_rax; // c.rip := rax, then m_out
     Xbyak::Label m_lookup_rax; // c.rip := rax, then m_lookup
     Xbyak::Label m_lookup; // jit_link(c, cache, nullptr) and on, or out
     std::vector<Link> m_links;
@@ -698,7 +719,8 @@ private:
         imul(edi, edi, static_cast<int>(sizeof(TlbEntry)));
         lea(r8, ptr[rsi + static_cast<int>(size - 1)]);
         and_(r8, -4096);
-        int32_t tag = write ? static_cast<int32_t>(offsetof(TlbEntry, tag_write)) : static_cast<int32_t>(offsetof(TlbEntry, tag_read));
+        int32_t tag = write ? static_cast<int32_t>(offsetof(TlbEntry, tag_write))
+                            : static_cast<int32_t>(offsetof(TlbEntry, tag_read));
         cmp(r8, qword[rbx + rdi + base + tag]);
         jne(slow, T_NEAR);
         mov(rdx, qword[rbx + rdi + base + static_cast<int32_t>(offsetof(TlbEntry, addend))]);
@@ -1610,8 +1632,8 @@ EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout, size_t& exit_offs
     return code;
 }
 
-EmittedCode emit_block(JitEmitter& e, const CpuLayout& layout, const Block& block, bool user,
-                       std::vector<LinkSlot>& slots)
+EmittedCode emit_block(
+    JitEmitter& e, const CpuLayout& layout, const Block& block, bool user, std::vector<LinkSlot>& slots)
 {
     return e.block(layout, block, user, slots);
 }

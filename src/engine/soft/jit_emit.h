@@ -54,8 +54,8 @@ EmittedCode emit_stubs(JitEmitter& e, const CpuLayout& layout, size_t& exit_offs
 
 // Host code for a 64-bit block; position-independent (calls are absolute) apart from the jump
 // slots appended to `slots`. Throws Xbyak::Error if the block cannot be emitted.
-EmittedCode emit_block(JitEmitter& e, const CpuLayout& layout, const Block& block, bool user,
-                       std::vector<LinkSlot>& slots);
+EmittedCode emit_block(
+    JitEmitter& e, const CpuLayout& layout, const Block& block, bool user, std::vector<LinkSlot>& slots);
 
 // Called from translated code at a block exit (c.rip = the next block): the next block's
 // translation, or nullptr to return to the execution loop. With `slot` (a static target in the

@@ -10,8 +10,8 @@ namespace vessel::soft {
 
 namespace {
 
-constexpr uint64_t kPteP = 1ULL << 0, kPteRw = 1ULL << 1, kPteUs = 1ULL << 2, kPteA = 1ULL << 5,
-                   kPteD = 1ULL << 6, kPtePs = 1ULL << 7, kPteG = 1ULL << 8, kPteNx = 1ULL << 63;
+constexpr uint64_t kPteP = 1ULL << 0, kPteRw = 1ULL << 1, kPteUs = 1ULL << 2, kPteA = 1ULL << 5, kPteD = 1ULL << 6,
+                   kPtePs = 1ULL << 7, kPteG = 1ULL << 8, kPteNx = 1ULL << 63;
 // Physical-address bits we report in CPUID 0x80000008 (cpuid.cpp); bits above are reserved.
 constexpr unsigned kPhysAddrBits = 40;
 constexpr uint64_t kAddrMask = ((1ULL << kPhysAddrBits) - 1) & ~0xfffULL;
@@ -25,7 +25,10 @@ bool in_apic_page(const Cpu& c, uint64_t gpa)
     return c.apic_page && (c.apic_base & (1ULL << 11)) && (gpa & ~0xfffULL) == (c.apic_base & ~0xfffULL);
 }
 
-bool canonical(uint64_t linear) { return static_cast<uint64_t>(static_cast<int64_t>(linear << 16) >> 16) == linear; }
+bool canonical(uint64_t linear)
+{
+    return static_cast<uint64_t>(static_cast<int64_t>(linear << 16) >> 16) == linear;
+}
 
 [[noreturn]] void page_fault(uint64_t linear, uint32_t bits, Access access, bool user, bool nx_on)
 {
@@ -40,7 +43,10 @@ bool canonical(uint64_t linear) { return static_cast<uint64_t>(static_cast<int64
 }
 
 // Reads a paging-structure entry; an entry outside RAM reads as all ones (reserved bits set).
-uint64_t* pte_ptr(Cpu& c, uint64_t gpa) { return reinterpret_cast<uint64_t*>(c.machine->ram(gpa, 8)); }
+uint64_t* pte_ptr(Cpu& c, uint64_t gpa)
+{
+    return reinterpret_cast<uint64_t*>(c.machine->ram(gpa, 8));
+}
 
 void set_bits(uint64_t* pte, uint64_t bits)
 {
@@ -111,7 +117,10 @@ SoftMachine::SoftMachine(const GuestMemory& memory)
     m_code_page = std::make_unique<std::atomic<uint8_t>[]>(m_pages);
 }
 
-uint8_t* SoftMachine::ram(uint64_t gpa, uint64_t len) const { return m_memory.host_ptr(gpa, len); }
+uint8_t* SoftMachine::ram(uint64_t gpa, uint64_t len) const
+{
+    return m_memory.host_ptr(gpa, len);
+}
 
 void SoftMachine::mark_code_page(uint64_t gpa)
 {

@@ -66,7 +66,7 @@ SoftVcpu::~SoftVcpu()
         if (m_cpu.fault_counts[v])
             faults += fmt::format(" #{}:{}", v, m_cpu.fault_counts[v]);
     log_debug("soft engine: vCPU {} executed {} instructions; exceptions delivered:{}", m_id, m_instructions,
-              faults.empty() ? " none" : faults);
+        faults.empty() ? " none" : faults);
 }
 
 Result<std::unique_ptr<SoftVcpu>> SoftVcpu::create(SoftEngine& engine, uint32_t id, IoHandler& io)
@@ -106,7 +106,10 @@ void SoftVcpu::kick()
     wake();
 }
 
-void SoftVcpu::lapic_kick() { wake(); }
+void SoftVcpu::lapic_kick()
+{
+    wake();
+}
 
 void SoftVcpu::lapic_init()
 {
@@ -236,11 +239,11 @@ Result<VcpuExit> SoftVcpu::run()
         }
     } catch (const TripleFault&) {
         return VcpuExit { VcpuExitKind::Shutdown,
-                          fmt::format("vCPU {} shut down (triple fault) at RIP {:#x}", m_id, c.insn_start) };
+            fmt::format("vCPU {} shut down (triple fault) at RIP {:#x}", m_id, c.insn_start) };
     } catch (const EngineAbort& abort) {
         return VcpuExit { VcpuExitKind::InternalError,
-                          fmt::format("vCPU {}: {} ({:#x}) at CS:RIP {:#x}:{:#x}", m_id, abort.what, abort.detail,
-                                      c.seg[CS].selector, c.insn_start) };
+            fmt::format("vCPU {}: {} ({:#x}) at CS:RIP {:#x}:{:#x}", m_id, abort.what, abort.detail, c.seg[CS].selector,
+                c.insn_start) };
     }
 }
 
