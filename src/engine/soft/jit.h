@@ -5,16 +5,28 @@
 // back. Memory operands look the software TLB up inline; a miss, a fault, MMIO or anything the
 // translator does not know runs the interpreter's handler for that one instruction, from the
 // translated code. Design notes:
-// - Arithmetic flags: translated code keeps them in Cpu::rflags (lazy flags folded, lf.op None).
-//   A flag result is stored only if a later instruction could see it: a reader, an instruction
-//   that can fault (the exception frame holds RFLAGS) or the block's end.
+// - Flags: an instruction that writes flags runs natively and its flags are kept as the host's
+//   RFLAGS image (pushfq into lf.res, lf.op = FlagOp::Host; flags.h reads that form). They are
+//   stored only if a later instruction could see them: a reader, an instruction that can fault
+//   (the exception frame holds RFLAGS) or the block's end. Readers (Jcc, CMOVcc, ADC...) load
+//   them back into the host with SAHF and an OF trick.
+// - Registers: up to four guest GPRs a block uses most live in host registers (rbp, r13-r15)
+//   inside it; they are written back to Cpu::gpr before any handler call or exit, so the
+//   interpreter, faults and other blocks always see Cpu::gpr.
+// - Chaining: a block exit to a static target in the same page jumps through a slot patched on
+//   first use; other exits look the jump cache up inline. Every exit counts the block's
+//   instructions off Cpu::jit_left and leaves when it runs out or attention is raised (an
+//   interrupt, a kick, another vCPU's new code page), so interrupts are taken at block
+//   boundaries as with the interpreter.
 // - Exceptions: handlers throw GuestFault through translated frames. The code buffer has one
 //   DWARF frame description (registered with __register_frame): every translated block runs
 //   in the frame the entry stub sets up, so one CFA rule covers the whole buffer.
 // - W^X: the buffer is a memfd mapped twice, writable for the translator and executable for the
-//   vCPU; no page is ever writable and executable at once.
-// - Exactness: CPU state is in Cpu at every instruction boundary where anything can observe it
-//   (calls, faults, block exits); interrupts are still taken at block boundaries only.
+//   vCPU; no page is ever writable and executable at once. One buffer per vCPU (no locking);
+//   when it is full every block is dropped and translation starts over.
+// - Not translated: string ops, x87, SSE floating point, system instructions, LOCK-prefixed
+//   ops... run the interpreter's handler from translated code; blocks outside 64-bit mode are
+//   interpreted. VESSEL_JIT=off|on|eager; VESSEL_JIT_STATS=1 counts what is left to handlers.
 #pragma once
 
 #include <cstddef>
