@@ -366,8 +366,72 @@ private:
             jmp_over();
         else if (k < 94)
             call();
+        else if (k < 96)
+            muldiv();
+        else if (k < 98)
+            bitscan();
         else
             generic();
+    }
+
+    static Reg sized_reg(int i, unsigned size)
+    {
+        switch (size) {
+        case 1: return Xbyak::Reg8(i, i >= 4);
+        case 2: return Xbyak::Reg16(i);
+        case 4: return Xbyak::Reg32(i);
+        default: return Xbyak::Reg64(i);
+        }
+    }
+
+    // MUL / IMUL / DIV with one operand (rDX:rAX implicit). DIV is made not to fault: the divisor
+    // (a register other than rAX, rDX, rSP) is made odd and the high half of the dividend 0.
+    void muldiv()
+    {
+        unsigned size = any_size();
+        unsigned kind = static_cast<unsigned>(m_r.below(3));
+        if (kind == 2) {
+            int i = 0;
+            while (i == 0 || i == 2 || i == 4 || (m_keep_rcx && i == 1))
+                i = static_cast<int>(m_r.below(16));
+            Reg d = sized_reg(i, size);
+            g.or_(d, 1);
+            if (size == 1)
+                g.and_(g.eax, 0xff);
+            else
+                g.xor_(g.edx, g.edx);
+            g.div(d);
+            effects(kAll, kAll);
+            return;
+        }
+        Enc e;
+        if (m_r.chance(30)) {
+            Xbyak::Address m = mem(size, e);
+            prefix();
+            kind ? g.imul(m) : g.mul(m);
+        } else {
+            Reg s = reg(size, false, e);
+            kind ? g.imul(s) : g.mul(s);
+        }
+        effects(kAll, kSF | kZF | kAF | kPF);
+    }
+
+    // BSF / BSR (a zero source leaves the destination as it was, on both sides).
+    void bitscan()
+    {
+        Enc e;
+        unsigned size = 2u << m_r.below(3);
+        Reg d = reg(size, true, e);
+        bool forward = m_r.chance(50);
+        if (m_r.chance(35)) {
+            Xbyak::Address m = mem(size, e);
+            prefix();
+            forward ? g.bsf(d, m) : g.bsr(d, m);
+        } else {
+            Reg s = reg(size, false, e);
+            forward ? g.bsf(d, s) : g.bsr(d, s);
+        }
+        effects(kAll, kAll & ~kZF);
     }
 
     void mov()

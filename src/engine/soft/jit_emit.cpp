@@ -896,6 +896,21 @@ private:
         }
     }
 
+    // GPR `a` := op(a, b) for a register or memory source `b` (memory: rdx, looked up before);
+    // the old value of `a` is loaded first when the operation keeps some of it.
+    template<typename F>
+    void rm_to_reg(const Operand& a, const Operand& b, bool load_dst, F&& op)
+    {
+        if (load_dst)
+            gload(rax, a.reg);
+        Xbyak::Reg d = sized(rax, a.size);
+        if (b.kind == OpKind::Mem)
+            op(d, mem(b.size));
+        else
+            op(d, load_reg(b, rcx));
+        store_reg(a, rax);
+    }
+
     Xbyak::Address xmm_of(unsigned i) { return xword[rbx + m_l->fx + 160 + 16 * static_cast<int>(i)]; }
 
     // SSE (after the CR0/CR4 checks; rdx = host pointer of an aligned-if-needed memory operand).
@@ -1168,25 +1183,16 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         }
         break;
     }
-    case Kind::Extend: {
-        if (a.size == 2)
-            gload(rax, a.reg);
-        Xbyak::Reg d = sized(rax, a.size);
-        auto ext = [&](const Xbyak::Operand& s) {
+    case Kind::Extend:
+        rm_to_reg(a, b, a.size == 2, [&](const Xbyak::Reg& d, const Xbyak::Operand& s) {
             if (m == ZYDIS_MNEMONIC_MOVZX)
                 movzx(d, s);
             else if (m == ZYDIS_MNEMONIC_MOVSX)
                 movsx(d, s);
             else
                 movsxd(rax, s);
-        };
-        if (b.kind == OpKind::Mem)
-            ext(mem(b.size));
-        else
-            ext(load_reg(b, rcx));
-        store_reg(a, rax);
+        });
         break;
-    }
     case Kind::Lea: {
         if (in.base == kRipReg && !fits_i32(static_cast<int64_t>(next) + in.disp))
             throw Xbyak::Error(Xbyak::ERR_OFFSET_IS_TOO_BIG);
@@ -1203,34 +1209,17 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         }
         break;
     }
-    case Kind::Imul: {
-        gload(rax, a.reg);
-        Xbyak::Reg d = sized(rax, a.size);
-        if (in.nops == 3) {
-            auto iv = static_cast<int>(static_cast<int64_t>(imm_of(in, in.op[2])));
-            if (b.kind == OpKind::Mem)
-                imul(d, mem(b.size), iv);
+    case Kind::Imul:
+        rm_to_reg(a, b, true, [&](const Xbyak::Reg& d, const Xbyak::Operand& s) {
+            if (in.nops == 3)
+                imul(d, s, static_cast<int>(static_cast<int64_t>(imm_of(in, in.op[2]))));
             else
-                imul(d, load_reg(b, rcx), iv);
-        } else {
-            if (b.kind == OpKind::Mem)
-                imul(d, mem(b.size));
-            else
-                imul(d, load_reg(b, rcx));
-        }
-        store_reg(a, rax);
+                imul(d, s);
+        });
         break;
-    }
-    case Kind::Cmov: {
-        gload(rax, a.reg);
-        Xbyak::Reg d = sized(rax, a.size);
-        if (b.kind == OpKind::Mem)
-            cmov_op(in.cond, d, mem(b.size));
-        else
-            cmov_op(in.cond, d, load_reg(b, rcx));
-        store_reg(a, rax);
+    case Kind::Cmov:
+        rm_to_reg(a, b, true, [&](const Xbyak::Reg& d, const Xbyak::Operand& s) { cmov_op(in.cond, d, s); });
         break;
-    }
     case Kind::Setcc: {
         if (is_reg(a)) {
             // Load the register after the flags: load_flags uses AH.
@@ -1409,22 +1398,14 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
             gstore(RDX, rdx);
         break;
     }
-    case Kind::BitScan: {
-        gload(rax, a.reg); // a zero source leaves the destination unchanged
-        Xbyak::Reg d = sized(rax, a.size);
-        auto op = [&](const Xbyak::Operand& s) {
+    case Kind::BitScan: // a zero source leaves the destination unchanged
+        rm_to_reg(a, b, true, [&](const Xbyak::Reg& d, const Xbyak::Operand& s) {
             if (m == ZYDIS_MNEMONIC_BSF)
                 bsf(d, s);
             else
                 bsr(d, s);
-        };
-        if (b.kind == OpKind::Mem)
-            op(mem(b.size));
-        else
-            op(load_reg(b, rcx));
-        store_reg(a, rax);
+        });
         break;
-    }
     case Kind::Sse: sse_insn(in, p); break;
     case Kind::Generic: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
     }
