@@ -2,9 +2,9 @@
 # virtio-blk benchmark: Vessel (--engine soft) side by side with qemu-system-x86_64 -accel tcg
 # -M microvm -device virtio-blk-device, both booting the same stock Debian kernel with the same
 # modules initramfs in vessel.mode=blk vessel.blk=bench (guests/linux/modes/blk.sh): the guest
-# times, with its own clock (10 ms resolution), a sequential O_DIRECT read of 256 MiB of
-# /dev/vda (dd bs=1M iflag=direct) and a sequential O_DIRECT write of 256 MiB (dd bs=1M
-# oflag=direct). Each run gets a fresh 256 MiB raw image of random bytes, written just before
+# times, with its own clock (10 ms resolution), sequential O_DIRECT reads of the 256 MiB
+# /dev/vda (dd bs=1M iflag=direct, eight passes: 2 GiB) and sequential O_DIRECT writes of it
+# (dd bs=1M oflag=direct, eight passes). Each run gets a fresh 256 MiB raw image of random bytes, written just before
 # (so it is in the host's page cache: what is measured is the virtio path, not the host's disk).
 # The table shows medians in MB/s (10^6 bytes/s) and the ratio Vessel/QEMU (above 1 = Vessel
 # faster; the target is >= 1.0).
@@ -52,8 +52,8 @@ run_once() { # config, command...
   out=$(mktemp)
   timeout --kill-after=5 "$TIMEOUT" "$@" </dev/null 2>&1 | tr -d '\r' >"$out" || rc=${PIPESTATUS[0]}
   local r w
-  r=$(sed -n 's/^vessel-guest: blk bench read ms=\([0-9]*\) bytes=268435456$/\1/p' "$out")
-  w=$(sed -n 's/^vessel-guest: blk bench write ms=\([0-9]*\) bytes=268435456$/\1/p' "$out")
+  r=$(sed -n 's/^vessel-guest: blk bench read ms=\([0-9]*\) bytes=2147483648$/\1/p' "$out")
+  w=$(sed -n 's/^vessel-guest: blk bench write ms=\([0-9]*\) bytes=2147483648$/\1/p' "$out")
   if [ "$rc" != 0 ] || [ -z "$r" ] || [ -z "$w" ]; then
     failed[$config]="exit status $rc: $(grep -v '^$' "$out" | tail -3 | tr '\n' ' ' | cut -c1-300)"
     rm -f "$out"
@@ -66,7 +66,7 @@ run_once() { # config, command...
 
 # shellcheck disable=SC2086 # a list of space-separated numbers, split on purpose
 median() { [ -n "${1// /}" ] || { echo n/a; return; }; printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-mbps() { awk -v ms="$1" 'BEGIN { if (ms == "n/a") print "n/a"; else if (ms == 0) print "inf"; else printf "%.1f", 268.435456 / (ms / 1000) }'; }
+mbps() { awk -v ms="$1" 'BEGIN { if (ms == "n/a") print "n/a"; else if (ms == 0) print "inf"; else printf "%.1f", 2147.483648 / (ms / 1000) }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "n/a" && b != "n/a" && a != "inf" && b != "inf" && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 echo "# virtio-blk: Vessel soft engine vs QEMU TCG microvm ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -84,7 +84,7 @@ printf '%-34s %12s %12s %8s\n' "measure (guest clock)" "Vessel" "QEMU" "ratio"
 for m in read write; do
   v=$(mbps "$(median "${samples[vessel.$m]:-}")")
   q=$(mbps "$(median "${samples[qemu.$m]:-}")")
-  printf '%-34s %9s MB/s %7s MB/s %7sx\n' "sequential $m, 256 MiB, bs=1M" "$v" "$q" "$(ratio "$v" "$q")"
+  printf '%-34s %9s MB/s %7s MB/s %7sx\n' "sequential $m, 8 x 256 MiB, bs=1M" "$v" "$q" "$(ratio "$v" "$q")"
 done
 echo
 echo "samples (ms): vessel read:${samples[vessel.read]:-} write:${samples[vessel.write]:-}; qemu read:${samples[qemu.read]:-} write:${samples[qemu.write]:-}"

@@ -140,7 +140,7 @@ private:
     std::unique_ptr<Block> decode(Cpu& c, uint64_t linear, uint64_t gpa);
     const void* translate(Cpu& c, const Block& b);
 
-    static constexpr size_t kFastEntries = 4096;
+    static constexpr size_t kFastEntries = 32768;
     static constexpr size_t kMaxBlocks = 1 << 16;
 
     SoftMachine& m_machine;
