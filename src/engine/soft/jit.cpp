@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -139,6 +140,13 @@ extern std::atomic<uint64_t>* g_jit_stats;
 Jit::~Jit()
 {
     jit_print_stats();
+    if (const char* dump = std::getenv("VESSEL_JIT_DUMP"); dump && m_rw) {
+        // The code buffer as it is now (disassemble with objdump -b binary -m i386:x86-64).
+        if (FILE* f = std::fopen(dump, "wb")) {
+            std::fwrite(m_rw, 1, m_used, f);
+            std::fclose(f);
+        }
+    }
     if (m_eh_registered)
         __deregister_frame(m_eh_frame.data());
     if (m_rw)

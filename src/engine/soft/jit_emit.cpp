@@ -136,7 +136,9 @@ struct Plan {
     bool reads { false }; // reads flags (ADC SBB RCL RCR CMOVcc SETcc Jcc)
     bool mem_write { false }; // the memory operand is written
     bool can_fault { false };
-    bool capture { false }; // store the flags it produces (a later reader may see them)
+    bool capture { false }; // store the flags it produces (a later instruction may read them)
+    bool capture_r9 { false }; // only a fault before the next writer could see them: keep them
+                               // in r9 (LAHF/SETO), stored by that fault's slow path
     bool aligned { false }; // SSE: a 16-byte memory operand must be aligned (#GP otherwise)
 };
 
@@ -550,11 +552,14 @@ private:
         bool ends_block; // the instruction is the block's branch: exit after the handler
         bool materialize;
         uint16_t dirty; // cached registers to write back before the handler
+        bool flags_r9; // the flags are in r9 (store_r9_flags first)
+        bool r9_after; // the code it resumes keeps the flags in r9 (reload r9 from Cpu::lf)
     };
 
     const CpuLayout* m_l { nullptr };
     bool m_user { false };
     bool m_lf_host { false }; // Cpu::lf.op is known to be Host here
+    bool m_flags_r9 { false }; // the current flags are in r9, not in Cpu::lf
     std::vector<Slow> m_slow;
     std::vector<std::pair<Xbyak::Label, unsigned>> m_exits; // stop_block exits: count
 
@@ -665,6 +670,21 @@ private:
     }
 
     // The guest's arithmetic flags := the host's.
+    // r9 (AH = SF ZF AF PF CF as in RFLAGS, AL = OF) -> the host-image form in Cpu::lf.
+    void store_r9_flags()
+    {
+        mov(eax, r9d);
+        shr(eax, 8);
+        and_(eax, 0xd5);
+        mov(ecx, r9d);
+        and_(ecx, 1);
+        shl(ecx, 11);
+        or_(eax, ecx);
+        or_(eax, 2);
+        mov(qword[rbx + m_l->lf_res], rax);
+        mov(byte[rbx + m_l->lf_op], static_cast<uint8_t>(FlagOp::Host));
+    }
+
     void capture_flags()
     {
         pushfq();
@@ -1055,7 +1075,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
     const uint32_t next = off + in.length;
     const Operand& a = in.op[0];
     const Operand& b = in.op[1];
-    const bool flags_in = p.reads || (p.writes == Writes::Partial && p.capture);
+    const bool flags_in = p.reads || (p.writes == Writes::Partial && (p.capture || p.capture_r9));
     if (flags_in)
         materialize_check();
 
@@ -1067,6 +1087,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
             slow->index = index;
             slow->offset = off;
             slow->dirty = m_dirty;
+            slow->flags_r9 = m_flags_r9;
         }
         return slow->entry;
     };
@@ -1410,11 +1431,20 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
     case Kind::Generic: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
     }
 
-    if (p.capture && p.writes != Writes::None)
-        capture_flags(); // AND/OR/XOR/TEST: AF (undefined) as the host leaves it
+    // AND/OR/XOR/TEST: AF (undefined) as the host leaves it.
+    if (p.capture && p.writes != Writes::None) {
+        capture_flags();
+        m_flags_r9 = false;
+    } else if (p.capture_r9 && p.writes != Writes::None) {
+        lahf();
+        seto(al);
+        mov(r9d, eax);
+        m_flags_r9 = true;
+    }
     if (slow) {
         slow->ends_block = ends;
         slow->materialize = m_lf_host;
+        slow->r9_after = m_flags_r9;
         if (!ends)
             L(slow->resume);
     }
@@ -1440,19 +1470,27 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     m_l = &layout;
     m_user = user;
     m_lf_host = false;
+    m_flags_r9 = false;
 
     // Plans and flag liveness (backwards: are the flags an instruction produces ever seen?).
     std::vector<Plan> plans(b.count);
     for (unsigned i = 0; i < b.count; ++i)
         plans[i] = classify(b.insns[i]);
-    bool live = true;
+    // Two kinds of liveness: `live` (an instruction, handler or later block may read them) and
+    // `fault` (only an exception frame could: an instruction that may fault comes first).
+    bool live = true, fault = true;
     for (unsigned i = b.count; i-- > 0;) {
         Plan& p = plans[i];
         p.capture = live;
-        if (p.kind == Kind::Generic || p.can_fault || p.reads)
-            live = true;
-        else if (p.writes == Writes::All || p.writes == Writes::Logic)
-            live = false;
+        p.capture_r9 = !live && fault;
+        if (p.kind == Kind::Generic || p.reads || (p.writes == Writes::Partial && (p.capture || p.capture_r9))) {
+            live = fault = true;
+            continue;
+        }
+        if (p.writes == Writes::All || p.writes == Writes::Logic)
+            live = fault = false;
+        if (p.can_fault)
+            fault = true;
     }
 
     choose_cached(b, plans);
@@ -1470,6 +1508,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
             m_dirty = 0;
             call_handler(in, off);
             m_lf_host = false;
+            m_flags_r9 = false;
             if (!last) {
                 cmp(byte[rbx + m_l->stop_block], 0);
                 jne(exit_label(i + 1), T_NEAR);
@@ -1492,6 +1531,8 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     for (Slow& s : m_slow) {
         const Insn& in = b.insns[s.index];
         L(s.entry);
+        if (s.flags_r9)
+            store_r9_flags();
         write_back(s.dirty);
         m_dirty = 0;
         call_handler(in, s.offset);
@@ -1499,9 +1540,20 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
             dynamic_exit(s.index + 1);
             continue;
         }
-        if (s.materialize) {
+        if (s.materialize || s.r9_after) {
             mov(rdi, rbx);
             call_abs(reinterpret_cast<const void*>(&jit_flags_to_host));
+        }
+        if (s.r9_after) {
+            // r9 := the flags in LAHF/SETO form (the handler's call may have clobbered r9).
+            mov(rax, qword[rbx + m_l->lf_res]);
+            mov(ecx, eax);
+            and_(eax, 0xd5);
+            shl(eax, 8);
+            shr(ecx, 11);
+            and_(ecx, 1);
+            or_(eax, ecx);
+            mov(r9d, eax);
         }
         if (s.index + 1 < b.count) {
             cmp(byte[rbx + m_l->stop_block], 0);
