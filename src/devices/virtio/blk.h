@@ -174,6 +174,7 @@ private:
     void release(Request& rq);
     void flush_interrupt();
     io_uring_sqe* get_sqe();
+    bool poll_available();
     void submit_uring(Request& rq);
     // Handles one io_uring completion; returns true when the request finished.
     bool complete_uring(Request& rq, int res);

@@ -1,5 +1,6 @@
 #include "engine/soft/soft_vcpu.h"
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
@@ -23,6 +24,9 @@ namespace {
 // Instructions between looks at timers and the kick flag. Interrupts arriving from other
 // threads raise cpu.attention and are seen at the next block boundary regardless.
 constexpr uint64_t kSlice = 20'000;
+
+// How long a halted vCPU spins for an event before it sleeps (see sleep_until).
+constexpr uint64_t kHaltPollNs = 50'000;
 
 // The vCPU's APIC page as the MMU sees it (only the owning vCPU's thread accesses it).
 class ApicPage : public BusDevice {
@@ -146,6 +150,15 @@ uint64_t SoftVcpu::next_deadline() const
 void SoftVcpu::sleep_until(uint64_t deadline_ns)
 {
     VirtualClock& clock = m_engine.irqchip().clock();
+    if (deadline_ns != UINT64_MAX) {
+        // Halt polling (KVM's halt_poll_ns): the interrupt a halted guest waits for (an I/O
+        // completion, an IPI) often comes within microseconds; spinning briefly saves the
+        // futex sleep and wake-up on both sides.
+        uint64_t start = clock.now_ns();
+        uint64_t until = std::min(deadline_ns, start + kHaltPollNs);
+        while (!m_cpu.attention.load(std::memory_order_acquire) && clock.now_ns() < until)
+            __builtin_ia32_pause();
+    }
     std::unique_lock lock(m_sleep_mutex);
     if (m_wakeup) {
         m_wakeup = false;
