@@ -120,6 +120,7 @@ enum class Kind : uint8_t {
     MulDiv, // MUL IMUL DIV r/m (one operand: rDX:rAX)
     BitScan, // BSF BSR
     Sse, // SSE2 integer/bitwise ops and moves on XMM registers (Cpu::fx)
+    Atomic, // XADD, CMPXCHG, XCHG with memory: run natively (with LOCK where the guest has it)
 };
 
 // How an instruction touches the arithmetic flags.
@@ -140,6 +141,7 @@ struct Plan {
     bool capture_r9 { false }; // only a fault before the next writer could see them: keep them
                                // in r9 (LAHF/SETO), stored by that fault's slow path
     bool aligned { false }; // SSE: a 16-byte memory operand must be aligned (#GP otherwise)
+    bool lock { false }; // emit LOCK: the guest's LOCK prefix, run as a host atomic on guest RAM
 };
 
 // SSE instructions translated to themselves: xmm, xmm/m128 (memory aligned).
@@ -228,8 +230,33 @@ Plan classify(const Insn& in)
     Plan p;
     auto mnem = static_cast<ZydisMnemonic>(in.mnemonic);
     // F3 0F 1E FA (ENDBR64) is a NOP with a REP prefix here (CET is not offered).
-    if (in.flags & (kFlagLock | ((kFlagRep | kFlagRepne) * (mnem != ZYDIS_MNEMONIC_NOP))))
+    if (in.flags & ((kFlagRep | kFlagRepne) * (mnem != ZYDIS_MNEMONIC_NOP)))
         return p;
+    if (in.flags & kFlagLock) {
+        // LOCK on a read-modify-write of memory: the same instruction with LOCK on the host
+        // pointer (host atomics on guest RAM, as the interpreter does). Other forms #UD there.
+        const Operand& d = in.op[0];
+        bool rmw = in.nops >= 1 && d.kind == OpKind::Mem && valid_size(d.size);
+        switch (mnem) {
+        case ZYDIS_MNEMONIC_ADD:
+        case ZYDIS_MNEMONIC_OR:
+        case ZYDIS_MNEMONIC_ADC:
+        case ZYDIS_MNEMONIC_SBB:
+        case ZYDIS_MNEMONIC_AND:
+        case ZYDIS_MNEMONIC_SUB:
+        case ZYDIS_MNEMONIC_XOR:
+        case ZYDIS_MNEMONIC_INC:
+        case ZYDIS_MNEMONIC_DEC:
+        case ZYDIS_MNEMONIC_NEG:
+        case ZYDIS_MNEMONIC_NOT:
+        case ZYDIS_MNEMONIC_XADD:
+        case ZYDIS_MNEMONIC_CMPXCHG: break;
+        default: rmw = false; break;
+        }
+        if (!rmw)
+            return p;
+        p.lock = true;
+    }
     bool mem = in.flags & kFlagHasMem;
     if (mem && in.asize != 4 && in.asize != 8)
         return p;
@@ -324,6 +351,19 @@ Plan classify(const Insn& in)
     case ZYDIS_MNEMONIC_XCHG:
         if (in.nops == 2 && a.kind == OpKind::Gpr && b.kind == OpKind::Gpr && a.size == b.size && a.size >= 2)
             p.kind = Kind::Xchg;
+        else if (in.nops == 2 && ((a.kind == OpKind::Mem && is_reg(b)) || (is_reg(a) && b.kind == OpKind::Mem))
+            && a.size == b.size && valid_size(a.size)) {
+            p.kind = Kind::Atomic; // implicitly locked
+            p.mem_write = true;
+        }
+        break;
+    case ZYDIS_MNEMONIC_XADD:
+    case ZYDIS_MNEMONIC_CMPXCHG:
+        if (in.nops >= 2 && a.kind == OpKind::Mem && is_reg(b) && a.size == b.size && valid_size(a.size)) {
+            p.kind = Kind::Atomic;
+            p.writes = Writes::All;
+            p.mem_write = true;
+        }
         break;
     case ZYDIS_MNEMONIC_BSWAP:
         if (in.nops == 1 && a.kind == OpKind::Gpr && a.size >= 4)
@@ -1149,8 +1189,11 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
                 throw Xbyak::Error(Xbyak::ERR_IMM_IS_TOO_BIG);
             if (dreg)
                 alu_imm(m, *dreg, iv);
-            else
+            else {
+                if (p.lock)
+                    lock();
                 alu_imm(m, mem(a.size), iv);
+            }
         } else if (b.kind == OpKind::Mem) {
             // reg op= [mem]; TEST's memory operand may be either one.
             if (m == ZYDIS_MNEMONIC_TEST)
@@ -1163,8 +1206,11 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
                 alu_op(m, *dreg, s);
             else if (m == ZYDIS_MNEMONIC_TEST)
                 test(mem(a.size), s);
-            else
+            else {
+                if (p.lock)
+                    lock();
                 alu_op(m, mem(a.size), s);
+            }
         }
         if (dreg && writes_dst)
             store_reg(a, rax);
@@ -1200,6 +1246,8 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
             op(load_reg(a, rax));
             store_reg(a, rax);
         } else {
+            if (p.lock)
+                lock();
             op(mem(a.size));
         }
         break;
@@ -1428,6 +1476,26 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         });
         break;
     case Kind::Sse: sse_insn(in, p); break;
+    case Kind::Atomic: {
+        const Operand& r = a.kind == OpKind::Mem ? b : a; // the register operand
+        Xbyak::Reg reg = load_reg(r, rcx);
+        if (m == ZYDIS_MNEMONIC_CMPXCHG) {
+            gload(rax, RAX);
+            if (p.lock)
+                lock();
+            cmpxchg(mem(r.size), reg);
+            gstore(RAX, rax);
+        } else {
+            if (p.lock)
+                lock();
+            if (m == ZYDIS_MNEMONIC_XADD)
+                xadd(mem(r.size), reg);
+            else
+                xchg(mem(r.size), reg);
+            store_reg(r, rcx);
+        }
+        break;
+    }
     case Kind::Generic: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
     }
 
