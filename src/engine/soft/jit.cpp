@@ -139,6 +139,12 @@ extern std::atomic<uint64_t>* g_jit_stats;
 
 Jit::~Jit()
 {
+    log_debug("soft engine: translator: {} translations, {} KiB of code in use, buffer reset {} times", m_translations,
+        (m_used - m_stub_bytes) / 1024, m_resets);
+    if (g_jit_stats)
+        std::fprintf(stderr, "jit: %lu translations, %zu KiB in use, %lu buffer resets\n",
+            static_cast<unsigned long>(m_translations), (m_used - m_stub_bytes) / 1024,
+            static_cast<unsigned long>(m_resets));
     jit_print_stats();
     if (const char* dump = std::getenv("VESSEL_JIT_DUMP"); dump && m_rw) {
         // The code buffer as it is now (disassemble with objdump -b binary -m i386:x86-64).
@@ -191,6 +197,7 @@ extern "C" const void* jit_link(Cpu* c, BlockCache* cache, const void** slot)
 
 void Jit::reset()
 {
+    ++m_resets;
     m_used = m_stub_bytes;
 }
 

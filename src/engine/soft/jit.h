@@ -111,6 +111,7 @@ private:
     std::vector<uint8_t> m_eh_frame;
     bool m_eh_registered { false };
     uint64_t m_translations { 0 };
+    uint64_t m_resets { 0 };
     std::unique_ptr<JitEmitter, JitEmitterDeleter> m_emitter;
     std::vector<LinkSlot> m_slots;
 };
