@@ -45,6 +45,7 @@ struct JumpEntry {
     uint8_t mode { 0 }; // CpuMode
     bool user { false };
     bool global { false }; // tlb_gen is Tlb::gen_global (a global page) rather than Tlb::gen
+    uint32_t page_gen { 0 }; // Tlb::page_gen_of(linear) when it was found
 };
 constexpr size_t kJumpEntries = 32768;
 
@@ -70,7 +71,8 @@ public:
     {
         JumpEntry& j = m_jump[jump_index(linear)];
         if (j.linear == linear && j.tlb_gen == (j.global ? c.tlb.gen_global : c.tlb.gen)
-            && j.mode == static_cast<uint8_t>(c.mode) && j.user == (c.cpl == 3)) [[likely]] {
+            && j.page_gen == c.tlb.page_gen_of(linear) && j.mode == static_cast<uint8_t>(c.mode)
+            && j.user == (c.cpl == 3)) [[likely]] {
             uint64_t epoch = m_machine.code_write_epoch();
             if (j.epoch == epoch) [[likely]]
                 return j.block;
@@ -89,8 +91,11 @@ public:
         // as non-global) stays found across CR3 writes, as its TLB entry does.
         const TlbEntry& te = c.tlb.e[c.cpl == 3][(linear >> 12) & (kTlbEntries - 1)];
         bool global = b.gpa2 == kNoPage && te.tag_exec == (linear & ~0xfffULL) && te.global;
-        m_jump[jump_index(linear)] = JumpEntry { linear, global ? c.tlb.gen_global : c.tlb.gen,
-            valid(b) ? epoch : ~0ULL, &b, nullptr, static_cast<uint8_t>(c.mode), c.cpl == 3, global };
+        // A block spilling into a second page is never found here (INVLPG of that page would
+        // not be noticed): the execution loop looks it up in full every time.
+        uint64_t tlb_gen = b.gpa2 != kNoPage ? ~0ULL : global ? c.tlb.gen_global : c.tlb.gen;
+        m_jump[jump_index(linear)] = JumpEntry { linear, tlb_gen, valid(b) ? epoch : ~0ULL, &b, nullptr,
+            static_cast<uint8_t>(c.mode), c.cpl == 3, global, c.tlb.page_gen_of(linear) };
     }
     // The translation of the block find_linear() just returned for `linear` (translated code
     // looks the jump cache up itself and goes straight there).

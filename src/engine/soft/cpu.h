@@ -126,8 +126,14 @@ struct Tlb {
     std::array<std::array<TlbEntry, kTlbEntries>, 2> e;
     uint64_t gen { 0 }; // bumped whenever translations are dropped (the jump cache keys on it)
     uint64_t gen_global { 0 }; // bumped whenever global translations may be dropped
+    // Per linear page (hashed): bumped when INVLPG drops that page, so the jump cache forgets
+    // only the code there instead of everything.
+    static constexpr size_t kPageGens = 4096;
+    std::array<uint32_t, kPageGens> page_gen {};
+    uint32_t page_gen_of(uint64_t linear) const { return page_gen[(linear >> 12) & (kPageGens - 1)]; }
     void flush();
     void flush_page(uint64_t linear);
+    void flush_range(uint64_t linear, uint64_t pages); // INVLPG under a large page
     void flush_nonglobal(); // MOV to CR3 with CR4.PGE set
     void flush_writes(); // drop write permission everywhere (a page became code)
 };
@@ -178,7 +184,8 @@ struct Cpu {
     std::atomic<bool> attention { false };
 
     Tlb tlb;
-    bool tlb_has_large { false }; // INVLPG then flushes everything (entries are 4 KiB pieces)
+    bool tlb_has_large { false }; // INVLPG then flushes the whole 2 MiB region (4 KiB pieces)
+    bool tlb_has_1g { false }; // ... or everything
 
     // Machine context (not architectural state).
     SoftMachine* machine { nullptr };

@@ -17,6 +17,7 @@ inline void flush_tlb(Cpu& c)
 {
     c.tlb.flush();
     c.tlb_has_large = false;
+    c.tlb_has_1g = false;
     c.stop_block = true;
 }
 

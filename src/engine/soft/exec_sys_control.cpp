@@ -246,8 +246,11 @@ void exec_invlpg(Cpu& c, const Insn& in)
     uint64_t lin = c.segbase[in.seg] + effective_address(c, in);
     if (c.mode != CpuMode::Long64)
         lin &= 0xffffffffULL;
-    if (c.tlb_has_large)
-        flush_tlb(c); // large pages are cached as 4 KiB pieces anywhere in the TLB
+    // Large pages are cached as 4 KiB pieces: drop every piece of the region lin is in.
+    if (c.tlb_has_1g)
+        flush_tlb(c);
+    else if (c.tlb_has_large)
+        c.tlb.flush_range(lin & ~0x1fffffULL, 512);
     else
         c.tlb.flush_page(lin);
     c.stop_block = true;

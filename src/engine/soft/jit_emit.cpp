@@ -67,6 +67,7 @@ CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
     l.code_write_epoch = c.machine->code_write_epoch_address();
     l.tlb_gen = at(&c.tlb.gen);
     l.tlb_gen_global = at(&c.tlb.gen_global);
+    l.tlb_page_gen = at(&c.tlb.page_gen[0]);
     l.halted = at(&c.halted);
     l.interrupt_shadow = at(&c.interrupt_shadow);
     l.jump_table = cache.jump_table();
@@ -1644,6 +1645,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     {
         Xbyak::Label miss;
         static_assert(std::is_standard_layout_v<JumpEntry> && sizeof(JumpEntry) == 48);
+        static_assert(sizeof(Tlb::page_gen[0]) == 4);
         static_assert(sizeof(Cpu::halted) == 1 && sizeof(Cpu::interrupt_shadow) == 1);
         cmp(byte[rbx + m_l->halted], 0);
         jne(miss, T_NEAR);
@@ -1663,6 +1665,12 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         cmp(byte[rdx + offsetof(JumpEntry, global)], 0);
         cmovne(rcx, field64(m_l->tlb_gen_global));
         cmp(rcx, qword[rdx + offsetof(JumpEntry, tlb_gen)]);
+        jne(miss, T_NEAR);
+        mov(rsi, rax);
+        shr(rsi, 12);
+        and_(esi, static_cast<uint32_t>(Tlb::kPageGens - 1));
+        mov(ecx, dword[rbx + rsi * 4 + m_l->tlb_page_gen]);
+        cmp(ecx, dword[rdx + offsetof(JumpEntry, page_gen)]);
         jne(miss, T_NEAR);
         mov(rcx, reinterpret_cast<uint64_t>(m_l->code_write_epoch));
         mov(rcx, qword[rcx]);

@@ -28,6 +28,7 @@ struct CpuLayout {
     const uint64_t* code_write_epoch;
     int32_t tlb_gen;
     int32_t tlb_gen_global;
+    int32_t tlb_page_gen;
     int32_t halted;
     int32_t interrupt_shadow;
     const JumpEntry* jump_table;

@@ -85,12 +85,17 @@ void Tlb::flush()
 
 void Tlb::flush_page(uint64_t linear)
 {
-    ++gen;
-    ++gen_global;
+    ++page_gen[(linear >> 12) & (kPageGens - 1)];
     for (auto& level : e) {
         auto& entry = level[(linear >> 12) & (kTlbEntries - 1)];
         entry = kEmptyEntry;
     }
+}
+
+void Tlb::flush_range(uint64_t linear, uint64_t pages)
+{
+    for (uint64_t i = 0; i < pages; ++i)
+        flush_page(linear + (i << 12));
 }
 
 void Tlb::flush_nonglobal()
@@ -211,8 +216,11 @@ uint64_t translate(Cpu& c, uint64_t linear, Access access, bool user)
             bool global = (c.cr4 & x86::kCr4Pge) && (e & kPteG);
             if (!user || can_user)
                 fill_tlb(c, linear, gpa, user, write_ok, exec_ok, global);
-            if (large)
+            if (large) {
                 c.tlb_has_large = true;
+                if (shift == 30)
+                    c.tlb_has_1g = true;
+            }
             return gpa;
         }
         set_bits(pte, kPteA);

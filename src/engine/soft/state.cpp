@@ -89,6 +89,7 @@ void cpu_from_state(Cpu& c, const CpuState& s)
     c.update_mode();
     c.tlb.flush();
     c.tlb_has_large = false;
+    c.tlb_has_1g = false;
 }
 
 } // namespace vessel::soft
