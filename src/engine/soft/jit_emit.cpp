@@ -788,6 +788,17 @@ private:
         add(rdx, rsi);
     }
 
+    // PUSH of rcx (64-bit stack): RSP - 8 looked up for writing, or a jump to `slow` with nothing
+    // changed. Keeps rax and rcx.
+    void push_rcx(Xbyak::Label& slow)
+    {
+        gload(rsi, RSP);
+        sub(rsi, 8);
+        tlb_lookup(8, true, slow);
+        mov(qword[rdx], rcx);
+        gstore(RSP, rsi);
+    }
+
     // rax = target; jumps to `slow` unless canonical. Clobbers rcx.
     void check_canonical(Xbyak::Label& slow)
     {
@@ -1356,18 +1367,13 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         }
         store_reg(Operand { OpKind::Gpr, RAX, 8, 0 }, rax);
         break;
-    case Kind::Push: {
-        gload(rsi, RSP);
-        sub(rsi, 8);
-        tlb_lookup(8, true, need_slow());
+    case Kind::Push:
         if (a.kind == OpKind::Imm)
             mov(rcx, imm_of(in, a));
         else
-            gload(rcx, a.reg);
-        mov(qword[rdx], rcx);
-        gstore(RSP, rsi);
+            gload(rcx, a.reg); // PUSH RSP pushes the value before the decrement
+        push_rcx(need_slow());
         break;
-    }
     case Kind::Pop: {
         gload(rsi, RSP);
         tlb_lookup(8, false, need_slow());
@@ -1399,12 +1405,8 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         lea(rax, ptr[r12 + static_cast<int32_t>(next + static_cast<int64_t>(in.imm))]);
         check_canonical(need_slow());
         if (p.kind == Kind::Call) {
-            gload(rsi, RSP);
-            sub(rsi, 8);
-            tlb_lookup(8, true, need_slow()); // keeps rax
             lea(rcx, ptr[r12 + next]);
-            mov(qword[rdx], rcx);
-            gstore(RSP, rsi);
+            push_rcx(need_slow()); // keeps rax
         }
         static_exit(index + 1, static_cast<int64_t>(next) + static_cast<int64_t>(in.imm));
         ends = true;
@@ -1430,12 +1432,8 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
             gload(rax, a.reg);
         check_canonical(need_slow());
         if (p.kind == Kind::CallInd) {
-            gload(rsi, RSP);
-            sub(rsi, 8);
-            tlb_lookup(8, true, need_slow()); // keeps rax
             lea(rcx, ptr[r12 + next]);
-            mov(qword[rdx], rcx);
-            gstore(RSP, rsi);
+            push_rcx(need_slow()); // keeps rax
         }
         mov(field64(m_l->rip), rax);
         dynamic_exit(index + 1);
