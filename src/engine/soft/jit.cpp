@@ -134,9 +134,6 @@ std::unique_ptr<Jit> Jit::create(size_t buffer_bytes)
     return jit;
 }
 
-void jit_print_stats();
-extern std::atomic<uint64_t>* g_jit_stats;
-
 Jit::~Jit()
 {
     log_debug("soft engine: translator: {} translations, {} KiB of code in use, buffer reset {} times", m_translations,

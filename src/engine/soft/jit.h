@@ -93,7 +93,6 @@ public:
 
     // Drops all translations (their blocks are gone).
     void reset();
-    size_t used_bytes() const { return m_used - m_stub_bytes; }
     uint64_t translations() const { return m_translations; }
 
 private:

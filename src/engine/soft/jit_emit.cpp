@@ -62,8 +62,6 @@ CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
     l.stop_block = at(&c.stop_block);
     l.segbase = at(&c.segbase[0]);
     l.attention = at(&c.attention);
-    l.code_epoch_seen = at(&c.code_epoch_seen);
-    l.code_epoch = c.machine->code_epoch_address();
     l.code_write_epoch = c.machine->code_write_epoch_address();
     l.tlb_gen = at(&c.tlb.gen);
     l.tlb_gen_global = at(&c.tlb.gen_global);
@@ -128,7 +126,6 @@ enum class Kind : uint8_t {
 enum class Writes : uint8_t {
     None,
     All, // all six (those it leaves undefined take the host silicon's values)
-    Logic, // AND OR XOR TEST: AF cleared, the rest from the host
     Partial, // some: the guest's flags are loaded into the host first, then all six stored
 };
 
@@ -287,9 +284,7 @@ Plan classify(const Insn& in)
     case ZYDIS_MNEMONIC_TEST:
         if (in.nops == 2 && is_rm(a) && is_rmi(b) && valid_size(a.size)) {
             p.kind = Kind::Alu;
-            bool logic = mnem == ZYDIS_MNEMONIC_AND || mnem == ZYDIS_MNEMONIC_OR || mnem == ZYDIS_MNEMONIC_XOR
-                || mnem == ZYDIS_MNEMONIC_TEST;
-            p.writes = logic ? Writes::Logic : Writes::All;
+            p.writes = Writes::All; // AND/OR/XOR/TEST: AF (undefined) as the host leaves it
             p.reads = mnem == ZYDIS_MNEMONIC_ADC || mnem == ZYDIS_MNEMONIC_SBB;
             p.mem_write = a.kind == OpKind::Mem && mnem != ZYDIS_MNEMONIC_CMP && mnem != ZYDIS_MNEMONIC_TEST;
         }
@@ -986,9 +981,8 @@ private:
     Xbyak::Address xmm_of(unsigned i) { return xword[rbx + m_l->fx + 160 + 16 * static_cast<int>(i)]; }
 
     // SSE (after the CR0/CR4 checks; rdx = host pointer of an aligned-if-needed memory operand).
-    void sse_insn(const Insn& in, const Plan& p)
+    void sse_insn(const Insn& in)
     {
-        (void)p;
         const auto m = static_cast<ZydisMnemonic>(in.mnemonic);
         const Operand& a = in.op[0];
         const Operand& b = in.op[1];
@@ -1474,7 +1468,7 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
                 bsr(d, s);
         });
         break;
-    case Kind::Sse: sse_insn(in, p); break;
+    case Kind::Sse: sse_insn(in); break;
     case Kind::Atomic: {
         const Operand& r = a.kind == OpKind::Mem ? b : a; // the register operand
         Xbyak::Reg reg = load_reg(r, rcx);
@@ -1554,7 +1548,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
             live = fault = true;
             continue;
         }
-        if (p.writes == Writes::All || p.writes == Writes::Logic)
+        if (p.writes == Writes::All)
             live = fault = false;
         if (p.can_fault)
             fault = true;

@@ -1,6 +1,7 @@
 // The translator's code generator (jit.h has the design). Private to jit.cpp / jit_emit.cpp.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -23,8 +24,6 @@ struct CpuLayout {
     int32_t segbase;
     int32_t tlb[2]; // Tlb::e[user][0]
     int32_t attention;
-    int32_t code_epoch_seen;
-    const uint64_t* code_epoch; // SoftMachine's
     const uint64_t* code_write_epoch;
     int32_t tlb_gen;
     int32_t tlb_gen_global;
@@ -61,6 +60,11 @@ EmittedCode emit_block(
 // Called from translated code at a block exit (c.rip = the next block): the next block's
 // translation, or nullptr to return to the execution loop. With `slot` (a static target in the
 // same page), the slot is patched to go there directly from now on.
+// VESSEL_JIT_STATS=1: per-mnemonic counts of what translated code left to handlers (else null),
+// printed by jit_print_stats().
+extern std::atomic<uint64_t>* g_jit_stats;
+void jit_print_stats();
+
 extern "C" const void* jit_link(Cpu* c, BlockCache* cache, const void** slot);
 
 } // namespace vessel::soft

@@ -53,12 +53,6 @@ public:
     // Bumped by every code_page_written(): while it stands still, no block became stale.
     uint64_t code_write_epoch() const { return m_code_write_epoch.load(std::memory_order_acquire); }
     const uint64_t* code_write_epoch_address() const { return reinterpret_cast<const uint64_t*>(&m_code_write_epoch); }
-    // For translated code, which compares the epoch with a plain load (x86: acquire anyway).
-    const uint64_t* code_epoch_address() const
-    {
-        static_assert(std::atomic<uint64_t>::is_always_lock_free && sizeof(std::atomic<uint64_t>) == 8);
-        return reinterpret_cast<const uint64_t*>(&m_code_epoch);
-    }
 
     // vCPUs whose `attention` is raised when a page becomes a code page, so that they drop
     // their write TLB entries (sync_code_epoch) before running on: translated code chains
