@@ -7,6 +7,7 @@
 #   vessel.net.mb=[64]              MiB sent each way
 #   vessel.net.check=[1]            1: random data, SHA-256 of everything sent and received;
 #                                   0: zeros, no hashing (bench/virtio-net.sh; quicker)
+#   vessel.net.dir=[both]           up (guest -> host only), down (host -> guest only) or both
 # Output:
 #   vessel-guest: net eth0 mac=<mac> addr=<addr>
 #   vessel-guest: net ping host=ok|FAILED
@@ -14,13 +15,14 @@
 #   vessel-guest: net download bytes=<n> sha256=<hash|-> ms=<elapsed> irqs=<n>
 #   vessel-guest: net done
 # (ms: the transfer alone, guest clock; irqs: the device's interrupts meanwhile)
-addr=10.99.0.2/24 host=10.99.0.1 mb=64 check=1
+addr=10.99.0.2/24 host=10.99.0.1 mb=64 check=1 dir=both
 for word in $(cat /proc/cmdline); do
   case "$word" in
     vessel.net.addr=*) addr=${word#*=} ;;
     vessel.net.host=*) host=${word#*=} ;;
     vessel.net.mb=*) mb=${word#*=} ;;
     vessel.net.check=*) check=${word#*=} ;;
+    vessel.net.dir=*) dir=${word#*=} ;;
   esac
 done
 
@@ -53,39 +55,43 @@ net_test() {
   mount -t tmpfs -o size=$((mb + 8))m tmpfs /data || echo "vessel-guest: net tmpfs FAILED"
   bytes=$((mb * 1048576))
 
-  # Guest -> host. busybox nc half-closes the connection at the end of its stdin, then prints
-  # what the peer answers (byte count, hash, and whether it could ping us) until the peer closes.
-  if [ "$check" = 1 ]; then
-    dd if=/dev/urandom of=/data/up bs=1M count="$mb" 2>/dev/null
-    set -- $(sha256sum /data/up)
-    sum=$1
-  else
-    dd if=/dev/zero of=/data/up bs=1M count="$mb" 2>/dev/null
-    sum=-
+  if [ "$dir" != down ]; then
+    # Guest -> host. busybox nc half-closes the connection at the end of its stdin, then prints
+    # what the peer answers (byte count, hash, and whether it could ping us) until the peer closes.
+    if [ "$check" = 1 ]; then
+      dd if=/dev/urandom of=/data/up bs=1M count="$mb" 2>/dev/null
+      set -- $(sha256sum /data/up)
+      sum=$1
+    else
+      dd if=/dev/zero of=/data/up bs=1M count="$mb" 2>/dev/null
+      sum=-
+    fi
+    irq0=$(net_irqs)
+    t0=$(uptime_ms)
+    nc "$host" 5001 </data/up >/tmp/up.reply
+    t1=$(uptime_ms)
+    irq1=$(net_irqs)
+    rm -f /data/up
+    echo "vessel-guest: net upload bytes=$bytes sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0)) peer: $(head -n 1 /tmp/up.reply)"
   fi
-  irq0=$(net_irqs)
-  t0=$(uptime_ms)
-  nc "$host" 5001 </data/up >/tmp/up.reply
-  t1=$(uptime_ms)
-  irq1=$(net_irqs)
-  rm -f /data/up
-  echo "vessel-guest: net upload bytes=$bytes sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0)) peer: $(head -n 1 /tmp/up.reply)"
 
-  # Host -> guest: the peer sends as soon as we connect and closes when done; the connection to
-  # port 5003 tells it we have everything.
-  irq0=$(net_irqs)
-  t0=$(uptime_ms)
-  nc "$host" 5002 </dev/null >/data/down
-  t1=$(uptime_ms)
-  nc "$host" 5003 </dev/null
-  irq1=$(net_irqs)
-  sum=-
-  if [ "$check" = 1 ]; then
-    set -- $(sha256sum /data/down)
-    sum=$1
+  if [ "$dir" != up ]; then
+    # Host -> guest: the peer sends as soon as we connect and closes when done; the connection to
+    # port 5003 tells it we have everything.
+    irq0=$(net_irqs)
+    t0=$(uptime_ms)
+    nc "$host" 5002 </dev/null >/data/down
+    t1=$(uptime_ms)
+    nc "$host" 5003 </dev/null
+    irq1=$(net_irqs)
+    sum=-
+    if [ "$check" = 1 ]; then
+      set -- $(sha256sum /data/down)
+      sum=$1
+    fi
+    echo "vessel-guest: net download bytes=$(wc -c </data/down) sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0))"
+    rm -f /data/down
   fi
-  echo "vessel-guest: net download bytes=$(wc -c </data/down) sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0))"
-  rm -f /data/down
   umount /data
   echo "vessel-guest: net done"
 }

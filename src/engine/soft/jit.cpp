@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <string_view>
 
 #include <xbyak/xbyak.h>
@@ -131,6 +132,13 @@ std::unique_ptr<Jit> Jit::create(size_t buffer_bytes)
     jit->m_eh_frame = frame_description(reinterpret_cast<uint64_t>(jit->m_rx), buffer_bytes);
     __register_frame(jit->m_eh_frame.data());
     jit->m_eh_registered = true;
+    if (const char* map = std::getenv("VESSEL_JIT_PERFMAP"); map && *map && std::string_view(map) != "0") {
+        // One file per process (vCPUs append to it; perf reads it after the run).
+        std::string path = "/tmp/perf-" + std::to_string(getpid()) + ".map";
+        jit->m_perf_map = std::fopen(path.c_str(), "a");
+        if (!jit->m_perf_map)
+            log_warn("soft engine: cannot open {}: {}", path, std::strerror(errno));
+    }
     return jit;
 }
 
@@ -150,6 +158,8 @@ Jit::~Jit()
             std::fclose(f);
         }
     }
+    if (m_perf_map)
+        std::fclose(m_perf_map);
     if (m_eh_registered)
         __deregister_frame(m_eh_frame.data());
     if (m_rw)
@@ -222,6 +232,11 @@ const void* Jit::translate(Cpu& c, const BlockCache& cache, const Block& block, 
             std::memcpy(m_rw + m_used + s.slot, &stub, 8);
         }
         const void* entry = m_rx + m_used;
+        if (m_perf_map) {
+            std::fprintf(m_perf_map, "%lx %zx vessel-guest-%lx\n", reinterpret_cast<unsigned long>(entry), code.size,
+                static_cast<unsigned long>(c.rip));
+            std::fflush(m_perf_map);
+        }
         m_used = (m_used + code.size + 15) & ~size_t { 15 };
         ++m_translations;
         return entry;

@@ -31,6 +31,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <vector>
 
@@ -64,6 +65,10 @@ struct LinkSlot {
 
 // VESSEL_JIT=off|on|eager (default on).
 JitMode jit_mode_from_env();
+
+// VESSEL_JIT_PERFMAP=1: every translation is appended to /tmp/perf-<pid>.map (perf's format for
+// JIT code) as `vessel-guest-<rip>`, so `perf report` names translated blocks by guest RIP
+// (scripts/perf-guest-symbols.py folds them into guest kernel symbols).
 
 class Jit {
 public:
@@ -111,6 +116,7 @@ private:
     bool m_eh_registered { false };
     uint64_t m_translations { 0 };
     uint64_t m_resets { 0 };
+    std::FILE* m_perf_map { nullptr };
     std::unique_ptr<JitEmitter, JitEmitterDeleter> m_emitter;
     std::vector<LinkSlot> m_slots;
 };

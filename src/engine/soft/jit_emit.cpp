@@ -17,7 +17,11 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -27,24 +31,76 @@
 namespace vessel::soft {
 
 // VESSEL_JIT_STATS=1: translated code counts the instructions it leaves to the interpreter's
-// handlers, by mnemonic; printed when the vCPU's translator goes away.
-std::atomic<uint64_t>* g_jit_stats = [] {
+// handlers, by form (mnemonic, operands, prefixes; "slow" when a translated instruction took its
+// slow path: TLB miss, MMIO, fault); printed when the vCPU's translator goes away.
+bool g_jit_stats = [] {
     const char* s = std::getenv("VESSEL_JIT_STATS");
-    return s && *s == '1' ? new std::atomic<uint64_t>[ZYDIS_MNEMONIC_MAX_VALUE + 1] {} : nullptr;
+    return s && *s == '1';
 }();
+
+namespace {
+
+struct FormStats {
+    std::mutex lock;
+    std::map<std::string, std::unique_ptr<std::atomic<uint64_t>>> counts;
+};
+FormStats& form_stats()
+{
+    static FormStats* stats = new FormStats; // never destroyed: vCPU threads print at their end
+    return *stats;
+}
+
+std::string form_of(const Insn& in, bool slow)
+{
+    std::string s = slow ? "slow " : "";
+    if (in.flags & kFlagLock)
+        s += "lock ";
+    if (in.flags & kFlagRep)
+        s += "rep ";
+    if (in.flags & kFlagRepne)
+        s += "repne ";
+    s += ZydisMnemonicGetString(static_cast<ZydisMnemonic>(in.mnemonic));
+    static constexpr const char* kinds[] = { "-", "r", "h", "m", "i", "seg", "cr", "dr", "xmm", "mm", "st", "ptr" };
+    for (unsigned i = 0; i < in.nops && i < 4; ++i) {
+        const Operand& o = in.op[i];
+        s += i ? "," : " ";
+        s += kinds[static_cast<unsigned>(o.kind)];
+        s += std::to_string(o.size * 8);
+    }
+    if ((in.flags & kFlagHasMem) && (in.flags & kFlagSegOverride))
+        s += " seg" + std::to_string(in.seg);
+    return s;
+}
+
+std::atomic<uint64_t>* form_counter(const Insn& in, bool slow)
+{
+    FormStats& st = form_stats();
+    std::lock_guard guard(st.lock);
+    auto& slot = st.counts[form_of(in, slow)];
+    if (!slot)
+        slot = std::make_unique<std::atomic<uint64_t>>(0);
+    return slot.get();
+}
+
+} // namespace
 
 void jit_print_stats()
 {
     if (!g_jit_stats)
         return;
-    std::vector<std::pair<uint64_t, int>> v;
-    for (int m = 0; m <= ZYDIS_MNEMONIC_MAX_VALUE; ++m)
-        if (uint64_t n = g_jit_stats[m].load())
-            v.emplace_back(n, m);
+    FormStats& st = form_stats();
+    std::lock_guard guard(st.lock);
+    std::vector<std::pair<uint64_t, const std::string*>> v;
+    uint64_t total = 0;
+    for (auto& [form, n] : st.counts)
+        if (uint64_t k = n->load()) {
+            v.emplace_back(k, &form);
+            total += k;
+        }
     std::sort(v.rbegin(), v.rend());
-    for (size_t i = 0; i < v.size() && i < 40; ++i)
-        std::fprintf(stderr, "jit: interpreted %-12s %12lu\n",
-            ZydisMnemonicGetString(static_cast<ZydisMnemonic>(v[i].second)), static_cast<unsigned long>(v[i].first));
+    std::fprintf(stderr, "jit: %lu instructions left to handlers\n", static_cast<unsigned long>(total));
+    for (size_t i = 0; i < v.size() && i < 60; ++i)
+        std::fprintf(stderr, "jit: interpreted %-40s %12lu\n", v[i].second->c_str(), static_cast<unsigned long>(v[i].first));
 }
 
 CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
@@ -668,10 +724,10 @@ private:
         mov(field64(m_l->rip), rax);
     }
 
-    void call_handler(const Insn& in, uint32_t off)
+    void call_handler(const Insn& in, uint32_t off, bool slow = false)
     {
         if (g_jit_stats) {
-            mov(rax, reinterpret_cast<uint64_t>(&g_jit_stats[in.mnemonic]));
+            mov(rax, reinterpret_cast<uint64_t>(form_counter(in, slow)));
             lock();
             inc(qword[rax]);
         }
@@ -1596,7 +1652,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
             store_r9_flags();
         write_back(s.dirty);
         m_dirty = 0;
-        call_handler(in, s.offset);
+        call_handler(in, s.offset, true);
         if (s.ends_block) {
             dynamic_exit(s.index + 1);
             continue;

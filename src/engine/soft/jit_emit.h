@@ -60,9 +60,9 @@ EmittedCode emit_block(
 // Called from translated code at a block exit (c.rip = the next block): the next block's
 // translation, or nullptr to return to the execution loop. With `slot` (a static target in the
 // same page), the slot is patched to go there directly from now on.
-// VESSEL_JIT_STATS=1: per-mnemonic counts of what translated code left to handlers (else null),
+// VESSEL_JIT_STATS=1: counts, by instruction form, of what translated code left to handlers,
 // printed by jit_print_stats().
-extern std::atomic<uint64_t>* g_jit_stats;
+extern bool g_jit_stats;
 void jit_print_stats();
 
 extern "C" const void* jit_link(Cpu* c, BlockCache* cache, const void** slot);
