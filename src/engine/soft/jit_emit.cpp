@@ -100,7 +100,8 @@ void jit_print_stats()
     std::sort(v.rbegin(), v.rend());
     std::fprintf(stderr, "jit: %lu instructions left to handlers\n", static_cast<unsigned long>(total));
     for (size_t i = 0; i < v.size() && i < 60; ++i)
-        std::fprintf(stderr, "jit: interpreted %-40s %12lu\n", v[i].second->c_str(), static_cast<unsigned long>(v[i].first));
+        std::fprintf(
+            stderr, "jit: interpreted %-40s %12lu\n", v[i].second->c_str(), static_cast<unsigned long>(v[i].first));
 }
 
 CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
