@@ -35,18 +35,18 @@ TEST_F(SoftSysInsn, CpuidIdentityAndFeatures)
     c.id = 2;
     r = query(c, 1);
     EXPECT_EQ((r.a >> 8) & 0xf, 6u);
-    EXPECT_EQ(r.b >> 24, 2u);            // APIC ID
-    EXPECT_EQ((r.b >> 8) & 0xff, 8u);    // CLFLUSH line 64 bytes
+    EXPECT_EQ(r.b >> 24, 2u); // APIC ID
+    EXPECT_EQ((r.b >> 8) & 0xff, 8u); // CLFLUSH line 64 bytes
     uint32_t need_edx = (1u << 0) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 11) | (1u << 13)
         | (1u << 15) | (1u << 16) | (1u << 19) | (1u << 24) | (1u << 25) | (1u << 26);
     EXPECT_EQ(r.d & need_edx, need_edx);
-    EXPECT_TRUE(r.d & (1u << 23));  // MMX
+    EXPECT_TRUE(r.d & (1u << 23)); // MMX
     EXPECT_FALSE(r.d & (1u << 12)); // no MTRR
-    EXPECT_FALSE(r.d & (1u << 7));  // no MCE
+    EXPECT_FALSE(r.d & (1u << 7)); // no MCE
     EXPECT_FALSE(r.d & (1u << 28)); // one vCPU: no HTT
-    EXPECT_TRUE(r.c & (1u << 31));  // hypervisor
-    EXPECT_TRUE(r.c & (1u << 24));  // TSC deadline
-    EXPECT_TRUE(r.c & (1u << 13));  // CX16
+    EXPECT_TRUE(r.c & (1u << 31)); // hypervisor
+    EXPECT_TRUE(r.c & (1u << 24)); // TSC deadline
+    EXPECT_TRUE(r.c & (1u << 13)); // CX16
     EXPECT_FALSE(r.c & (1u << 21)); // no x2APIC
     EXPECT_FALSE(r.c & (1u << 27)); // OSXSAVE mirrors CR4
     c.cr4 |= 1ULL << 18;
@@ -67,6 +67,12 @@ TEST_F(SoftSysInsn, CpuidIdentityAndFeatures)
 
     r = query(c, 7);
     EXPECT_TRUE(r.d & (1u << 29)); // ARCH_CAPABILITIES
+    EXPECT_TRUE(r.d & (1u << 26)); // IBRS/IBPB (SPEC_CTRL, PRED_CMD)
+    EXPECT_FALSE(r.d & (1u << 27)); // no STIBP
+    EXPECT_FALSE(r.d & (1u << 31)); // no SSBD (SSB_NO instead)
+    EXPECT_EQ(r.a, 2u); // subleaves 0..2
+    EXPECT_EQ(query(c, 7, 2).d, 1u << 4); // BHI_CTRL
+    EXPECT_EQ(query(c, 7, 1).d, 0u);
     EXPECT_FALSE(r.b & (1u << 7)); // no SMEP
     EXPECT_FALSE(r.b & (1u << 20)); // no SMAP
 }
@@ -137,6 +143,22 @@ TEST_F(SoftSysInsn, MsrAccess)
     c.gpr[RCX] = msr::kArchCapabilities;
     run(insn(ZYDIS_MNEMONIC_RDMSR, 2));
     EXPECT_EQ(c.gpr[RAX] & 1, 1u); // RDCL_NO
+    EXPECT_EQ(c.gpr[RAX] & 2, 2u); // IBRS_ALL: Linux uses enhanced IBRS, not retpolines
+    EXPECT_EQ(c.gpr[RDX] & (1u << 30), 1u << 30); // ITS_NO (bit 62): no ITS return thunks
+    EXPECT_EQ(c.gpr[RAX] & (1u << 20), 1u << 20); // BHI_NO
+
+    // SPEC_CTRL keeps IBRS and BHI_DIS_S (the bits offered); PRED_CMD takes IBPB and cannot be
+    // read.
+    write_msr(c, msr::kSpecCtrl, 1 | (1u << 10));
+    EXPECT_EQ(read_msr(c, msr::kSpecCtrl), 1u | (1u << 10));
+    write_msr(c, msr::kSpecCtrl, 1);
+    EXPECT_THROW(write_msr(c, msr::kSpecCtrl, 2), GuestFault); // STIBP not offered
+    EXPECT_THROW(write_msr(c, msr::kSpecCtrl, 4), GuestFault); // SSBD not offered
+    EXPECT_EQ(read_msr(c, msr::kSpecCtrl), 1u);
+    write_msr(c, msr::kPredCmd, 1);
+    EXPECT_THROW(write_msr(c, msr::kPredCmd, 2), GuestFault);
+    EXPECT_THROW(read_msr(c, msr::kPredCmd), GuestFault);
+    write_msr(c, msr::kSpecCtrl, 0);
     EXPECT_EQ(read_msr(c, msr::kMtrrCap), 0u);
     EXPECT_EQ(read_msr(c, msr::kFeatureControl), 1u);
 
@@ -234,7 +256,8 @@ TEST_F(SoftSysInsn, PortIoPermissionBitmap)
 {
     enter_long_mode();
     // TSS with an I/O bitmap at offset 0x68 allowing port 0x80 only (of ports 0x80-0x87).
-    poke<uint64_t>(kGdt + 0x38, make_desc(static_cast<uint32_t>(kTss), 0x68 + 0x20, 0xb, 0, false, false, false, false));
+    poke<uint64_t>(
+        kGdt + 0x38, make_desc(static_cast<uint32_t>(kTss), 0x68 + 0x20, 0xb, 0, false, false, false, false));
     c.tr = unpack_descriptor(kTssSel, peek<uint64_t>(kGdt + 0x38));
     poke<uint16_t>(kTss + 102, 0x68);
     for (unsigned i = 0; i < 0x20; ++i)

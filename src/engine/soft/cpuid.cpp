@@ -41,10 +41,14 @@ constexpr uint32_t kMaxHvLeaf = 0x40000010;
 constexpr uint32_t fourcc(const char* s)
 {
     return static_cast<uint32_t>(static_cast<uint8_t>(s[0])) | (static_cast<uint32_t>(static_cast<uint8_t>(s[1])) << 8)
-        | (static_cast<uint32_t>(static_cast<uint8_t>(s[2])) << 16) | (static_cast<uint32_t>(static_cast<uint8_t>(s[3])) << 24);
+        | (static_cast<uint32_t>(static_cast<uint8_t>(s[2])) << 16)
+        | (static_cast<uint32_t>(static_cast<uint8_t>(s[3])) << 24);
 }
 
-uint32_t vcpu_count(const Cpu& c) { return c.machine ? c.machine->vcpu_count() : 1; }
+uint32_t vcpu_count(const Cpu& c)
+{
+    return c.machine ? c.machine->vcpu_count() : 1;
+}
 
 // Bits needed for IDs 0..n-1.
 uint32_t id_bits(uint32_t n)
@@ -64,10 +68,10 @@ void cache_leaf(uint32_t subleaf, uint32_t cores, uint32_t out[4])
         bool shared;
     };
     static constexpr Cache caches[] = {
-        { 1, 1, 8, 64, false },    // L1d 32 KiB
-        { 2, 1, 8, 64, false },    // L1i 32 KiB
+        { 1, 1, 8, 64, false }, // L1d 32 KiB
+        { 2, 1, 8, 64, false }, // L1i 32 KiB
         { 3, 2, 16, 1024, false }, // L2 1 MiB
-        { 3, 3, 16, 8192, true },  // L3 8 MiB
+        { 3, 3, 16, 8192, true }, // L3 8 MiB
     };
     uint32_t core_field = ((1u << id_bits(cores)) - 1) << 26;
     if (subleaf >= std::size(caches)) {
@@ -146,16 +150,17 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
     case 2:
         out[0] = 0x0000ff01; // one round; descriptor FF: use leaf 4
         break;
-    case 4:
-        cache_leaf(subleaf, cores, out);
-        break;
+    case 4: cache_leaf(subleaf, cores, out); break;
     case 6:
         out[0] = 1u << 2; // ARAT: the LAPIC timer keeps running in idle states
         break;
     case 7:
         if (subleaf == 0) {
+            out[0] = 2; // subleaves 0..2
             out[1] = kIntGroupLeaf7Ebx;
-            out[3] = 1u << 29; // IA32_ARCH_CAPABILITIES
+            out[3] = kLeaf7Edx;
+        } else if (subleaf == 2) {
+            out[3] = kLeaf7Sub2Edx;
         }
         break;
     case 0xb: {
@@ -211,9 +216,7 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
         out[0] = static_cast<uint32_t>(tsc_khz);
         out[1] = static_cast<uint32_t>(Lapic::kBusFrequencyHz / 1000);
         break;
-    case 0x80000000:
-        out[0] = kMaxExtLeaf;
-        break;
+    case 0x80000000: out[0] = kMaxExtLeaf; break;
     case 0x80000001:
         out[2] = kIntGroupExt1Ecx;
         // SYSCALL, NX, 1 GiB pages, RDTSCP, long mode.
@@ -229,13 +232,9 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
     case 0x80000006:
         out[2] = 64 | (8u << 12) | (1024u << 16); // L2: 64-byte lines, 16-way, 1024 KiB
         break;
-    case 0x80000007:
-        break; // no invariant TSC (see the file comment)
-    case 0x80000008:
-        out[0] = kPhysAddrBits | (kVirtAddrBits << 8);
-        break;
-    default:
-        break;
+    case 0x80000007: break; // no invariant TSC (see the file comment)
+    case 0x80000008: out[0] = kPhysAddrBits | (kVirtAddrBits << 8); break;
+    default: break;
     }
 }
 

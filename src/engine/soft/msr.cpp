@@ -1,7 +1,7 @@
 // MSRs: the SYSCALL/SYSENTER and segment-base MSRs, EFER, TSC, PAT, KVM's paravirtual clock
-// (pvclock.h), and the identification / capability MSRs Linux reads on an Intel CPU. No MTRRs
-// (MTRRcap = 0, not advertised), no machine check (MCG_CAP = 0, not advertised), no VMX
-// (FEATURE_CONTROL locked with VMX off).
+// (pvclock.h), SPEC_CTRL/PRED_CMD (cpuid.h), and the identification / capability MSRs Linux
+// reads on an Intel CPU. No MTRRs (MTRRcap = 0, not advertised), no machine check (MCG_CAP = 0,
+// not advertised), no VMX (FEATURE_CONTROL locked with VMX off).
 #include "engine/soft/msr.h"
 
 #include "engine/soft/cpuid.h"
@@ -16,7 +16,10 @@ namespace {
 
 constexpr uint64_t kEferWritable = x86::kEferSce | x86::kEferLme | x86::kEferLma | x86::kEferNxe;
 
-[[noreturn]] void gp() { raise_fault(kExcGP, 0); }
+[[noreturn]] void gp()
+{
+    raise_fault(kExcGP, 0);
+}
 
 void require_canonical(uint64_t v)
 {
@@ -73,7 +76,8 @@ uint64_t read_msr(Cpu& c, uint32_t index)
             return c.apic_base;
         return c.msrs.tsc_deadline;
     case msr::kFeatureControl: return 1; // locked, VMX and SMX off
-    case msr::kBiosSignId: return 0;     // microcode revision 0
+    case msr::kSpecCtrl: return c.msrs.spec_ctrl;
+    case msr::kBiosSignId: return 0; // microcode revision 0
     case msr::kPlatformInfo: {
         // Maximum non-turbo ratio (bits 15:8) against the 100 MHz bus clock; no CPUID faulting.
         uint64_t ratio = guest_tsc_khz() / 100000;
@@ -131,9 +135,25 @@ void write_msr(Cpu& c, uint32_t index, uint64_t v)
         c.stop_block = true;
         return;
     case msr::kBiosSignId: return; // Linux writes 0 before reading the microcode revision
+    case msr::kSpecCtrl:
+        // IBRS and BHI_DIS_S restrict predictions this CPU does not make.
+        if (v & ~kSpecCtrlWritable)
+            gp();
+        c.msrs.spec_ctrl = v;
+        return;
+    case msr::kPredCmd:
+        if (v & ~kPredCmdIbpb)
+            gp();
+        return; // IBPB: no predictor state to drop
     case msr::kSysenterCs: c.msrs.sysenter_cs = v & 0xffffffffULL; return;
-    case msr::kSysenterEsp: require_canonical(v); c.msrs.sysenter_esp = v; return;
-    case msr::kSysenterEip: require_canonical(v); c.msrs.sysenter_eip = v; return;
+    case msr::kSysenterEsp:
+        require_canonical(v);
+        c.msrs.sysenter_esp = v;
+        return;
+    case msr::kSysenterEip:
+        require_canonical(v);
+        c.msrs.sysenter_eip = v;
+        return;
     case msr::kMcgStatus:
         if (v)
             gp();
@@ -151,12 +171,21 @@ void write_msr(Cpu& c, uint32_t index, uint64_t v)
     case msr::kMtrrDefType: return; // no MTRRs: writes ignored
     case msr::kEfer: write_efer(c, v); return;
     case msr::kStar: c.msrs.star = v; return;
-    case msr::kLstar: require_canonical(v); c.msrs.lstar = v; return;
-    case msr::kCstar: require_canonical(v); c.msrs.cstar = v; return;
+    case msr::kLstar:
+        require_canonical(v);
+        c.msrs.lstar = v;
+        return;
+    case msr::kCstar:
+        require_canonical(v);
+        c.msrs.cstar = v;
+        return;
     case msr::kSfmask: c.msrs.sfmask = v & 0xffffffffULL; return;
     case msr::kFsBase: set_base(c, FS, v); return;
     case msr::kGsBase: set_base(c, GS, v); return;
-    case msr::kKernelGsBase: require_canonical(v); c.msrs.kernel_gs_base = v; return;
+    case msr::kKernelGsBase:
+        require_canonical(v);
+        c.msrs.kernel_gs_base = v;
+        return;
     case msr::kTscAux: c.msrs.tsc_aux = v & 0xffffffffULL; return;
     case msr::kKvmWallClock:
     case msr::kKvmSystemTime:

@@ -9,13 +9,13 @@
 namespace vessel::soft {
 
 namespace msr {
-constexpr uint32_t kTsc = 0x10, kPlatformId = 0x17, kApicBase = 0x1b, kFeatureControl = 0x3a, kBiosSignId = 0x8b,
-                   kPlatformInfo = 0xce, kMtrrCap = 0xfe, kArchCapabilities = 0x10a, kSysenterCs = 0x174,
-                   kSysenterEsp = 0x175, kSysenterEip = 0x176, kMcgCap = 0x179, kMcgStatus = 0x17a,
-                   kMiscEnable = 0x1a0, kDebugCtl = 0x1d9, kPat = 0x277, kMtrrDefType = 0x2ff,
-                   kTscDeadline = 0x6e0, kEfer = 0xc0000080, kStar = 0xc0000081, kLstar = 0xc0000082,
-                   kCstar = 0xc0000083, kSfmask = 0xc0000084, kFsBase = 0xc0000100, kGsBase = 0xc0000101,
-                   kKernelGsBase = 0xc0000102, kTscAux = 0xc0000103;
+constexpr uint32_t kTsc = 0x10, kPlatformId = 0x17, kApicBase = 0x1b, kFeatureControl = 0x3a, kSpecCtrl = 0x48,
+                   kPredCmd = 0x49, kBiosSignId = 0x8b, kPlatformInfo = 0xce, kMtrrCap = 0xfe,
+                   kArchCapabilities = 0x10a, kSysenterCs = 0x174, kSysenterEsp = 0x175, kSysenterEip = 0x176,
+                   kMcgCap = 0x179, kMcgStatus = 0x17a, kMiscEnable = 0x1a0, kDebugCtl = 0x1d9, kPat = 0x277,
+                   kMtrrDefType = 0x2ff, kTscDeadline = 0x6e0, kEfer = 0xc0000080, kStar = 0xc0000081,
+                   kLstar = 0xc0000082, kCstar = 0xc0000083, kSfmask = 0xc0000084, kFsBase = 0xc0000100,
+                   kGsBase = 0xc0000101, kKernelGsBase = 0xc0000102, kTscAux = 0xc0000103;
 } // namespace msr
 
 // RDMSR / WRMSR semantics, without the CPL check (the instruction handlers do it). Throw
