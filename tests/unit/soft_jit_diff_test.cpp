@@ -193,10 +193,11 @@ private:
     // A memory operand of `size` bytes somewhere in the data area, with the instructions that set
     // its address registers emitted now (before the instruction using it). `e` constrains the
     // registers of the instruction; the address registers are picked after them.
-    Xbyak::Address mem(unsigned size, Enc& e)
+    // An operand of `size` bytes at a random place in the data pages (or at `fixed`).
+    Xbyak::Address mem(unsigned size, Enc& e, std::optional<uint64_t> fixed = {})
     {
-        uint64_t target = kDataBase + m_r.below(kDataSize - size + 1);
-        if (m_r.chance(15))
+        uint64_t target = fixed ? *fixed : kDataBase + m_r.below(kDataSize - size + 1);
+        if (!fixed && m_r.chance(15))
             target = kDataBase + 0x1000 - m_r.below(size ? size : 1) - (m_r.chance(50) ? 0 : 1); // crossing
         if (target + size > kDataBase + kDataSize)
             target = kDataBase + kDataSize - size;
@@ -364,14 +365,18 @@ private:
             skip();
         else if (k < 91)
             jmp_over();
-        else if (k < 94)
+        else if (k < 93)
             call();
+        else if (k < 94)
+            system();
         else if (k < 96)
             muldiv();
         else if (k < 98)
             bitscan();
-        else
+        else if (k < 99)
             generic();
+        else
+            system();
     }
 
     static Reg sized_reg(int i, unsigned size)
@@ -922,6 +927,112 @@ private:
         g.call(sub);
     }
 
+    // Memory bit strings, stack forms, segment reads, fences, hints, CLI and SWAPGS.
+    void system()
+    {
+        Enc e;
+        switch (m_r.below(9)) {
+        case 0: { // BT* m, imm8 / m, r (a register offset moves the address by whole operands)
+            unsigned op = static_cast<unsigned>(m_r.below(4));
+            unsigned size = 2u << m_r.below(3), bits = size * 8;
+            bool by_reg = m_r.chance(50);
+            int64_t offset = static_cast<int64_t>(m_r.below(6 * bits)) - 3 * static_cast<int64_t>(bits);
+            uint64_t at = kDataBase + 0x400 + m_r.below(0x1800); // the moves stay inside the data
+            std::optional<Reg> r;
+            if (by_reg) {
+                r = reg(size, true, e); // not RSP: it gets the offset
+                g.mov(Xbyak::Reg64(r->getIdx()), static_cast<uint64_t>(offset));
+            }
+            Xbyak::Address m = mem(size, e, at);
+            if (op != 0 && m_r.chance(30))
+                g.lock();
+            prefix();
+            auto emit = [&](const auto& src) {
+                switch (op) {
+                case 0: g.bt(m, src); break;
+                case 1: g.bts(m, src); break;
+                case 2: g.btr(m, src); break;
+                default: g.btc(m, src); break;
+                }
+            };
+            if (by_reg)
+                emit(*r);
+            else
+                emit(static_cast<uint8_t>(m_r.below(256)));
+            effects(kCF | kOF | kSF | kAF | kPF, kOF | kSF | kAF | kPF);
+            break;
+        }
+        case 1: // PUSH m64
+            if (m_in_sub || m_in_skip || m_depth >= 8) {
+                mov();
+                break;
+            }
+            {
+                Xbyak::Address m = mem(8, e);
+                prefix();
+                g.push(m);
+                ++m_depth;
+            }
+            break;
+        case 2: // PUSHFQ (arithmetic flags, IF, the fixed bit)
+            if (m_in_sub || m_in_skip || m_depth >= 8) {
+                mov();
+                break;
+            }
+            reads_flags();
+            g.pushfq();
+            ++m_depth;
+            break;
+        case 3: // LEAVE: RSP := RBP, RBP := pop; RBP points into what was pushed
+            if (m_in_sub || m_in_skip || m_depth == 0) {
+                mov();
+                break;
+            }
+            {
+                int k = static_cast<int>(m_r.below(static_cast<uint64_t>(m_depth)));
+                g.lea(g.rbp, g.ptr[g.rsp + 8 * k]);
+                g.leave();
+                m_depth -= k + 1;
+            }
+            break;
+        case 4: { // MOV r, Sreg
+            static const Xbyak::Segment* segs[] = { &g.es, &g.cs, &g.ss, &g.ds, &g.fs, &g.gs };
+            unsigned size = 2u << m_r.below(3);
+            g.mov(reg(size, true, e), *segs[m_r.below(6)]);
+            break;
+        }
+        case 5:
+            switch (m_r.below(3)) {
+            case 0: g.lfence(); break;
+            case 1: g.mfence(); break;
+            default: g.sfence(); break;
+            }
+            break;
+        case 6: { // prefetches: hints at any address
+            Xbyak::Address m = mem(1, e);
+            prefix();
+            switch (m_r.below(5)) {
+            case 0: g.prefetcht0(m); break;
+            case 1: g.prefetcht1(m); break;
+            case 2: g.prefetcht2(m); break;
+            case 3: g.prefetchnta(m); break;
+            default: g.prefetchw(m); break;
+            }
+            break;
+        }
+        case 7: g.cli(); break;
+        default: { // SWAPGS, a GS access through the other base (kFsBase), SWAPGS
+            uint64_t target = kDataBase + m_r.below(kDataSize - 8);
+            Reg d = reg(8, true, e);
+            g.db(0xf8010f, 3); // SWAPGS (0F 01 F8; not in Xbyak)
+            g.db(0x65);
+            g.mov(d, g.qword[reinterpret_cast<const void*>(target - kFsBase)]);
+            g.db(0xf8010f, 3); // SWAPGS (0F 01 F8; not in Xbyak)
+            break;
+        }
+        }
+    }
+
     // A few instructions the translator leaves to the interpreter's handlers.
     void generic()
     {
@@ -971,7 +1082,7 @@ InitialState random_state(uint64_t seed)
     for (auto& v : s.gpr)
         v = r.value();
     s.gpr[RSP] = kStackTop;
-    s.flags = r.next() & kArithFlags;
+    s.flags = (r.next() & kArithFlags) | (r.chance(50) ? kIF : 0);
     s.data.resize(kDataSize);
     for (auto& b : s.data)
         b = static_cast<uint8_t>(r.next());
@@ -985,6 +1096,7 @@ struct Outcome {
     std::array<uint64_t, 16> gpr {};
     uint64_t rip { 0 };
     uint64_t flags { 0 };
+    uint64_t gs_base { 0 }, kernel_gs_base { 0 };
     std::vector<uint8_t> data, stack;
     uint64_t translations { 0 };
 };
@@ -1001,6 +1113,7 @@ Outcome run_program(const std::vector<uint8_t>& code, const InitialState& s, Jit
     c.rflags = x86::kRflagsFixed | s.flags;
     c.seg[FS].base = kFsBase;
     c.seg[GS].base = kGsBase;
+    c.msrs.kernel_gs_base = kFsBase; // what SWAPGS swaps in
     c.update_mode();
     RunResult r = h.run(200'000);
     Outcome o;
@@ -1009,7 +1122,9 @@ Outcome run_program(const std::vector<uint8_t>& code, const InitialState& s, Jit
     o.abort = r.abort_message;
     o.gpr = c.gpr;
     o.rip = c.rip;
-    o.flags = get_rflags(c) & kArithFlags;
+    o.flags = get_rflags(c) & (kArithFlags | kIF);
+    o.gs_base = c.seg[GS].base;
+    o.kernel_gs_base = c.msrs.kernel_gs_base;
     o.data.resize(kDataSize);
     (void)h.memory().read(kDataBase, o.data);
     o.stack.resize(kStackCompare);
@@ -1050,6 +1165,9 @@ std::string differences(const Outcome& want, const Outcome& got)
         os << " rip: " << want.rip << " vs " << got.rip;
     if (want.flags != got.flags)
         os << " flags: " << want.flags << " vs " << got.flags;
+    if (want.gs_base != got.gs_base || want.kernel_gs_base != got.kernel_gs_base)
+        os << " gs base / kernel gs base: " << want.gs_base << "/" << want.kernel_gs_base << " vs " << got.gs_base
+           << "/" << got.kernel_gs_base;
     for (size_t i = 0; i < want.data.size(); ++i)
         if (want.data[i] != got.data[i]) {
             os << " data[" << i << "]: " << int(want.data[i]) << " vs " << int(got.data[i]);

@@ -149,6 +149,48 @@ TEST_F(SoftMmu, GlobalPagesSurviveANonGlobalFlush)
     EXPECT_EQ(fault_of([&] { (void)read_linear<uint8_t>(cpu(), kLin); }), 0u);
 }
 
+// A CR3 write drops the non-global entries it noted when they were filled, or scans all entries
+// once more were filled than it notes (Tlb::kTracked); entries refilled as global stay.
+TEST_F(SoftMmu, NonGlobalFlushDropsNotedAndUnnotedEntries)
+{
+    cpu().cr4 |= x86::kCr4Pge;
+    constexpr uint64_t kPt2 = 0x404000, kPt3 = 0x405000, kFrames = 0x600000;
+    const uint64_t base = kLin & ~0x1fffffULL; // PD entry 1: 2 MiB at 0x7f0000200000
+    h.write<uint64_t>(kPd + 2 * 8, kPt2 | kP | kRw | kUs);
+    h.write<uint64_t>(kPd + 3 * 8, kPt3 | kP | kRw | kUs);
+    auto map_page = [&](unsigned i, uint64_t flags) {
+        uint64_t table = i < 512 ? kPt : i < 1024 ? kPt2 : kPt3;
+        h.write<uint64_t>(table + (i % 512) * 8, flags ? ((kFrames + i * 0x1000) | flags) : 0);
+    };
+    for (unsigned count : { 3u, static_cast<unsigned>(Tlb::kTracked) + 100 }) {
+        cpu().tlb.flush();
+        for (unsigned i = 0; i < count; ++i) {
+            map_page(i, kP | kRw);
+            h.write<uint32_t>(kFrames + i * 0x1000, i);
+            EXPECT_EQ(read_linear<uint32_t>(cpu(), base + i * 0x1000ULL), i);
+        }
+        // Page 1 becomes global (refilled after INVLPG): it must survive.
+        map_page(1, kP | kRw | kG);
+        cpu().tlb.flush_page(base + 0x1000);
+        EXPECT_EQ(read_linear<uint32_t>(cpu(), base + 0x1000), 1u);
+        for (unsigned i = 0; i < count; ++i)
+            map_page(i, 0); // unmapped in memory, still in the TLB
+        cpu().tlb.flush_nonglobal();
+        EXPECT_EQ(read_linear<uint32_t>(cpu(), base + 0x1000), 1u) << count;
+        for (unsigned i = 0; i < count; ++i) {
+            if (i == 1)
+                continue;
+            bool faulted = false;
+            try {
+                (void)read_linear<uint32_t>(cpu(), base + i * 0x1000ULL);
+            } catch (const GuestFault& f) {
+                faulted = f.vector == kExcPF;
+            }
+            ASSERT_TRUE(faulted) << "page " << i << " of " << count << " survived the flush";
+        }
+    }
+}
+
 TEST_F(SoftMmu, NonCanonicalAddressIsGeneralProtection)
 {
     try {

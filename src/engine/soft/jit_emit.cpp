@@ -131,6 +131,11 @@ CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
     l.cr4 = at(&c.cr4);
     l.fx = at(&c.fx[0]);
     l.jit_cache = at(&c.jit_cache);
+    l.cpl = at(&c.cpl);
+    for (unsigned i = 0; i < 6; ++i)
+        l.seg_selector[i] = at(&c.seg[i].selector);
+    l.gs_base = at(&c.seg[GS].base);
+    l.kernel_gs_base = at(&c.msrs.kernel_gs_base);
     l.tlb[0] = at(&c.tlb.e[0][0]);
     l.tlb[1] = at(&c.tlb.e[1][0]);
     return l;
@@ -177,6 +182,14 @@ enum class Kind : uint8_t {
     BitScan, // BSF BSR
     Sse, // SSE2 integer/bitwise ops and moves on XMM registers (Cpu::fx)
     Atomic, // XADD, CMPXCHG, XCHG with memory: run natively (with LOCK where the guest has it)
+    BtMem, // BT BTS BTR BTC on memory (LOCK where the guest has it), immediate or register offset
+    PushMem, // PUSH m64
+    Pushf, // PUSHFQ
+    Leave, // LEAVE (64-bit)
+    MovFromSeg, // MOV r, Sreg
+    Fence, // LFENCE MFENCE SFENCE: the host's
+    Cli, // CLI at CPL 0
+    Swapgs, // SWAPGS at CPL 0
 };
 
 // How an instruction touches the arithmetic flags.
@@ -305,7 +318,10 @@ Plan classify(const Insn& in)
         case ZYDIS_MNEMONIC_NEG:
         case ZYDIS_MNEMONIC_NOT:
         case ZYDIS_MNEMONIC_XADD:
-        case ZYDIS_MNEMONIC_CMPXCHG: break;
+        case ZYDIS_MNEMONIC_CMPXCHG:
+        case ZYDIS_MNEMONIC_BTS:
+        case ZYDIS_MNEMONIC_BTR:
+        case ZYDIS_MNEMONIC_BTC: break;
         default: rmw = false; break;
         }
         if (!rmw)
@@ -328,6 +344,8 @@ Plan classify(const Insn& in)
             && !(a.kind == OpKind::Mem && b.kind == OpKind::Mem)) {
             p.kind = Kind::Mov;
             p.mem_write = a.kind == OpKind::Mem;
+        } else if (in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 2 && b.kind == OpKind::Seg && b.reg < 6) {
+            p.kind = Kind::MovFromSeg;
         }
         break;
     case ZYDIS_MNEMONIC_ADD:
@@ -399,6 +417,11 @@ Plan classify(const Insn& in)
         if (in.nops == 2 && a.kind == OpKind::Gpr && a.size >= 2 && (b.kind == OpKind::Gpr || b.kind == OpKind::Imm)) {
             p.kind = Kind::Bt;
             p.writes = Writes::Partial;
+        } else if (in.nops == 2 && a.kind == OpKind::Mem && a.size >= 2 && valid_size(a.size)
+            && (b.kind == OpKind::Imm || (b.kind == OpKind::Gpr && b.size == a.size && in.asize == 8))) {
+            p.kind = Kind::BtMem;
+            p.writes = Writes::Partial;
+            p.mem_write = mnem != ZYDIS_MNEMONIC_BT;
         }
         break;
     case ZYDIS_MNEMONIC_XCHG:
@@ -432,7 +455,43 @@ Plan classify(const Insn& in)
         if (in.osize == 8 && in.nops >= 1 && ((a.kind == OpKind::Gpr && a.size == 8) || a.kind == OpKind::Imm)) {
             p.kind = Kind::Push;
             p.can_fault = true;
+        } else if (in.osize == 8 && in.nops >= 1 && a.kind == OpKind::Mem && a.size == 8) {
+            p.kind = Kind::PushMem;
+            p.can_fault = true;
         }
+        return p;
+    case ZYDIS_MNEMONIC_PUSHFQ:
+        if (in.osize == 8) {
+            p.kind = Kind::Pushf;
+            p.reads = true;
+            p.can_fault = true;
+        }
+        return p;
+    case ZYDIS_MNEMONIC_LEAVE:
+        if (in.osize == 8) {
+            p.kind = Kind::Leave;
+            p.can_fault = true;
+        }
+        return p;
+    case ZYDIS_MNEMONIC_LFENCE:
+    case ZYDIS_MNEMONIC_MFENCE:
+    case ZYDIS_MNEMONIC_SFENCE: p.kind = Kind::Fence; return p;
+    case ZYDIS_MNEMONIC_PREFETCH:
+    case ZYDIS_MNEMONIC_PREFETCHNTA:
+    case ZYDIS_MNEMONIC_PREFETCHT0:
+    case ZYDIS_MNEMONIC_PREFETCHT1:
+    case ZYDIS_MNEMONIC_PREFETCHT2:
+    case ZYDIS_MNEMONIC_PREFETCHW:
+        // A hint: never faults, whatever the address.
+        p.kind = Kind::Nop;
+        return p;
+    case ZYDIS_MNEMONIC_CLI:
+        p.kind = Kind::Cli; // #GP above CPL 0 (CPL <= IOPL): the handler decides
+        p.can_fault = true;
+        return p;
+    case ZYDIS_MNEMONIC_SWAPGS:
+        p.kind = Kind::Swapgs; // #GP above CPL 0
+        p.can_fault = true;
         return p;
     case ZYDIS_MNEMONIC_POP:
         if (in.osize == 8 && in.nops >= 1 && a.kind == OpKind::Gpr && a.size == 8) {
@@ -1145,8 +1204,11 @@ private:
                 ++uses[in.base];
             if ((in.flags & kFlagHasMem) && in.index < 16)
                 ++uses[in.index];
-            if (p.kind == Kind::Push || p.kind == Kind::Pop || p.kind == Kind::Call || p.kind == Kind::Ret)
+            if (p.kind == Kind::Push || p.kind == Kind::Pop || p.kind == Kind::Call || p.kind == Kind::Ret
+                || p.kind == Kind::PushMem || p.kind == Kind::Pushf || p.kind == Kind::Leave)
                 uses[RSP] += 2;
+            if (p.kind == Kind::Leave)
+                ++uses[RBP];
             if (p.kind == Kind::Convert || p.kind == Kind::MulDiv)
                 ++uses[RAX], ++uses[RDX];
             if (p.kind == Kind::CallInd)
@@ -1203,7 +1265,8 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         test(dword[rbx + m_l->cr4], static_cast<uint32_t>(x86::kCr4Osfxsr));
         jz(need_slow(), T_NEAR);
     }
-    if (has_mem && p.kind != Kind::Lea && p.kind != Kind::Nop) { // neither touches memory
+    // LEA and prefetches touch no memory; BT* on memory finds its own address.
+    if (has_mem && p.kind != Kind::Lea && p.kind != Kind::Nop && p.kind != Kind::BtMem) {
         unsigned size = 0;
         for (unsigned i = 0; i < in.nops; ++i)
             if (in.op[i].kind == OpKind::Mem)
@@ -1546,6 +1609,99 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         }
         break;
     }
+    case Kind::BtMem: {
+        // The bit string starts at the memory operand. An immediate offset stays within the
+        // operand (taken modulo its width, as the host does); a register offset is signed and
+        // first moves the address by whole operands.
+        const unsigned bits = a.size * 8u;
+        effective_address(in, next);
+        if (b.kind == OpKind::Gpr) {
+            gload(r10, b.reg);
+            if (a.size == 4)
+                movsxd(r10, r10d);
+            else if (a.size == 2)
+                movsx(r10, r10w);
+            mov(rdi, r10);
+            sar(rdi, a.size == 8 ? 6 : a.size == 4 ? 5 : 4);
+            lea(rsi, ptr[rsi + rdi * a.size]);
+            and_(r10d, bits - 1);
+        }
+        if (in.seg == FS || in.seg == GS)
+            add(rsi, field64(m_l->segbase + 8 * in.seg));
+        tlb_lookup(a.size, p.mem_write, need_slow());
+        if (flags_in)
+            load_flags(); // the look-up changed the host flags
+        const Xbyak::Address d = mem(a.size);
+        auto op = [&](const auto& src) {
+            if (p.lock)
+                lock();
+            switch (m) {
+            case ZYDIS_MNEMONIC_BT: bt(d, src); break;
+            case ZYDIS_MNEMONIC_BTS: bts(d, src); break;
+            case ZYDIS_MNEMONIC_BTR: btr(d, src); break;
+            default: btc(d, src); break;
+            }
+        };
+        if (b.kind == OpKind::Imm)
+            op(static_cast<uint8_t>(imm_of(in, b) & (bits - 1)));
+        else
+            op(sized(r10, a.size));
+        break;
+    }
+    case Kind::PushMem:
+        mov(rcx, qword[rdx]); // read before RSP moves (PUSH [RSP] pushes the old top)
+        push_rcx(need_slow());
+        break;
+    case Kind::Pushf:
+        // The image PUSHF stores: system flags from Cpu::rflags, arithmetic flags from the host
+        // image in Cpu::lf (materialized above), RF and VM clear.
+        mov(rcx, field64(m_l->rflags));
+        mov(rax, ~(kArithFlags | kRF | kVM));
+        and_(rcx, rax);
+        mov(rax, field64(m_l->lf_res));
+        and_(eax, static_cast<uint32_t>(kArithFlags));
+        or_(rcx, rax);
+        push_rcx(need_slow());
+        break;
+    case Kind::Leave:
+        gload(rsi, RBP);
+        tlb_lookup(8, false, need_slow());
+        mov(rcx, qword[rdx]);
+        add(rsi, 8);
+        gstore(RSP, rsi);
+        gstore(RBP, rcx);
+        break;
+    case Kind::MovFromSeg: {
+        Xbyak::Reg d = load_reg(a, rax);
+        if (a.size == 2)
+            mov(d, word[rbx + m_l->seg_selector[b.reg]]);
+        else
+            movzx(eax, word[rbx + m_l->seg_selector[b.reg]]); // zero-extended to 64 bits
+        store_reg(a, rax);
+        break;
+    }
+    case Kind::Fence:
+        if (m == ZYDIS_MNEMONIC_MFENCE)
+            mfence();
+        else if (m == ZYDIS_MNEMONIC_LFENCE)
+            lfence();
+        else
+            sfence();
+        break;
+    case Kind::Cli:
+        cmp(byte[rbx + m_l->cpl], 0);
+        jne(need_slow(), T_NEAR);
+        and_(qword[rbx + m_l->rflags], static_cast<int32_t>(~static_cast<uint32_t>(kIF)));
+        break;
+    case Kind::Swapgs:
+        cmp(byte[rbx + m_l->cpl], 0);
+        jne(need_slow(), T_NEAR);
+        mov(rax, field64(m_l->gs_base));
+        mov(rcx, field64(m_l->kernel_gs_base));
+        mov(field64(m_l->gs_base), rcx);
+        mov(field64(m_l->segbase + 8 * GS), rcx);
+        mov(field64(m_l->kernel_gs_base), rax);
+        break;
     case Kind::Generic: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
     }
 

@@ -36,6 +36,10 @@ struct CpuLayout {
     int32_t cr4;
     int32_t fx;
     int32_t jit_cache;
+    int32_t cpl;
+    int32_t seg_selector[6]; // Cpu::seg[i].selector
+    int32_t gs_base; // Cpu::seg[GS].base
+    int32_t kernel_gs_base;
     const void* exit_stub; // absolute
     static CpuLayout of(const Cpu& c, const BlockCache& cache);
 };

@@ -70,6 +70,13 @@ void fill_tlb(Cpu& c, uint64_t linear, uint64_t gpa, bool user, bool can_write, 
     e.addend = reinterpret_cast<uint64_t>(host) - page;
     e.gpa_page = gpa_page;
     e.global = global;
+    if (!global) {
+        Tlb& t = c.tlb;
+        if (t.nonglobal_count < Tlb::kTracked)
+            t.nonglobal[t.nonglobal_count] = static_cast<uint16_t>(&e - &t.e[0][0]);
+        if (t.nonglobal_count <= Tlb::kTracked)
+            ++t.nonglobal_count;
+    }
 }
 
 } // namespace
@@ -81,6 +88,7 @@ void Tlb::flush()
     for (auto& level : e)
         for (auto& entry : level)
             entry = kEmptyEntry;
+    nonglobal_count = 0;
 }
 
 void Tlb::flush_page(uint64_t linear)
@@ -101,10 +109,19 @@ void Tlb::flush_range(uint64_t linear, uint64_t pages)
 void Tlb::flush_nonglobal()
 {
     ++gen;
-    for (auto& level : e)
-        for (auto& entry : level)
-            if (!entry.global)
-                entry = kEmptyEntry;
+    if (nonglobal_count <= kTracked) {
+        // Entries refilled as global since they were noted are kept.
+        TlbEntry* all = &e[0][0];
+        for (uint32_t i = 0; i < nonglobal_count; ++i)
+            if (!all[nonglobal[i]].global)
+                all[nonglobal[i]] = kEmptyEntry;
+    } else {
+        for (auto& level : e)
+            for (auto& entry : level)
+                if (!entry.global)
+                    entry = kEmptyEntry;
+    }
+    nonglobal_count = 0;
 }
 
 void Tlb::flush_writes()

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <utility>
 
 #include "base/log.h"
@@ -9,6 +10,7 @@
 #include "engine/soft/exceptions.h"
 #include "engine/soft/flags.h"
 #include "engine/soft/interpreter.h"
+#include "engine/soft/jit_emit.h"
 #include "engine/soft/platform.h"
 #include "engine/soft/pvclock.h"
 #include "engine/soft/segments.h"
@@ -72,6 +74,9 @@ SoftVcpu::~SoftVcpu()
             faults += fmt::format(" #{}:{}", v, m_cpu.fault_counts[v]);
     log_debug("soft engine: vCPU {} executed {} instructions; exceptions delivered:{}", m_id, m_instructions,
         faults.empty() ? " none" : faults);
+    if (soft::g_jit_stats)
+        std::fprintf(
+            stderr, "jit: vCPU %u executed %lu instructions\n", m_id, static_cast<unsigned long>(m_instructions));
 }
 
 Result<std::unique_ptr<SoftVcpu>> SoftVcpu::create(SoftEngine& engine, uint32_t id, IoHandler& io)
