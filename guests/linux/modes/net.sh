@@ -11,10 +11,11 @@
 # Output:
 #   vessel-guest: net eth0 mac=<mac> addr=<addr>
 #   vessel-guest: net ping host=ok|FAILED
-#   vessel-guest: net upload bytes=<n> sha256=<hash|-> ms=<elapsed> irqs=<n> peer: <the peer's reply line>
-#   vessel-guest: net download bytes=<n> sha256=<hash|-> ms=<elapsed> irqs=<n>
+#   vessel-guest: net upload bytes=<n> sha256=<hash|-> ms=<elapsed> irqs=<n> idle=<%> peer: <the peer's reply line>
+#   vessel-guest: net download bytes=<n> sha256=<hash|-> ms=<elapsed> irqs=<n> idle=<%>
 #   vessel-guest: net done
-# (ms: the transfer alone, guest clock; irqs: the device's interrupts meanwhile)
+# (ms: the transfer alone, guest clock; irqs: the device's interrupts meanwhile; idle: the share
+# of CPU time the guest spent idle meanwhile)
 addr=10.99.0.2/24 host=10.99.0.1 mb=64 check=1 dir=both
 for word in $(cat /proc/cmdline); do
   case "$word" in
@@ -25,6 +26,10 @@ for word in $(cat /proc/cmdline); do
     vessel.net.dir=*) dir=${word#*=} ;;
   esac
 done
+
+# Jiffies (USER_HZ ticks) all CPUs spent idle so far, and in total.
+cpu_idle() { awk '$1 == "cpu" { print $5 + $6 }' /proc/stat; }
+cpu_total() { awk '$1 == "cpu" { s = 0; for (i = 2; i <= NF; i++) s += $i; print s }' /proc/stat; }
 
 # Interrupts of eth0's virtio device so far (all CPUs).
 net_irqs() {
@@ -66,30 +71,30 @@ net_test() {
       dd if=/dev/zero of=/data/up bs=1M count="$mb" 2>/dev/null
       sum=-
     fi
-    irq0=$(net_irqs)
+    irq0=$(net_irqs) idle0=$(cpu_idle) total0=$(cpu_total)
     t0=$(uptime_ms)
     nc "$host" 5001 </data/up >/tmp/up.reply
     t1=$(uptime_ms)
-    irq1=$(net_irqs)
+    irq1=$(net_irqs) idle1=$(cpu_idle) total1=$(cpu_total)
     rm -f /data/up
-    echo "vessel-guest: net upload bytes=$bytes sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0)) peer: $(head -n 1 /tmp/up.reply)"
+    echo "vessel-guest: net upload bytes=$bytes sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0)) idle=$(((idle1 - idle0) * 100 / (total1 - total0 + 1))) peer: $(head -n 1 /tmp/up.reply)"
   fi
 
   if [ "$dir" != up ]; then
     # Host -> guest: the peer sends as soon as we connect and closes when done; the connection to
     # port 5003 tells it we have everything.
-    irq0=$(net_irqs)
+    irq0=$(net_irqs) idle0=$(cpu_idle) total0=$(cpu_total)
     t0=$(uptime_ms)
     nc "$host" 5002 </dev/null >/data/down
     t1=$(uptime_ms)
+    irq1=$(net_irqs) idle1=$(cpu_idle) total1=$(cpu_total)
     nc "$host" 5003 </dev/null
-    irq1=$(net_irqs)
     sum=-
     if [ "$check" = 1 ]; then
       set -- $(sha256sum /data/down)
       sum=$1
     fi
-    echo "vessel-guest: net download bytes=$(wc -c </data/down) sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0))"
+    echo "vessel-guest: net download bytes=$(wc -c </data/down) sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0)) idle=$(((idle1 - idle0) * 100 / (total1 - total0 + 1)))"
     rm -f /data/down
   fi
   umount /data
