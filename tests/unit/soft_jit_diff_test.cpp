@@ -931,7 +931,51 @@ private:
     void system()
     {
         Enc e;
-        switch (m_r.below(9)) {
+        switch (m_r.below(12)) {
+        case 9: { // CMPXCHG16B: RDX:RAX loaded from the memory first (success) or random
+            uint64_t target = kDataBase + 16 * m_r.below(kDataSize / 16);
+            if (m_r.chance(50)) {
+                g.mov(g.rax, g.qword[reinterpret_cast<const void*>(target)]);
+                g.mov(g.rdx, g.qword[reinterpret_cast<const void*>(target + 8)]);
+            }
+            Xbyak::Address m = mem(16, e, target);
+            if (m_r.chance(50))
+                g.lock();
+            prefix();
+            g.cmpxchg16b(m);
+            effects(kZF, 0);
+            break;
+        }
+        case 10: { // SHLD / SHRD by an immediate (or CL: the handler's)
+            unsigned size = m_r.chance(50) ? 4 : 8;
+            Reg s = reg(size, false, e);
+            std::optional<Xbyak::Address> m;
+            std::optional<Reg> d;
+            if (m_r.chance(30))
+                m = mem(size, e);
+            else
+                d = reg(size, true, e);
+            if (m)
+                prefix();
+            const Xbyak::Operand& o = m ? static_cast<const Xbyak::Operand&>(*m) : *d;
+            bool left = m_r.chance(50);
+            if (m_r.chance(80)) {
+                auto count = static_cast<uint8_t>(1 + m_r.below(size * 8 - 1));
+                left ? g.shld(o, s, count) : g.shrd(o, s, count);
+                effects(kCF | kPF | kZF | kSF | kAF | kOF, count == 1 ? kAF : kAF | kOF);
+            } else {
+                reads_flags(); // a zero count in CL leaves them
+                left ? g.shld(o, s, g.cl) : g.shrd(o, s, g.cl);
+                effects(0, kAF | kOF | kCF); // CF undefined when the count exceeds the width
+            }
+            break;
+        }
+        case 11:
+            if (m_r.chance(50))
+                g.cld();
+            else
+                g.std();
+            break;
         case 0: { // BT* m, imm8 / m, r (a register offset moves the address by whole operands)
             unsigned op = static_cast<unsigned>(m_r.below(4));
             unsigned size = 2u << m_r.below(3), bits = size * 8;
@@ -940,10 +984,13 @@ private:
             uint64_t at = kDataBase + 0x400 + m_r.below(0x1800); // the moves stay inside the data
             std::optional<Reg> r;
             if (by_reg) {
-                r = reg(size, true, e); // not RSP: it gets the offset
-                g.mov(Xbyak::Reg64(r->getIdx()), static_cast<uint64_t>(offset));
+                // The offset in RCX, which the address then leaves alone.
+                r = sized_reg(1, size);
+                g.mov(g.rcx, static_cast<uint64_t>(offset));
+                m_keep_rcx = true;
             }
             Xbyak::Address m = mem(size, e, at);
+            m_keep_rcx = false;
             if (op != 0 && m_r.chance(30))
                 g.lock();
             prefix();
@@ -1122,7 +1169,7 @@ Outcome run_program(const std::vector<uint8_t>& code, const InitialState& s, Jit
     o.abort = r.abort_message;
     o.gpr = c.gpr;
     o.rip = c.rip;
-    o.flags = get_rflags(c) & (kArithFlags | kIF);
+    o.flags = get_rflags(c) & (kArithFlags | kIF | kDF);
     o.gs_base = c.seg[GS].base;
     o.kernel_gs_base = c.msrs.kernel_gs_base;
     o.data.resize(kDataSize);

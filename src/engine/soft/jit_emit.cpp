@@ -190,6 +190,9 @@ enum class Kind : uint8_t {
     Fence, // LFENCE MFENCE SFENCE: the host's
     Cli, // CLI at CPL 0
     Swapgs, // SWAPGS at CPL 0
+    Cmpxchg16b, // host LOCK CMPXCHG16B on the (16-byte aligned) host pointer
+    DoubleShift, // SHLD SHRD by an immediate
+    FlagDf, // CLD STD
 };
 
 // How an instruction touches the arithmetic flags.
@@ -321,7 +324,8 @@ Plan classify(const Insn& in)
         case ZYDIS_MNEMONIC_CMPXCHG:
         case ZYDIS_MNEMONIC_BTS:
         case ZYDIS_MNEMONIC_BTR:
-        case ZYDIS_MNEMONIC_BTC: break;
+        case ZYDIS_MNEMONIC_BTC:
+        case ZYDIS_MNEMONIC_CMPXCHG16B: break;
         default: rmw = false; break;
         }
         if (!rmw)
@@ -485,6 +489,25 @@ Plan classify(const Insn& in)
         // A hint: never faults, whatever the address.
         p.kind = Kind::Nop;
         return p;
+    case ZYDIS_MNEMONIC_CLD:
+    case ZYDIS_MNEMONIC_STD: p.kind = Kind::FlagDf; return p;
+    case ZYDIS_MNEMONIC_CMPXCHG16B:
+        if (in.nops >= 1 && a.kind == OpKind::Mem && a.size == 16) {
+            p.kind = Kind::Cmpxchg16b;
+            p.writes = Writes::Partial; // ZF only
+            p.mem_write = true;
+            p.aligned = true; // #GP unless 16-byte aligned
+        }
+        break;
+    case ZYDIS_MNEMONIC_SHLD:
+    case ZYDIS_MNEMONIC_SHRD:
+        if (in.nops == 3 && is_rm(a) && (a.size == 4 || a.size == 8) && b.kind == OpKind::Gpr && b.size == a.size
+            && in.op[2].kind == OpKind::Imm && (imm_of(in, in.op[2]) & (a.size == 8 ? 63 : 31)) != 0) {
+            p.kind = Kind::DoubleShift;
+            p.writes = Writes::Partial; // a zero count (excluded) would leave them all
+            p.mem_write = a.kind == OpKind::Mem;
+        }
+        break;
     case ZYDIS_MNEMONIC_CLI:
         p.kind = Kind::Cli; // #GP above CPL 0 (CPL <= IOPL): the handler decides
         p.can_fault = true;
@@ -1701,6 +1724,46 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         mov(field64(m_l->gs_base), rcx);
         mov(field64(m_l->segbase + 8 * GS), rcx);
         mov(field64(m_l->kernel_gs_base), rax);
+        break;
+    case Kind::Cmpxchg16b:
+        // RDX:RAX against the memory, RCX:RBX stored if equal, else the memory into RDX:RAX
+        // (rewriting them with their own values on success is the same). RBX is the Cpu pointer
+        // here: kept on the host stack around the instruction.
+        mov(rdi, rdx);
+        gload(rax, RAX);
+        gload(rdx, RDX);
+        gload(rcx, RCX);
+        gload(r10, RBX);
+        push(rbx);
+        mov(rbx, r10);
+        lock();
+        cmpxchg16b(ptr[rdi]);
+        pop(rbx);
+        gstore(RAX, rax);
+        gstore(RDX, rdx);
+        break;
+    case Kind::DoubleShift: {
+        auto count = static_cast<uint8_t>(imm_of(in, in.op[2]) & (a.size == 8 ? 63 : 31));
+        Xbyak::Reg src = load_reg(b, rcx);
+        std::optional<Xbyak::Reg> dreg;
+        if (is_reg(a))
+            dreg = load_reg(a, rax);
+        const Xbyak::Address maddr = mem(a.size);
+        const Xbyak::Operand& d
+            = dreg ? static_cast<const Xbyak::Operand&>(*dreg) : static_cast<const Xbyak::Operand&>(maddr);
+        if (m == ZYDIS_MNEMONIC_SHLD)
+            shld(d, src, count);
+        else
+            shrd(d, src, count);
+        if (dreg)
+            store_reg(a, rax);
+        break;
+    }
+    case Kind::FlagDf:
+        if (m == ZYDIS_MNEMONIC_CLD)
+            and_(qword[rbx + m_l->rflags], static_cast<int32_t>(~static_cast<uint32_t>(kDF)));
+        else
+            or_(qword[rbx + m_l->rflags], static_cast<int32_t>(kDF));
         break;
     case Kind::Generic: throw Xbyak::Error(Xbyak::ERR_BAD_COMBINATION);
     }
