@@ -425,6 +425,54 @@ TEST_P(SoftJit, RemapCodePageWithCr3Write)
     remap_test(h, Remap::Cr3);
 }
 
+// (e2) A block whose last instruction spills into the next page, which is then remapped by a
+// PTE write + INVLPG of that page only: the next runs use the new page's bytes (the upper half
+// of MOV EBX's immediate lives there).
+TEST_P(SoftJit, RemapSecondPageOfASpillingBlock)
+{
+    constexpr uint64_t kLinear = 0x400000, kFirst = 0x500000, kPhys1 = 0x600000, kPhys2 = 0x700000;
+    constexpr uint64_t kStart = 0xff0; // the loop starts 16 bytes before the page end
+    h.write<uint64_t>(pte_address(h, kLinear), kFirst | 7);
+    uint64_t pte2 = pte_address(h, kLinear + 0x1000);
+    h.write<uint64_t>(pte2, kPhys1 | 7);
+    c.tlb.flush();
+    for (uint32_t high : { 1u, 2u }) {
+        CodeGenerator g;
+        Xbyak::Label top, done;
+        g.L(top);
+        for (int i = 0; i < 13; ++i)
+            g.nop();
+        g.mov(ebx, (high << 16) | 1); // BB at 0xffd; imm32 low half at 0xffe..0xfff, high half in page 2
+        g.add(rax, rbx);
+        g.dec(rcx);
+        g.jnz(top, CodeGenerator::T_NEAR);
+        g.test(rdx, rdx);
+        g.jnz(done, CodeGenerator::T_NEAR);
+        g.mov(edx, 1);
+        g.mov(rcx, 10);
+        g.mov(qword[rdi], rsi);
+        g.db(0x41), g.db(0x0f), g.db(0x01), g.db(0x38); // invlpg [r8]
+        g.jmp(top, CodeGenerator::T_NEAR);
+        g.L(done);
+        g.hlt();
+        std::vector<uint8_t> code = bytes_of(g);
+        // Bytes up to the page end go to the first page, the rest to this version's second page.
+        size_t split = 0x1000 - kStart;
+        h.load(std::vector<uint8_t>(code.begin(), code.begin() + static_cast<long>(split)), kFirst + kStart);
+        h.load(std::vector<uint8_t>(code.begin() + static_cast<long>(split), code.end()), high == 1 ? kPhys1 : kPhys2);
+    }
+    c.rip = kLinear + kStart;
+    c.gpr[RCX] = 10;
+    c.gpr[RAX] = 0;
+    c.gpr[RDX] = 0;
+    c.gpr[RDI] = pte2;
+    c.gpr[RSI] = kPhys2 | 7;
+    c.gpr[R8] = kLinear + 0x1000; // INVLPG of the second page only
+    RunResult r = h.run(10'000);
+    ASSERT_EQ(r.kind, RunResult::Halted) << int(r.kind) << " " << r.abort_message;
+    EXPECT_EQ(c.gpr[RAX], 10u * 0x10001 + 10u * 0x20001); // 10 runs of each version
+}
+
 // (f) The budget: an endless translated loop stops after about `budget` instructions.
 TEST_P(SoftJit, BudgetEndsEndlessLoop)
 {

@@ -43,11 +43,25 @@ void BlockCache::flush()
 const Block& BlockCache::get(Cpu& c, uint64_t linear, uint64_t gpa)
 {
     uint64_t k = key(gpa, c.mode);
+    // A block whose last instruction spills into the next page is keyed on its first page: the
+    // next page must still map where it did when the block was decoded.
+    auto second_page_ok = [&](const Block& b) {
+        if (b.gpa2 == kNoPage) [[likely]]
+            return true;
+        uint64_t next_lin = (linear & ~0xfffULL) + 0x1000;
+        if (c.mode != CpuMode::Long64)
+            next_lin &= 0xffffffffULL;
+        try {
+            return (translate_exec(c, next_lin) & ~0xfffULL) == b.gpa2;
+        } catch (const GuestFault&) {
+            return false; // decoded again: the block then ends before that instruction
+        }
+    };
     Fast& fast = m_fast[(gpa ^ (gpa >> 12)) & (kFastEntries - 1)];
-    if (fast.key == k && valid(*fast.block)) [[likely]]
+    if (fast.key == k && valid(*fast.block) && second_page_ok(*fast.block)) [[likely]]
         return *fast.block;
     auto it = m_blocks.find(k);
-    if (it != m_blocks.end() && valid(*it->second)) {
+    if (it != m_blocks.end() && valid(*it->second) && second_page_ok(*it->second)) {
         fast = Fast { k, it->second.get() };
         return *it->second;
     }
@@ -90,7 +104,16 @@ std::unique_ptr<Block> BlockCache::decode(Cpu& c, uint64_t linear, uint64_t gpa)
             uint64_t next_lin = (lin & ~0xfffULL) + 0x1000;
             if (c.mode != CpuMode::Long64)
                 next_lin &= 0xffffffffULL;
-            uint64_t gpa2 = translate_exec(c, next_lin) & ~0xfffULL;
+            uint64_t gpa2;
+            if (block->insns.empty()) {
+                gpa2 = translate_exec(c, next_lin) & ~0xfffULL; // #PF here is the instruction's
+            } else {
+                try {
+                    gpa2 = translate_exec(c, next_lin) & ~0xfffULL;
+                } catch (const GuestFault&) {
+                    break; // end the block before it: its #PF comes when it is reached
+                }
+            }
             const uint8_t* page2 = m_machine.ram(gpa2, 4096);
             if (!page2)
                 abort_engine("instruction fetch from a guest-physical address that is not RAM", gpa2);

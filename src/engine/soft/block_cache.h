@@ -91,9 +91,9 @@ public:
         // as non-global) stays found across CR3 writes, as its TLB entry does.
         const TlbEntry& te = c.tlb.e[c.cpl == 3][(linear >> 12) & (kTlbEntries - 1)];
         bool global = b.gpa2 == kNoPage && te.tag_exec == (linear & ~0xfffULL) && te.global;
-        // A block spilling into a second page is never found here (INVLPG of that page would
-        // not be noticed): the execution loop looks it up in full every time.
-        uint64_t tlb_gen = b.gpa2 != kNoPage ? ~0ULL : global ? c.tlb.gen_global : c.tlb.gen;
+        // A block spilling into a second page is keyed as non-global, and INVLPG of that page
+        // bumps the first page's generation as well (Tlb::flush_page).
+        uint64_t tlb_gen = global ? c.tlb.gen_global : c.tlb.gen;
         m_jump[jump_index(linear)] = JumpEntry { linear, tlb_gen, valid(b) ? epoch : ~0ULL, &b, nullptr,
             static_cast<uint8_t>(c.mode), c.cpl == 3, global, c.tlb.page_gen_of(linear) };
     }

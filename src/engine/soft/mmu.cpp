@@ -93,7 +93,10 @@ void Tlb::flush()
 
 void Tlb::flush_page(uint64_t linear)
 {
+    // The page before too: a block starting there may end with an instruction that spills into
+    // this page (the jump cache keys it on its first page only).
     ++page_gen[(linear >> 12) & (kPageGens - 1)];
+    ++page_gen[((linear >> 12) - 1) & (kPageGens - 1)];
     for (auto& level : e) {
         auto& entry = level[(linear >> 12) & (kTlbEntries - 1)];
         entry = kEmptyEntry;
