@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -47,7 +48,9 @@ struct JumpEntry {
     bool global { false }; // tlb_gen is Tlb::gen_global (a global page) rather than Tlb::gen
     uint32_t page_gen { 0 }; // Tlb::page_gen_of(linear) when it was found
 };
-constexpr size_t kJumpEntries = 32768;
+constexpr size_t kJumpIndexBits = 15;
+constexpr size_t kJumpEntries = size_t { 1 } << kJumpIndexBits; // 2-way: pairs of entries
+constexpr uint64_t kJumpHash = 0x9e3779b97f4a7c15ULL;
 
 class BlockCache {
 public:
@@ -69,7 +72,8 @@ public:
     // last checked (the machine's code-write epoch moved).
     const Block* find_linear(const Cpu& c, uint64_t linear)
     {
-        JumpEntry& j = m_jump[jump_index(linear)];
+        size_t i = jump_index(linear);
+        JumpEntry& j = m_jump[m_jump[i].linear == linear ? i : i + 1];
         if (j.linear == linear && j.tlb_gen == (j.global ? c.tlb.gen_global : c.tlb.gen)
             && j.page_gen == c.tlb.page_gen_of(linear) && j.mode == static_cast<uint8_t>(c.mode)
             && j.user == (c.cpl == 3)) [[likely]] {
@@ -94,18 +98,28 @@ public:
         // A block spilling into a second page is keyed as non-global, and INVLPG of that page
         // bumps the first page's generation as well (Tlb::flush_page).
         uint64_t tlb_gen = global ? c.tlb.gen_global : c.tlb.gen;
-        m_jump[jump_index(linear)] = JumpEntry { linear, tlb_gen, valid(b) ? epoch : ~0ULL, &b, nullptr,
-            static_cast<uint8_t>(c.mode), c.cpl == 3, global, c.tlb.page_gen_of(linear) };
+        // Two ways: the newest entry first, the one it displaces second (unless that was an
+        // older entry for the same RIP).
+        size_t i = jump_index(linear);
+        if (m_jump[i].linear != linear)
+            m_jump[i + 1] = m_jump[i];
+        m_jump[i] = JumpEntry { linear, tlb_gen, valid(b) ? epoch : ~0ULL, &b, nullptr, static_cast<uint8_t>(c.mode),
+            c.cpl == 3, global, c.tlb.page_gen_of(linear) };
     }
     // The translation of the block find_linear() just returned for `linear` (translated code
     // looks the jump cache up itself and goes straight there).
     void remember_code(uint64_t linear, const void* code)
     {
-        JumpEntry& j = m_jump[jump_index(linear)];
-        if (j.linear == linear)
-            j.code = code;
+        size_t i = jump_index(linear);
+        for (JumpEntry& j : { std::ref(m_jump[i]), std::ref(m_jump[i + 1]) })
+            if (j.linear == linear) {
+                j.code = code;
+                return;
+            }
     }
-    static size_t jump_index(uint64_t linear) { return (linear ^ (linear >> 12)) & (kJumpEntries - 1); }
+    // The first of the two entries a linear RIP may be in (a multiplicative hash: Linux's hot
+    // kernel and user code collided in pairs under the former XOR of RIP >> 12).
+    static size_t jump_index(uint64_t linear) { return (linear * kJumpHash) >> (64 - kJumpIndexBits) & ~size_t { 1 }; }
     const JumpEntry* jump_table() const { return m_jump.data(); }
 
     void flush();

@@ -1920,15 +1920,21 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
         cmp(byte[rbx + m_l->interrupt_shadow], 0);
         jne(miss, T_NEAR);
         mov(rax, field64(m_l->rip));
-        mov(rdx, rax);
-        shr(rdx, 12);
-        xor_(rdx, rax);
-        and_(edx, static_cast<uint32_t>(kJumpEntries - 1));
+        // BlockCache::jump_index, then the first or the second entry of the pair.
+        mov(rdx, kJumpHash);
+        imul(rdx, rax);
+        shr(rdx, 64 - kJumpIndexBits);
+        and_(edx, ~1u);
         imul(edx, edx, static_cast<int>(sizeof(JumpEntry)));
         mov(rcx, reinterpret_cast<uint64_t>(m_l->jump_table));
         add(rdx, rcx);
+        Xbyak::Label found;
+        cmp(rax, qword[rdx + offsetof(JumpEntry, linear)]);
+        je(found);
+        add(rdx, static_cast<int>(sizeof(JumpEntry)));
         cmp(rax, qword[rdx + offsetof(JumpEntry, linear)]);
         jne(miss, T_NEAR);
+        L(found);
         mov(rcx, field64(m_l->tlb_gen));
         cmp(byte[rdx + offsetof(JumpEntry, global)], 0);
         cmovne(rcx, field64(m_l->tlb_gen_global));
