@@ -984,6 +984,18 @@ private:
         jne(out, T_NEAR);
     }
 
+    // BT BTS BTR BTC: `s` is a register or an 8-bit immediate.
+    template<typename Src>
+    void bit_op(ZydisMnemonic m, const Xbyak::Operand& d, const Src& s)
+    {
+        switch (m) {
+        case ZYDIS_MNEMONIC_BT: bt(d, s); break;
+        case ZYDIS_MNEMONIC_BTS: bts(d, s); break;
+        case ZYDIS_MNEMONIC_BTR: btr(d, s); break;
+        default: btc(d, s); break;
+        }
+    }
+
     void alu_op(ZydisMnemonic m, const Xbyak::Operand& d, const Xbyak::Operand& s)
     {
         switch (m) {
@@ -1452,18 +1464,10 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
     }
     case Kind::Bt: {
         Xbyak::Reg d = load_reg(a, rax);
-        auto op = [&](const auto& s) {
-            switch (m) {
-            case ZYDIS_MNEMONIC_BT: bt(d, s); break;
-            case ZYDIS_MNEMONIC_BTS: bts(d, s); break;
-            case ZYDIS_MNEMONIC_BTR: btr(d, s); break;
-            default: btc(d, s); break;
-            }
-        };
         if (b.kind == OpKind::Imm)
-            op(static_cast<uint8_t>(imm_of(in, b)));
+            bit_op(m, d, static_cast<uint8_t>(imm_of(in, b)));
         else
-            op(load_reg(b, rcx));
+            bit_op(m, d, load_reg(b, rcx));
         if (m != ZYDIS_MNEMONIC_BT)
             store_reg(a, rax);
         break;
@@ -1655,20 +1659,12 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
         if (flags_in)
             load_flags(); // the look-up changed the host flags
         const Xbyak::Address d = mem(a.size);
-        auto op = [&](const auto& src) {
-            if (p.lock)
-                lock();
-            switch (m) {
-            case ZYDIS_MNEMONIC_BT: bt(d, src); break;
-            case ZYDIS_MNEMONIC_BTS: bts(d, src); break;
-            case ZYDIS_MNEMONIC_BTR: btr(d, src); break;
-            default: btc(d, src); break;
-            }
-        };
+        if (p.lock)
+            lock();
         if (b.kind == OpKind::Imm)
-            op(static_cast<uint8_t>(imm_of(in, b) & (bits - 1)));
+            bit_op(m, d, static_cast<uint8_t>(imm_of(in, b) & (bits - 1)));
         else
-            op(sized(r10, a.size));
+            bit_op(m, d, sized(r10, a.size));
         break;
     }
     case Kind::PushMem:
