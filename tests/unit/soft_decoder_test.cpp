@@ -776,9 +776,11 @@ TEST(SoftDecoder, X87AndSimdOperands)
 TEST(SoftDecoder, BlockEnds)
 {
     // Plain ALU / moves / stack ops do not end a block.
-    for (auto in : { d64({ 0x01, 0xc8 }), d64({ 0x48, 0x89, 0x07 }), d64({ 0x50 }), d64({ 0x58 }), d64({ 0x9c }),
-             d64({ 0x90 }), d64({ 0x0f, 0x31 }), d64({ 0x0f, 0x32 }), d64({ 0x0f, 0x01, 0xf8 }), d64({ 0xfc }),
-             d64({ 0xc9 }), d64({ 0x0f, 0x01, 0x00 }) })
+    for (auto in :
+        { d64({ 0x01, 0xc8 }), d64({ 0x48, 0x89, 0x07 }), d64({ 0x50 }), d64({ 0x58 }), d64({ 0x9c }), d64({ 0x90 }),
+            d64({ 0x0f, 0x31 }), d64({ 0x0f, 0x32 }), d64({ 0x0f, 0x01, 0xf8 }), d64({ 0xfc }), d64({ 0xc9 }),
+            d64({ 0x0f, 0x01, 0x00 }), d64({ 0xfb }), // STI: its handler stops the block when it opens a shadow
+            d64({ 0xfa }) }) // CLI
         EXPECT_FALSE(ends(in)) << ZydisMnemonicGetString(static_cast<ZydisMnemonic>(in.mnemonic));
 
     std::vector<Insn> enders = {
@@ -795,8 +797,6 @@ TEST(SoftDecoder, BlockEnds)
         d64({ 0x9d }), // popfq
         d32({ 0x9d }), // popfd
         d16({ 0x9d }), // popf
-        d64({ 0xfb }), // sti
-        d64({ 0xfa }), // cli
         d64({ 0x0f, 0xa2 }), // cpuid
         d64({ 0x0f, 0x30 }), // wrmsr
         d64({ 0x0f, 0x01, 0xd1 }), // xsetbv

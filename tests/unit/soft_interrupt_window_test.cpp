@@ -118,6 +118,43 @@ TEST_F(SoftInterruptWindow, LoweringTheTprWithAPendingInterruptEndsTheSlice)
     EXPECT_TRUE(chip.lapic(0).has_pending_interrupt());
 }
 
+// The STI shadow: with an interrupt pending, the first point where the vCPU loop (modelled here:
+// budget 1 while a shadow is open, as SoftVcpu::run) may deliver it comes after the instruction
+// that follows STI has run — never before it (the interpreter may run the rest of that block too).
+// VESSEL_JIT=eager runs this through the translator's inline STI.
+TEST_F(SoftInterruptWindow, StiShadowCoversTheNextInstruction)
+{
+    using namespace Xbyak::util;
+    Xbyak::CodeGenerator g;
+    Xbyak::Label top;
+    g.L(top); // IF clear here
+    g.sti();
+    g.inc(rax);
+    g.inc(rbx);
+    g.cli();
+    g.jmp(top);
+    load(g);
+    Cpu& c = h.cpu();
+    c.gpr[RAX] = c.gpr[RBX] = 0;
+    c.rflags &= ~kIF;
+    EXPECT_GE(execute(c, h.cache(), 400), 400u); // nothing pending: runs on (and gets hot)
+    while (c.rip != kCodeBase)
+        execute(c, h.cache(), 1);
+    uint64_t rounds = c.gpr[RAX];
+    ASSERT_EQ(c.gpr[RBX], rounds);
+    make_pending();
+    Lapic& lapic = chip.lapic(0);
+    for (int i = 0; i < 8; ++i) {
+        if ((c.rflags & kIF) && !c.interrupt_shadow && lapic.has_pending_interrupt())
+            break;
+        c.attention.store(false);
+        execute(c, h.cache(), c.interrupt_shadow ? 1 : kBudget);
+    }
+    EXPECT_TRUE((c.rflags & kIF) && !c.interrupt_shadow) << "never deliverable";
+    EXPECT_EQ(c.gpr[RAX], rounds + 1) << "the instruction after STI ran, once";
+    EXPECT_LE(c.gpr[RBX], rounds + 1);
+}
+
 TEST_F(SoftInterruptWindow, NothingPendingRunsTheWholeSlice)
 {
     Xbyak::CodeGenerator g;

@@ -1067,7 +1067,12 @@ private:
             }
             break;
         }
-        case 7: g.cli(); break;
+        case 7:
+            if (m_r.chance(50))
+                g.cli();
+            else
+                g.sti(); // the translation ends after the next instruction
+            break;
         default: { // SWAPGS, a GS access through the other base (kFsBase), SWAPGS
             uint64_t target = kDataBase + m_r.below(kDataSize - 8);
             Reg d = reg(8, true, e);

@@ -152,8 +152,8 @@ bool ends_block_by_mnemonic(ZydisMnemonic m)
     case ZYDIS_MNEMONIC_POPF:
     case ZYDIS_MNEMONIC_POPFD:
     case ZYDIS_MNEMONIC_POPFQ:
-    case ZYDIS_MNEMONIC_STI:
-    case ZYDIS_MNEMONIC_CLI:
+    // Not STI (its handler stops the block when it opens an interrupt shadow; translated code ends
+    // the translation after the next instruction) nor CLI (masking needs nothing from the loop).
     case ZYDIS_MNEMONIC_IN:
     case ZYDIS_MNEMONIC_OUT:
     case ZYDIS_MNEMONIC_INSB:

@@ -1,5 +1,8 @@
 #include "engine/soft/interpreter.h"
 
+#include <algorithm>
+#include <cstdint>
+
 #include "engine/soft/exceptions.h"
 #include "engine/soft/mmu.h"
 
@@ -8,10 +11,10 @@ namespace vessel::soft {
 namespace {
 
 // Runs one block; returns the number of instructions that completed.
-uint64_t run_block(Cpu& c, const Block& b)
+uint64_t run_block(Cpu& c, const Block& b, uint32_t limit)
 {
     const Insn* in = b.insns.data();
-    const Insn* end = in + b.count;
+    const Insn* end = in + std::min(b.count, limit);
     uint64_t done = 0;
     for (; in != end; ++in) {
         c.insn_start = c.rip;
@@ -44,12 +47,16 @@ uint64_t execute(Cpu& c, BlockCache& cache, uint64_t budget, Faults faults)
             const Block& block = *found;
             bool had_shadow = c.interrupt_shadow != 0;
             c.stop_block = false;
-            if (const void* code = cache.translated(c, block)) {
+            if (had_shadow) {
+                // After STI / MOV SS exactly one instruction runs before interrupts are looked at
+                // again (a whole block could close the window again: STI; x; CLI).
+                executed += run_block(c, block, 1);
+            } else if (const void* code = cache.translated(c, block)) {
                 cache.remember_code(linear, code);
-                // After STI / MOV SS only this block runs before interrupts are looked at again.
-                executed += cache.run_translated(c, code, had_shadow ? 1 : budget - executed);
-            } else
-                executed += run_block(c, block);
+                executed += cache.run_translated(c, code, budget - executed);
+            } else {
+                executed += run_block(c, block, UINT32_MAX);
+            }
             if (had_shadow)
                 c.interrupt_shadow = 0;
         } catch (const GuestFault& fault) {

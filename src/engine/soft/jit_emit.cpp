@@ -27,6 +27,7 @@
 
 #include "engine/soft/flags.h"
 #include "engine/soft/fpu_state.h"
+#include "engine/soft/platform.h"
 
 namespace vessel::soft {
 
@@ -143,6 +144,14 @@ CpuLayout CpuLayout::of(const Cpu& c, const BlockCache& cache)
 
 namespace {
 
+// STI from translated code (CPL 0, IF clear): the block ends right after the next instruction,
+// whose exit looks at `attention`, so that instruction is the interrupt shadow.
+void jit_sti(Cpu* c)
+{
+    c->rflags |= kIF;
+    interrupt_window_opened(*c);
+}
+
 // Puts the arithmetic flags in the form translated code keeps them in: a host RFLAGS image in
 // lf.res, lf.op = Host.
 void jit_flags_to_host(Cpu* c)
@@ -193,6 +202,7 @@ enum class Kind : uint8_t {
     Cmpxchg16b, // host LOCK CMPXCHG16B on the (16-byte aligned) host pointer
     DoubleShift, // SHLD SHRD by an immediate
     FlagDf, // CLD STD
+    Sti, // STI at CPL 0, not last in its block: the block ends after the next instruction
 };
 
 // How an instruction touches the arithmetic flags.
@@ -508,6 +518,10 @@ Plan classify(const Insn& in)
             p.mem_write = a.kind == OpKind::Mem;
         }
         break;
+    case ZYDIS_MNEMONIC_STI:
+        p.kind = Kind::Sti; // emit_block makes it Generic when nothing follows it in the block
+        p.can_fault = true;
+        return p;
     case ZYDIS_MNEMONIC_CLI:
         p.kind = Kind::Cli; // #GP above CPL 0 (CPL <= IOPL): the handler decides
         p.can_fault = true;
@@ -777,6 +791,7 @@ private:
         Xbyak::Label stub;
     };
     const Block* m_block { nullptr };
+    unsigned m_count { 0 }; // the block's instructions this translation covers (see Kind::Sti)
     Xbyak::Label m_out; // to the exit stub
     Xbyak::Label m_out_rax; // c.rip := rax, then m_out
     Xbyak::Label m_lookup_rax; // c.rip := rax, then m_lookup
@@ -1227,7 +1242,7 @@ private:
     void choose_cached(const Block& b, const std::vector<Plan>& plans)
     {
         std::array<unsigned, 16> uses {};
-        for (unsigned i = 0; i < b.count; ++i) {
+        for (unsigned i = 0; i < m_count; ++i) {
             const Insn& in = b.insns[i];
             const Plan& p = plans[i];
             if (p.kind == Kind::Generic)
@@ -1755,6 +1770,22 @@ bool JitEmitter::inline_insn(const Insn& in, const Plan& p, unsigned index, uint
             store_reg(a, rax);
         break;
     }
+    case Kind::Sti: {
+        Xbyak::Label done;
+        if (m_flags_r9) {
+            store_r9_flags(); // the call below may clobber r9
+            m_flags_r9 = false;
+            m_lf_host = true;
+        }
+        cmp(byte[rbx + m_l->cpl], 0);
+        jne(need_slow(), T_NEAR);
+        test(dword[rbx + m_l->rflags], static_cast<uint32_t>(kIF));
+        jnz(done, T_NEAR); // IF already set: no shadow, nothing new deliverable
+        mov(rdi, rbx);
+        call_abs(reinterpret_cast<const void*>(&jit_sti));
+        L(done);
+        break;
+    }
     case Kind::FlagDf:
         if (m == ZYDIS_MNEMONIC_CLD)
             and_(qword[rbx + m_l->rflags], static_cast<int32_t>(~static_cast<uint32_t>(kDF)));
@@ -1806,13 +1837,23 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     m_flags_r9 = false;
 
     // Plans and flag liveness (backwards: are the flags an instruction produces ever seen?).
+    // An inline STI ends the translation after the instruction that follows it (the rest of the
+    // block is another translation); one with nothing after it goes to its handler.
+    m_count = b.count;
     std::vector<Plan> plans(b.count);
-    for (unsigned i = 0; i < b.count; ++i)
+    for (unsigned i = 0; i < m_count; ++i) {
         plans[i] = classify(b.insns[i]);
+        if (plans[i].kind == Kind::Sti) {
+            if (i + 1 < m_count)
+                m_count = i + 2;
+            else
+                plans[i] = Plan {};
+        }
+    }
     // Two kinds of liveness: `live` (an instruction, handler or later block may read them) and
     // `fault` (only an exception frame could: an instruction that may fault comes first).
     bool live = true, fault = true;
-    for (unsigned i = b.count; i-- > 0;) {
+    for (unsigned i = m_count; i-- > 0;) {
         Plan& p = plans[i];
         p.capture = live;
         p.capture_r9 = !live && fault;
@@ -1832,10 +1873,10 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     m_dirty = 0;
     uint32_t off = 0;
     bool ended = false;
-    for (unsigned i = 0; i < b.count; ++i) {
+    for (unsigned i = 0; i < m_count; ++i) {
         const Insn& in = b.insns[i];
         const Plan& p = plans[i];
-        bool last = i + 1 == b.count;
+        bool last = i + 1 == m_count;
         if (p.kind == Kind::Generic) {
             write_back(m_dirty);
             m_dirty = 0;
@@ -1857,7 +1898,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
     }
     if (!ended) {
         lea(rax, ptr[r12 + off]);
-        static_exit(b.count, off);
+        static_exit(m_count, off);
     }
 
     // Slow paths: the interpreter runs the instruction (Cpu::gpr is what it sees and changes).
@@ -1888,7 +1929,7 @@ EmittedCode JitEmitter::block(const CpuLayout& layout, const Block& b, bool user
             or_(eax, ecx);
             mov(r9d, eax);
         }
-        if (s.index + 1 < b.count) {
+        if (s.index + 1 < m_count) {
             cmp(byte[rbx + m_l->stop_block], 0);
             jne(exit_label(s.index + 1), T_NEAR);
             reload();
