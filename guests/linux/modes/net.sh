@@ -30,6 +30,8 @@ done
 # Jiffies (USER_HZ ticks) all CPUs spent idle so far, and in total.
 cpu_idle() { awk '$1 == "cpu" { print $5 + $6 }' /proc/stat; }
 cpu_total() { awk '$1 == "cpu" { s = 0; for (i = 2; i <= NF; i++) s += $i; print s }' /proc/stat; }
+# The idle share (%) between the idle0/total0 and idle1/total1 readings.
+idle_pct() { echo $(((idle1 - idle0) * 100 / (total1 - total0 + 1))); }
 
 # Interrupts of eth0's virtio device so far (all CPUs).
 net_irqs() {
@@ -77,7 +79,7 @@ net_test() {
     t1=$(uptime_ms)
     irq1=$(net_irqs) idle1=$(cpu_idle) total1=$(cpu_total)
     rm -f /data/up
-    echo "vessel-guest: net upload bytes=$bytes sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0)) idle=$(((idle1 - idle0) * 100 / (total1 - total0 + 1))) peer: $(head -n 1 /tmp/up.reply)"
+    echo "vessel-guest: net upload bytes=$bytes sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0)) idle=$(idle_pct) peer: $(head -n 1 /tmp/up.reply)"
   fi
 
   if [ "$dir" != up ]; then
@@ -94,7 +96,7 @@ net_test() {
       set -- $(sha256sum /data/down)
       sum=$1
     fi
-    echo "vessel-guest: net download bytes=$(wc -c </data/down) sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0)) idle=$(((idle1 - idle0) * 100 / (total1 - total0 + 1)))"
+    echo "vessel-guest: net download bytes=$(wc -c </data/down) sha256=$sum ms=$((t1 - t0)) irqs=$((irq1 - irq0)) idle=$(idle_pct)"
     rm -f /data/down
   fi
   umount /data

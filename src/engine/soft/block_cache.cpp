@@ -6,6 +6,18 @@
 
 namespace vessel::soft {
 
+namespace {
+
+// The linear address of the page after the one `linear` is in (wrapping at 4 GiB outside
+// 64-bit mode).
+uint64_t next_page_linear(const Cpu& c, uint64_t linear)
+{
+    uint64_t next = (linear & ~0xfffULL) + 0x1000;
+    return c.mode == CpuMode::Long64 ? next : next & 0xffffffffULL;
+}
+
+} // namespace
+
 BlockCache::~BlockCache() = default;
 
 const void* BlockCache::translate(Cpu& c, const Block& b)
@@ -48,11 +60,8 @@ const Block& BlockCache::get(Cpu& c, uint64_t linear, uint64_t gpa)
     auto second_page_ok = [&](const Block& b) {
         if (b.gpa2 == kNoPage) [[likely]]
             return true;
-        uint64_t next_lin = (linear & ~0xfffULL) + 0x1000;
-        if (c.mode != CpuMode::Long64)
-            next_lin &= 0xffffffffULL;
         try {
-            return (translate_exec(c, next_lin) & ~0xfffULL) == b.gpa2;
+            return (translate_exec(c, next_page_linear(c, linear)) & ~0xfffULL) == b.gpa2;
         } catch (const GuestFault&) {
             return false; // decoded again: the block then ends before that instruction
         }
@@ -101,18 +110,13 @@ std::unique_ptr<Block> BlockCache::decode(Cpu& c, uint64_t linear, uint64_t gpa)
         auto status = m_decoder.decode(c.mode, page + offset, avail, in);
         if (status == Decoder::Status::NeedMore) {
             // The instruction continues on the next page: fetch up to 15 bytes across.
-            uint64_t next_lin = (lin & ~0xfffULL) + 0x1000;
-            if (c.mode != CpuMode::Long64)
-                next_lin &= 0xffffffffULL;
             uint64_t gpa2;
-            if (block->insns.empty()) {
-                gpa2 = translate_exec(c, next_lin) & ~0xfffULL; // #PF here is the instruction's
-            } else {
-                try {
-                    gpa2 = translate_exec(c, next_lin) & ~0xfffULL;
-                } catch (const GuestFault&) {
-                    break; // end the block before it: its #PF comes when it is reached
-                }
+            try {
+                gpa2 = translate_exec(c, next_page_linear(c, lin)) & ~0xfffULL;
+            } catch (const GuestFault&) {
+                if (block->insns.empty())
+                    throw; // the block's first instruction: the #PF is its own
+                break; // end the block before it: its #PF comes when it is reached
             }
             const uint8_t* page2 = m_machine.ram(gpa2, 4096);
             if (!page2)

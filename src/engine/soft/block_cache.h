@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -72,11 +71,12 @@ public:
     // last checked (the machine's code-write epoch moved).
     const Block* find_linear(const Cpu& c, uint64_t linear)
     {
-        size_t i = jump_index(linear);
-        JumpEntry& j = m_jump[m_jump[i].linear == linear ? i : i + 1];
-        if (j.linear == linear && j.tlb_gen == (j.global ? c.tlb.gen_global : c.tlb.gen)
-            && j.page_gen == c.tlb.page_gen_of(linear) && j.mode == static_cast<uint8_t>(c.mode)
-            && j.user == (c.cpl == 3)) [[likely]] {
+        JumpEntry* e = jump_entry(linear);
+        if (!e)
+            return nullptr;
+        JumpEntry& j = *e;
+        if (j.tlb_gen == (j.global ? c.tlb.gen_global : c.tlb.gen) && j.page_gen == c.tlb.page_gen_of(linear)
+            && j.mode == static_cast<uint8_t>(c.mode) && j.user == (c.cpl == 3)) [[likely]] {
             uint64_t epoch = m_machine.code_write_epoch();
             if (j.epoch == epoch) [[likely]]
                 return j.block;
@@ -110,17 +110,21 @@ public:
     // looks the jump cache up itself and goes straight there).
     void remember_code(uint64_t linear, const void* code)
     {
-        size_t i = jump_index(linear);
-        for (JumpEntry& j : { std::ref(m_jump[i]), std::ref(m_jump[i + 1]) })
-            if (j.linear == linear) {
-                j.code = code;
-                return;
-            }
+        if (JumpEntry* j = jump_entry(linear))
+            j->code = code;
     }
     // The first of the two entries a linear RIP may be in (a multiplicative hash: Linux's hot
     // kernel and user code collided in pairs under the former XOR of RIP >> 12).
     static size_t jump_index(uint64_t linear) { return (linear * kJumpHash) >> (64 - kJumpIndexBits) & ~size_t { 1 }; }
     const JumpEntry* jump_table() const { return m_jump.data(); }
+    // The entry of the pair that holds `linear`, if either does.
+    JumpEntry* jump_entry(uint64_t linear)
+    {
+        size_t i = jump_index(linear);
+        if (m_jump[i].linear == linear)
+            return &m_jump[i];
+        return m_jump[i + 1].linear == linear ? &m_jump[i + 1] : nullptr;
+    }
 
     void flush();
     size_t size() const { return m_blocks.size(); }

@@ -334,8 +334,7 @@ Plan classify(const Insn& in)
         case ZYDIS_MNEMONIC_CMPXCHG:
         case ZYDIS_MNEMONIC_BTS:
         case ZYDIS_MNEMONIC_BTR:
-        case ZYDIS_MNEMONIC_BTC:
-        case ZYDIS_MNEMONIC_CMPXCHG16B: break;
+        case ZYDIS_MNEMONIC_BTC: break;
         default: rmw = false; break;
         }
         if (!rmw)
