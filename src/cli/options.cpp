@@ -96,8 +96,8 @@ Result<std::array<uint8_t, 6>> parse_mac(const std::string& text)
     std::array<uint8_t, 6> mac {};
     unsigned b[6];
     char tail;
-    if (text.size() != 17 ||
-        std::sscanf(text.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6)
+    if (text.size() != 17
+        || std::sscanf(text.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6)
         return make_error("'{}' is not a MAC address like 52:54:00:12:34:56", text);
     for (int i = 0; i < 6; ++i)
         mac[i] = static_cast<uint8_t>(b[i]);
@@ -206,8 +206,8 @@ Result<BootPath> parse_boot_path(const std::string& text)
     return make_error("unknown boot path '{}' (choose auto, pvh or decompressor)", text);
 }
 
-Result<void> apply_json_config(VmConfig& config, const std::string& json_text, const std::string& origin,
-                               const std::string& base_dir)
+Result<void> apply_json_config(
+    VmConfig& config, const std::string& json_text, const std::string& origin, const std::string& base_dir)
 {
     nlohmann::json doc = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded())
@@ -304,8 +304,8 @@ Result<void> apply_json_config(VmConfig& config, const std::string& json_text, c
                     return make_error("config '{}': \"balloon_target\": {}", origin, size.error().message());
                 config.balloon_target_bytes = size.value();
             } else {
-                return make_error("config '{}': \"balloon_target\" must be a size such as \"64M\" or a byte count",
-                                  origin);
+                return make_error(
+                    "config '{}': \"balloon_target\" must be a size such as \"64M\" or a byte count", origin);
             }
             config.balloon = true;
         } else if (key == "rng" || key == "balloon") {
@@ -329,8 +329,8 @@ Result<void> validate_config(const VmConfig& config, uint32_t engine_max_vcpus)
     if (config.kernel.empty())
         return make_error("--kernel is required (or \"kernel\" in the config file)");
     if (config.mem_bytes < layout::kMinRam)
-        return make_error("--mem: {} MiB is below the minimum of {} MiB", config.mem_bytes >> 20,
-                          layout::kMinRam >> 20);
+        return make_error(
+            "--mem: {} MiB is below the minimum of {} MiB", config.mem_bytes >> 20, layout::kMinRam >> 20);
     uint64_t granule = config.hugepages ? 2 * layout::MiB : 4 * layout::KiB;
     if (config.mem_bytes % granule != 0)
         return make_error("--mem: {} bytes is not a multiple of {} KiB", config.mem_bytes, granule >> 10);
@@ -346,177 +346,11 @@ Result<void> validate_config(const VmConfig& config, uint32_t engine_max_vcpus)
         return make_error("--balloon-target: {} bytes is not a multiple of 4 KiB", config.balloon_target_bytes);
     if (config.balloon_target_bytes >= config.mem_bytes)
         return make_error("--balloon-target: {} MiB is not below the guest's {} MiB of RAM",
-                          config.balloon_target_bytes >> 20, config.mem_bytes >> 20);
+            config.balloon_target_bytes >> 20, config.mem_bytes >> 20);
     if (config.cmdline.size() + 1 > layout::kCmdlineMax)
-        return make_error("--cmdline: {} bytes is longer than the {} bytes allowed", config.cmdline.size(),
-                          layout::kCmdlineMax - 1);
+        return make_error(
+            "--cmdline: {} bytes is longer than the {} bytes allowed", config.cmdline.size(), layout::kCmdlineMax - 1);
     return {};
-}
-
-Result<CliOptions> parse_command_line(int argc, const char* const* argv)
-{
-    CliOptions out;
-    CLI::App app { "Vessel: a virtual machine monitor for x86-64 guests", "vessel" };
-    app.require_subcommand(0, 1);
-    app.set_version_flag("--version", "vessel 0.1.0");
-
-    std::string log_level = "warn";
-    app.add_option("--log-level", log_level, "Log verbosity: error, warn, info, debug, trace")
-        ->check(CLI::IsMember({ "error", "warn", "info", "debug", "trace" }));
-
-    CLI::App* run = app.add_subcommand("run", "Boot a VM and run it until the guest powers off");
-    run->fallthrough(); // --log-level may follow the subcommand
-    std::string kernel, initrd, cmdline, mem, engine, boot, config_path;
-    uint32_t cpus = 0;
-    bool no_reboot = false, hugepages = false, rng = false, balloon = false;
-    std::vector<std::string> disks, nets;
-    std::string vsock, console, balloon_target;
-    run->add_option("--kernel", kernel,
-                    "Guest kernel: Linux bzImage, ELF vmlinux with a PVH note, or Multiboot 1 ELF");
-    run->add_option("--initrd", initrd, "Initial ramdisk loaded next to the kernel");
-    run->add_option("--cmdline", cmdline, "Kernel command line (default: console=ttyS0)");
-    run->add_option("--mem", mem, "Guest RAM, e.g. 256M or 2G (default 256M, minimum 16M)");
-    run->add_option("--cpus", cpus, "Number of vCPUs (default 1)");
-    run->add_option("--engine", engine,
-                    "CPU engine: kvm (hardware-assisted), soft (software), auto (kvm where it runs guest "
-                    "kernels natively, else soft; default)");
-    run->add_option("--boot", boot,
-                    "bzImage boot path: auto (host-side decompression + PVH when possible), pvh, "
-                    "decompressor (the kernel's own; default auto)");
-    run->add_option("--config", config_path, "JSON file with the same settings (flags override it)");
-    run->add_flag("--no-reboot", no_reboot, "Exit (status 0) when the guest resets instead of rebooting it");
-    run->add_flag("--hugepages", hugepages, "Back guest RAM with 2 MiB huge pages");
-    run->add_option("--disk", disks,
-                    "virtio-blk disk from a raw image: path[,ro][,serial=ID] (repeat for more disks; the "
-                    "guest sees /dev/vda, /dev/vdb, ...)");
-    run->add_option("--net", nets,
-                    "virtio-net on a host tap device: tap=NAME[,mac=52:54:00:..] (without tap=, Vessel "
-                    "creates one); repeatable");
-    run->add_option("--vsock", vsock,
-                    "virtio-vsock: cid=N,socket=PATH (host side: a Unix socket; connect and send "
-                    "\"CONNECT <port>\\n\" to reach a guest port; guest connections to CID 2 port P arrive "
-                    "on PATH_P)");
-    run->add_flag("--rng", rng, "virtio-rng fed by the host's getrandom()");
-    run->add_flag("--balloon", balloon, "virtio-balloon (inflate/deflate through the API, guest statistics)");
-    run->add_option("--balloon-target", balloon_target,
-                    "Memory the balloon takes from the guest once its driver is up, e.g. 64M (implies --balloon; "
-                    "changing it at run time comes with the API socket)");
-    run->add_option("--console", console,
-                    "Where stdin/stdout go: serial (COM1, default) or virtio (virtio-console, the guest's hvc0)");
-    run->footer("Exit status: 0 after a clean power-off, (v << 1) | 1 after the guest writes v to the debug-exit "
-                "port 0xf4, 2 after a triple fault, 1 on any error, 128+N on signal N.\n"
-                "Console: the guest's COM1 is on stdin/stdout; with a terminal, Ctrl-A x quits.");
-
-    app.add_subcommand("probe", "Print which CPU engine --engine auto chooses on this host, and why");
-
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp&) {
-        out.command = Command::Help;
-        out.help_text = app.help();
-        if (run->parsed())
-            out.help_text = run->help();
-        return out;
-    } catch (const CLI::CallForVersion&) {
-        out.command = Command::Version;
-        return out;
-    } catch (const CLI::ParseError& e) {
-        return make_error("{}", e.what());
-    }
-    out.log_level = log_level;
-
-    if (app.got_subcommand("probe")) {
-        out.command = Command::Probe;
-        return out;
-    }
-    if (!run->parsed()) {
-        out.command = Command::Help;
-        out.help_text = app.help();
-        return out;
-    }
-    out.command = Command::Run;
-    VmConfig& vm = out.vm;
-
-    if (!config_path.empty()) {
-        auto text = read_file(config_path, kMaxConfigFileBytes);
-        if (!text.ok())
-            return make_error("--config: {}", text.error().message());
-        std::string json(text.value().begin(), text.value().end());
-        auto base = std::filesystem::path(config_path).parent_path().string();
-        TRY(apply_json_config(vm, json, config_path, base));
-    }
-    if (run->count("--kernel"))
-        vm.kernel = kernel;
-    if (run->count("--initrd"))
-        vm.initrd = initrd;
-    if (run->count("--cmdline"))
-        vm.cmdline = cmdline;
-    if (run->count("--mem")) {
-        auto size = parse_size(mem);
-        if (!size.ok())
-            return make_error("--mem: {}", size.error().message());
-        vm.mem_bytes = size.value();
-    }
-    if (run->count("--cpus"))
-        vm.cpus = cpus;
-    if (run->count("--engine")) {
-        auto kind = parse_engine(engine);
-        if (!kind.ok())
-            return make_error("--engine: {}", kind.error().message());
-        vm.engine = kind.value();
-    }
-    if (run->count("--boot")) {
-        auto path = parse_boot_path(boot);
-        if (!path.ok())
-            return make_error("--boot: {}", path.error().message());
-        vm.boot = path.value();
-    }
-    if (run->count("--disk")) {
-        vm.disks.clear();
-        for (auto& spec : disks) {
-            auto disk = parse_disk_spec(spec);
-            if (!disk.ok())
-                return make_error("--disk {}: {}", spec, disk.error().message());
-            vm.disks.push_back(disk.value());
-        }
-    }
-    if (run->count("--net")) {
-        vm.nets.clear();
-        for (auto& spec : nets) {
-            auto net = parse_net_spec(spec);
-            if (!net.ok())
-                return make_error("--net {}: {}", spec, net.error().message());
-            vm.nets.push_back(net.value());
-        }
-    }
-    if (run->count("--vsock")) {
-        auto v = parse_vsock_spec(vsock);
-        if (!v.ok())
-            return make_error("--vsock {}: {}", vsock, v.error().message());
-        vm.vsock = v.value();
-    }
-    if (run->count("--console")) {
-        auto c = parse_console(console);
-        if (!c.ok())
-            return make_error("--console: {}", c.error().message());
-        vm.console = c.value();
-    }
-    if (rng)
-        vm.rng = true;
-    if (balloon)
-        vm.balloon = true;
-    if (run->count("--balloon-target")) {
-        auto size = parse_size(balloon_target);
-        if (!size.ok())
-            return make_error("--balloon-target: {}", size.error().message());
-        vm.balloon_target_bytes = size.value();
-        vm.balloon = true;
-    }
-    if (no_reboot)
-        vm.on_reset = ResetAction::Exit;
-    if (hugepages)
-        vm.hugepages = true;
-    return out;
 }
 
 } // namespace vessel

@@ -6,17 +6,40 @@
 #include <vector>
 
 #include "base/result.h"
+#include "cli/serve.h"
 #include "vmm/vm_config.h"
 
 namespace vessel {
 
-enum class Command { Run, Probe, Version, Help };
+enum class Command {
+    Serve, // no verb: Firecracker's process model (--api-sock, --config-file, ...)
+    Run, // boot a VM from flags
+    Probe,
+    Version,
+    Help,
+    Ls,
+    Info,
+    Pause,
+    Resume,
+    Stop,
+    Kill,
+    Console,
+    Top,
+};
 
 struct CliOptions {
     Command command { Command::Help };
-    VmConfig vm;
+    VmConfig vm; // Command::Run
+    ServeOptions serve; // Command::Serve and Command::Run
     std::string log_level { "warn" };
     std::string help_text; // filled for Command::Help
+    // The verbs that act on a running VM.
+    std::string target; // an id or an API socket path
+    bool json { false }; // ls, info: print JSON
+    double timeout_s { 30 }; // stop: how long to wait for the guest to shut down
+    uint64_t history { 0 }; // console: bytes of past output to show first
+    int iterations { 0 }; // top: refreshes before exiting (0: until Ctrl-C / q)
+    double interval_s { 1 }; // top: seconds between refreshes
 };
 
 // Parses argv (without running anything). `--help` yields Command::Help with the text.
@@ -24,8 +47,8 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv);
 
 // Applies a JSON config document to `config`. `origin` names the file in errors; relative
 // paths in the document are resolved against `base_dir` (empty: left as they are).
-Result<void> apply_json_config(VmConfig& config, const std::string& json_text, const std::string& origin,
-                               const std::string& base_dir);
+Result<void> apply_json_config(
+    VmConfig& config, const std::string& json_text, const std::string& origin, const std::string& base_dir);
 
 // Range checks that need no engine: --mem against the minimum and the host's RAM, --cpus
 // against the VM model's and the chosen engine's limit.

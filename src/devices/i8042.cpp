@@ -13,7 +13,7 @@ namespace {
 // Status register bits.
 constexpr uint8_t kStatusOutputFull = 0x01;
 constexpr uint8_t kStatusSystem = 0x04;
-constexpr uint8_t kStatusCommand = 0x08;  // last write went to the command port
+constexpr uint8_t kStatusCommand = 0x08; // last write went to the command port
 constexpr uint8_t kStatusUnlocked = 0x10; // keyboard not inhibited by the key lock
 constexpr uint8_t kStatusAuxData = 0x20;
 
@@ -26,7 +26,7 @@ constexpr uint8_t kCtrTranslate = 0x40;
 constexpr uint8_t kCtrMask = 0x7f; // bit 7 is reserved (0)
 
 // Controller commands.
-constexpr uint8_t kCmdReadRamFirst = 0x20;  // 0x20: read command byte
+constexpr uint8_t kCmdReadRamFirst = 0x20; // 0x20: read command byte
 constexpr uint8_t kCmdReadRamLast = 0x3f;
 constexpr uint8_t kCmdWriteRamFirst = 0x60; // 0x60: write command byte
 constexpr uint8_t kCmdWriteRamLast = 0x7f;
@@ -42,7 +42,7 @@ constexpr uint8_t kCmdWriteOutputPort = 0xd1;
 constexpr uint8_t kCmdWriteKbdBuffer = 0xd2;
 constexpr uint8_t kCmdWriteAuxBuffer = 0xd3;
 constexpr uint8_t kCmdWriteAux = 0xd4;
-constexpr uint8_t kCmdPulseFirst = 0xf0;    // 0xf0-0xff: pulse output lines (bit clear = pulse)
+constexpr uint8_t kCmdPulseFirst = 0xf0; // 0xf0-0xff: pulse output lines (bit clear = pulse)
 
 constexpr uint8_t kSelfTestOk = 0x55;
 constexpr uint8_t kInterfaceTestOk = 0x00;
@@ -66,28 +66,31 @@ constexpr uint8_t kKbdReset = 0xff;
 constexpr uint8_t kKbdAck = 0xfa;
 constexpr uint8_t kKbdSelfTestPassed = 0xaa;
 constexpr uint8_t kKbdIdFirst = 0xab;
-constexpr uint8_t kKbdIdSecond = 0x83;   // MF2 keyboard
-constexpr uint8_t kKbdError = 0xfe;      // "resend": the reply to a command it does not know
+constexpr uint8_t kKbdIdSecond = 0x83; // MF2 keyboard
+constexpr uint8_t kKbdError = 0xfe; // "resend": the reply to a command it does not know
 
 constexpr uint8_t kDefaultTypematic = 0x2b; // 10.9 characters/s after 500 ms
 
-// The controller's set 2 → set 1 translation, for the only bytes this keyboard can send that
-// it changes: scan code set numbers (replies to 0xf0 0x00) and the identify reply's 0x83.
+// The controller's set 2 → set 1 translation (the 8042's table), for the bytes this keyboard can
+// send: scan code set numbers (replies to 0xf0 0x00), the identify reply's 0x83, and the keys of
+// Ctrl+Alt+Del (left Ctrl 0x14 → 0x1d, left Alt 0x11 → 0x38, Delete e0 71 → e0 53). Replies such
+// as ACK and the self-test result pass unchanged.
 uint8_t translate(uint8_t value)
 {
     switch (value) {
-    case 0x01:
-        return 0x43;
+    case 0x01: return 0x43;
     case 0x02:
-    case 0x83:
-        return 0x41;
-    case 0x03:
-        return 0x3f;
-    default:
-        return value;
+    case 0x83: return 0x41;
+    case 0x03: return 0x3f;
+    case 0x14: return 0x1d;
+    case 0x11: return 0x38;
+    case 0x71: return 0x53;
+    default: return value;
     }
 }
 
+constexpr uint8_t kSet2Break = 0xf0;
+constexpr uint8_t kSet2Extended = 0xe0;
 
 } // namespace
 
@@ -98,26 +101,29 @@ I8042::I8042(IrqLine kbd_irq, StopFn stop)
     load(State {});
 }
 
+void I8042::report_metrics(MetricsReport& out) const
+{
+    out.counter("read_count", m_reads.get());
+    out.counter("write_count", m_writes.get());
+    out.counter("reset_count", m_resets.get());
+}
+
 void I8042::read(uint64_t offset, std::span<uint8_t> data)
 {
+    m_reads.add();
     std::lock_guard lock(m_mutex);
     for (size_t i = 0; i < data.size(); ++i) {
         switch (offset + i) {
-        case kDataOffset:
-            data[i] = read_data();
-            break;
-        case kCommandOffset:
-            data[i] = status();
-            break;
-        default:
-            data[i] = 0xff;
-            break;
+        case kDataOffset: data[i] = read_data(); break;
+        case kCommandOffset: data[i] = status(); break;
+        default: data[i] = 0xff; break;
         }
     }
 }
 
 void I8042::write(uint64_t offset, std::span<const uint8_t> data)
 {
+    m_writes.add();
     Action action = Action::None;
     {
         std::lock_guard lock(m_mutex);
@@ -141,6 +147,7 @@ void I8042::run(Action action)
     if (action != Action::Reset)
         return;
     log_debug("i8042: guest pulled the reset line");
+    m_resets.add();
     if (m_stop)
         m_stop(StopRequest { StopReason::Reset, 0 });
 }
@@ -191,40 +198,22 @@ I8042::Action I8042::write_command(uint8_t command)
         return (command & kOutputPortReset) ? Action::None : Action::Reset;
     }
     switch (command) {
-    case kCmdAuxDisable:
-        command_byte() |= kCtrAuxDisable;
-        break;
-    case kCmdAuxEnable:
-        log_oddity("aux port enable ignored (no aux device)", command);
-        break;
-    case kCmdAuxTest:
-        queue_controller(kAuxClockStuckLow);
-        break;
+    case kCmdAuxDisable: command_byte() |= kCtrAuxDisable; break;
+    case kCmdAuxEnable: log_oddity("aux port enable ignored (no aux device)", command); break;
+    case kCmdAuxTest: queue_controller(kAuxClockStuckLow); break;
     case kCmdSelfTest:
         command_byte() |= kCtrSystem;
         queue_controller(kSelfTestOk);
         break;
-    case kCmdKbdTest:
-        queue_controller(kInterfaceTestOk);
-        break;
-    case kCmdKbdDisable:
-        command_byte() |= kCtrKbdDisable;
-        break;
-    case kCmdKbdEnable:
-        command_byte() &= static_cast<uint8_t>(~kCtrKbdDisable);
-        break;
-    case kCmdReadOutputPort:
-        queue_controller(m_output_port);
-        break;
+    case kCmdKbdTest: queue_controller(kInterfaceTestOk); break;
+    case kCmdKbdDisable: command_byte() |= kCtrKbdDisable; break;
+    case kCmdKbdEnable: command_byte() &= static_cast<uint8_t>(~kCtrKbdDisable); break;
+    case kCmdReadOutputPort: queue_controller(m_output_port); break;
     case kCmdWriteOutputPort:
     case kCmdWriteKbdBuffer:
     case kCmdWriteAuxBuffer:
-    case kCmdWriteAux:
-        m_pending_command = command;
-        break;
-    default:
-        log_oddity("unknown controller command", command);
-        break;
+    case kCmdWriteAux: m_pending_command = command; break;
+    default: log_oddity("unknown controller command", command); break;
     }
     return Action::None;
 }
@@ -242,19 +231,11 @@ I8042::Action I8042::write_data(uint8_t value)
         return Action::None;
     }
     switch (command) {
-    case kCmdWriteOutputPort:
-        return write_output_port(value);
-    case kCmdWriteKbdBuffer:
-        queue_controller(value, Source::Keyboard);
-        return Action::None;
-    case kCmdWriteAuxBuffer:
-        queue_controller(value, Source::Aux);
-        return Action::None;
-    case kCmdWriteAux:
-        log_oddity("byte for the aux device dropped (no aux device)", value);
-        return Action::None;
-    default:
-        break;
+    case kCmdWriteOutputPort: return write_output_port(value);
+    case kCmdWriteKbdBuffer: queue_controller(value, Source::Keyboard); return Action::None;
+    case kCmdWriteAuxBuffer: queue_controller(value, Source::Aux); return Action::None;
+    case kCmdWriteAux: log_oddity("byte for the aux device dropped (no aux device)", value); return Action::None;
+    default: break;
     }
     // No controller command pending: the byte goes to the keyboard. Sending to the keyboard
     // enables its interface again.
@@ -314,8 +295,7 @@ void I8042::keyboard_command(uint8_t value)
                 send(kKbdError);
             }
             return;
-        default:
-            break;
+        default: break;
         }
     }
     m_kbd_pending_command = 0;
@@ -327,9 +307,7 @@ void I8042::keyboard_command(uint8_t value)
         m_kbd_pending_command = value;
         send(kKbdAck);
         break;
-    case kKbdEcho:
-        send(kKbdEcho);
-        break;
+    case kKbdEcho: send(kKbdEcho); break;
     case kKbdIdentify:
         send(kKbdAck);
         send(kKbdIdFirst);
@@ -348,11 +326,10 @@ void I8042::keyboard_command(uint8_t value)
         defaults();
         send(kKbdAck);
         break;
-    case kKbdResend:
-        queue_keyboard(m_kbd_last_sent);
-        break;
+    case kKbdResend: queue_keyboard(m_kbd_last_sent); break;
     case kKbdReset:
         m_kbd_queue.clear();
+        m_xlate_break = false;
         defaults();
         m_kbd_scanning = true;
         send(kKbdAck);
@@ -401,8 +378,20 @@ void I8042::refill()
     if (!m_kbd_queue.empty() && !(command_byte() & kCtrKbdDisable)) {
         uint8_t value = m_kbd_queue.front();
         m_kbd_queue.pop_front();
-        if (command_byte() & kCtrTranslate)
+        if (command_byte() & kCtrTranslate) {
+            // Set 1 has no break prefix: the controller swallows 0xf0 and sets bit 7 of the
+            // translated code that follows it.
+            if (value == kSet2Break && !m_kbd_queue.empty()) {
+                m_xlate_break = true;
+                value = m_kbd_queue.front();
+                m_kbd_queue.pop_front();
+            }
             value = translate(value);
+            if (m_xlate_break && value != kSet2Extended) {
+                value |= 0x80;
+                m_xlate_break = false;
+            }
+        }
         m_output = QueuedByte { value, Source::Keyboard };
         m_output_full = true;
     }
@@ -443,6 +432,7 @@ I8042::State I8042::save() const
     state.kbd_scanning = m_kbd_scanning;
     state.kbd_last_sent = m_kbd_last_sent;
     state.kbd_queue.assign(m_kbd_queue.begin(), m_kbd_queue.end());
+    state.xlate_break = m_xlate_break;
     return state;
 }
 
@@ -464,8 +454,8 @@ void I8042::load(const State& state)
     m_output = state.output;
     // Bound what a (possibly corrupt) snapshot can queue.
     const size_t controller_bytes = std::min(state.controller_queue.size(), kQueueSize);
-    m_controller_queue.assign(state.controller_queue.begin(),
-                              state.controller_queue.begin() + static_cast<std::ptrdiff_t>(controller_bytes));
+    m_controller_queue.assign(
+        state.controller_queue.begin(), state.controller_queue.begin() + static_cast<std::ptrdiff_t>(controller_bytes));
     m_kbd_pending_command = state.kbd_pending_command;
     m_kbd_scancode_set = state.kbd_scancode_set;
     m_kbd_leds = state.kbd_leds;
@@ -474,6 +464,22 @@ void I8042::load(const State& state)
     m_kbd_last_sent = state.kbd_last_sent;
     const size_t kbd_bytes = std::min(state.kbd_queue.size(), kQueueSize);
     m_kbd_queue.assign(state.kbd_queue.begin(), state.kbd_queue.begin() + static_cast<std::ptrdiff_t>(kbd_bytes));
+    m_xlate_break = state.xlate_break;
+}
+
+bool I8042::press_ctrl_alt_del()
+{
+    // Set 2: Ctrl, Alt, Delete down, then up in reverse order.
+    static constexpr uint8_t kSequence[]
+        = { 0x14, 0x11, kSet2Extended, 0x71, kSet2Extended, kSet2Break, 0x71, kSet2Break, 0x11, kSet2Break, 0x14 };
+    std::lock_guard lock(m_mutex);
+    if (!m_kbd_scanning || m_kbd_queue.size() + sizeof(kSequence) > kQueueSize)
+        return false;
+    for (uint8_t b : kSequence)
+        m_kbd_queue.push_back(b);
+    refill();
+    update_irq();
+    return true;
 }
 
 } // namespace vessel

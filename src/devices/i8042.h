@@ -8,8 +8,10 @@
 // the controller's reset line (command 0xfe, a pulse command with bit 0 clear, or an output-port
 // write with bit 0 clear), which calls the StopFn with StopReason::Reset.
 //
-// Not modelled: key presses (there is no host keyboard input, so no scan codes are generated);
-// the aux (mouse) port. Nothing is attached to it: its disable bit in the command byte always
+// Key presses come only from the VMM: press_ctrl_alt_del() (the API's SendCtrlAltDel) makes the
+// keyboard send Ctrl+Alt+Del in scan code set 2, which the controller translates to set 1 when
+// the command byte asks for it (break codes included). Not modelled: a host keyboard; the aux
+// (mouse) port. Nothing is attached to it: its disable bit in the command byte always
 // reads 1 and 0xa8 cannot clear it, 0xa9 reports "clock line stuck low" (0x01) and 0xd4 bytes
 // are dropped, so Linux's i8042_check_aux() gives up at once and silently. The 0xd3 loop-back
 // still works (it is internal to the controller) but raises no IRQ 12. A20 is always enabled.
@@ -22,6 +24,7 @@
 #include <mutex>
 #include <vector>
 
+#include "base/counters.h"
 #include "bus/bus.h"
 #include "devices/irq.h"
 #include "devices/vm_control.h"
@@ -49,21 +52,22 @@ public:
     struct State {
         std::array<uint8_t, 32> ram { 0x65 }; // controller RAM; byte 0 is the command byte:
                                               // KBDINT, SYS, AUXDIS, XLATE
-        uint8_t output_port { 0x03 };         // bit 0: reset line (1 = running), bit 1: A20
-        uint8_t pending_command { 0 };        // controller command awaiting its data byte
+        uint8_t output_port { 0x03 }; // bit 0: reset line (1 = running), bit 1: A20
+        uint8_t pending_command { 0 }; // controller command awaiting its data byte
         bool last_write_was_command { false }; // status bit 3
         bool output_full { false };
-        QueuedByte output;                    // the output buffer (also what port 0x60 reads
-                                              // when it is empty)
+        QueuedByte output; // the output buffer (also what port 0x60 reads
+                           // when it is empty)
         std::vector<QueuedByte> controller_queue; // controller replies not yet in the buffer
         // The keyboard.
-        uint8_t kbd_pending_command { 0 };    // keyboard command awaiting its parameter
+        uint8_t kbd_pending_command { 0 }; // keyboard command awaiting its parameter
         uint8_t kbd_scancode_set { 2 };
         uint8_t kbd_leds { 0 };
         uint8_t kbd_typematic { 0x2b };
         bool kbd_scanning { true };
-        uint8_t kbd_last_sent { 0 };          // for the resend command
-        std::vector<uint8_t> kbd_queue;       // bytes the keyboard has yet to send
+        uint8_t kbd_last_sent { 0 }; // for the resend command
+        std::vector<uint8_t> kbd_queue; // bytes the keyboard has yet to send
+        bool xlate_break { false }; // translation saw a set 2 break prefix (0xf0)
 
         bool operator==(const State&) const = default;
     };
@@ -75,6 +79,14 @@ public:
     std::string_view name() const override { return "i8042"; }
     void read(uint64_t offset, std::span<uint8_t> data) override;
     void write(uint64_t offset, std::span<const uint8_t> data) override;
+
+    // The keyboard sends Ctrl+Alt+Del (make and break codes) if it is scanning; false if it is
+    // not (disabled by the guest) or its buffer is too full to take the sequence.
+    bool press_ctrl_alt_del();
+
+    // Firecracker's i8042 metrics: read_count/write_count (data and command port accesses),
+    // reset_count (the guest pulled the reset line).
+    void report_metrics(MetricsReport& out) const;
 
     State save() const;
     // Replaces the state and drives the IRQ line to match it. Call while the vCPUs are stopped.
@@ -120,6 +132,10 @@ private:
     bool m_kbd_scanning { true };
     uint8_t m_kbd_last_sent { 0 };
     std::deque<uint8_t> m_kbd_queue;
+    bool m_xlate_break { false };
+    Counter m_reads;
+    Counter m_writes;
+    Counter m_resets;
     bool m_irq_level { false };
     uint64_t m_log_count { 0 };
 };
@@ -130,7 +146,10 @@ private:
 // free for the device that owns it.
 class I8042CommandPort final : public BusDevice {
 public:
-    explicit I8042CommandPort(std::shared_ptr<I8042> controller) : m_controller(std::move(controller)) { }
+    explicit I8042CommandPort(std::shared_ptr<I8042> controller)
+        : m_controller(std::move(controller))
+    {
+    }
 
     std::string_view name() const override { return "i8042-command"; }
     void read(uint64_t offset, std::span<uint8_t> data) override

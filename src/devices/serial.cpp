@@ -61,7 +61,6 @@ constexpr uint8_t kMsrDcd = 0x80;
 // What the far end of the (virtual) cable presents: carrier, DSR and CTS asserted.
 constexpr uint8_t kHostModemInputs = kMsrDcd | kMsrDsr | kMsrCts;
 
-
 } // namespace
 
 Serial::Serial(IrqLine irq, OutputSink sink)
@@ -76,6 +75,13 @@ Serial::Serial(IrqLine irq, OutputSink sink)
 void Serial::set_input_space_notifier(std::function<void()> notifier)
 {
     m_input_space_notifier = std::move(notifier);
+}
+
+void Serial::report_metrics(MetricsReport& out) const
+{
+    out.counter("read_count", m_bytes_read.get());
+    out.counter("write_count", m_bytes_written.get());
+    out.counter("missed_read_count", m_input_dropped.get());
 }
 
 void Serial::read(uint64_t offset, std::span<uint8_t> data)
@@ -106,8 +112,11 @@ void Serial::write(uint64_t offset, std::span<const uint8_t> data)
                 transmit = write_register(offset + i, data[i], out);
             update_irq();
         }
-        if (transmit && m_sink)
-            m_sink(std::span<const uint8_t>(&out, 1));
+        if (transmit) {
+            m_bytes_written.add();
+            if (m_sink)
+                m_sink(std::span<const uint8_t>(&out, 1));
+        }
     }
 }
 
@@ -122,6 +131,7 @@ uint8_t Serial::read_register(uint64_t offset, bool& notify)
             return m_rbr;
         m_rbr = m_rx_fifo.front();
         m_rx_fifo.pop_front();
+        m_bytes_read.add();
         fill_fifo();
         // Wake a stalled producer once half the queue is free, not for every byte.
         if (m_input_stalled && m_rx_queue.size() <= kInputQueueSize / 2) {
@@ -130,8 +140,7 @@ uint8_t Serial::read_register(uint64_t offset, bool& notify)
         }
         return m_rbr;
     }
-    case kIer:
-        return dlab ? m_dlm : m_ier;
+    case kIer: return dlab ? m_dlm : m_ier;
     case kIirFcr: {
         const uint8_t id = iir();
         // Reading IIR while THR-empty is the reported cause acknowledges it.
@@ -139,10 +148,8 @@ uint8_t Serial::read_register(uint64_t offset, bool& notify)
             m_thr_interrupt = false;
         return id | (fifo_enabled() ? kIirFifosEnabled : 0);
     }
-    case kLcr:
-        return m_lcr;
-    case kMcr:
-        return m_mcr;
+    case kLcr: return m_lcr;
+    case kMcr: return m_mcr;
     case kLsr: {
         const uint8_t value = lsr();
         m_overrun = false; // reading LSR clears the error bits and the line-status interrupt
@@ -153,8 +160,7 @@ uint8_t Serial::read_register(uint64_t offset, bool& notify)
         m_msr &= ~kMsrDeltaMask;
         return value;
     }
-    case kScr:
-        return m_scr;
+    case kScr: return m_scr;
     }
     return 0xff;
 }
@@ -189,22 +195,12 @@ bool Serial::write_register(uint64_t offset, uint8_t value, uint8_t& out)
             m_thr_interrupt = true;
         return false;
     }
-    case kIirFcr:
-        write_fcr(value);
-        return false;
-    case kLcr:
-        m_lcr = value;
-        return false;
-    case kMcr:
-        write_mcr(value);
-        return false;
+    case kIirFcr: write_fcr(value); return false;
+    case kLcr: m_lcr = value; return false;
+    case kMcr: write_mcr(value); return false;
     case kLsr:
-    case kMsr:
-        log_oddity("write to read-only register", offset, value);
-        return false;
-    case kScr:
-        m_scr = value;
-        return false;
+    case kMsr: log_oddity("write to read-only register", offset, value); return false;
+    case kScr: m_scr = value; return false;
     }
     return false;
 }
@@ -356,6 +352,7 @@ void Serial::enqueue_input(std::span<const uint8_t> bytes)
     if (m_rx_queue.size() >= kInputQueueSize)
         m_input_stalled = true;
     if (dropped > 0) {
+        m_input_dropped.add(dropped);
         m_overrun = true;
         if (log_allowed(m_log_count))
             log_debug("serial: input queue full, dropped {} byte(s) (overrun)", dropped);

@@ -15,6 +15,8 @@
 // as if the four character times had already elapsed.
 #pragma once
 
+#include "base/counters.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -39,7 +41,7 @@ public:
 
     // Register offsets.
     static constexpr uint64_t kRbrThr = 0; // DLL when LCR.DLAB
-    static constexpr uint64_t kIer = 1;    // DLM when LCR.DLAB
+    static constexpr uint64_t kIer = 1; // DLM when LCR.DLAB
     static constexpr uint64_t kIirFcr = 2;
     static constexpr uint64_t kLcr = 3;
     static constexpr uint64_t kMcr = 4;
@@ -51,18 +53,18 @@ public:
     struct State {
         // Defaults are the power-on values.
         uint8_t ier { 0 };
-        uint8_t lcr { 0x03 };       // 8N1
-        uint8_t mcr { 0x08 };       // OUT2
-        uint8_t fcr { 0 };          // FIFO enable, RX trigger level and DMA mode bits as written
-        uint8_t msr { 0xb0 };       // modem status: inputs (bits 4-7: DCD, DSR, CTS) and deltas
+        uint8_t lcr { 0x03 }; // 8N1
+        uint8_t mcr { 0x08 }; // OUT2
+        uint8_t fcr { 0 }; // FIFO enable, RX trigger level and DMA mode bits as written
+        uint8_t msr { 0xb0 }; // modem status: inputs (bits 4-7: DCD, DSR, CTS) and deltas
         uint8_t scr { 0 };
-        uint8_t dll { 12 };         // 9600 baud
+        uint8_t dll { 12 }; // 9600 baud
         uint8_t dlm { 0 };
-        uint8_t rbr { 0 };          // last byte read (what RBR returns when the FIFO is empty)
-        bool overrun { false };     // LSR.OE
+        uint8_t rbr { 0 }; // last byte read (what RBR returns when the FIFO is empty)
+        bool overrun { false }; // LSR.OE
         bool thr_interrupt { false }; // THR-empty interrupt latched (cleared by IIR read / THR write)
-        std::vector<uint8_t> rx_fifo;   // receiver FIFO, oldest first
-        std::vector<uint8_t> rx_queue;  // host-side input not yet in the FIFO, oldest first
+        std::vector<uint8_t> rx_fifo; // receiver FIFO, oldest first
+        std::vector<uint8_t> rx_queue; // host-side input not yet in the FIFO, oldest first
 
         bool operator==(const State&) const = default;
     };
@@ -91,6 +93,10 @@ public:
     // Replaces the state and drives the IRQ line to match it. Call while the vCPUs are stopped.
     void restore(const State& state);
 
+    // Firecracker's uart metrics: read_count (received bytes the guest read), write_count
+    // (bytes it transmitted), missed_read_count (host input dropped on a full queue).
+    void report_metrics(MetricsReport& out) const;
+
 private:
     enum class IrqSync { IfChanged, Always };
 
@@ -117,7 +123,7 @@ private:
     std::function<void()> m_input_space_notifier;
 
     mutable std::mutex m_tx_mutex; // orders sink calls; taken before m_mutex, never after
-    mutable std::mutex m_mutex;    // everything below
+    mutable std::mutex m_mutex; // everything below
     uint8_t m_ier { 0 };
     uint8_t m_lcr { 0 };
     uint8_t m_mcr { 0 };
@@ -134,6 +140,9 @@ private:
     bool m_input_stalled { false }; // the queue filled up; notify when half of it is free
     bool m_irq_level { false };
     uint64_t m_log_count { 0 };
+    Counter m_bytes_read;
+    Counter m_bytes_written;
+    Counter m_input_dropped;
 };
 
 } // namespace vessel

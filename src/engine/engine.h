@@ -29,12 +29,24 @@ public:
 };
 
 enum class VcpuExitKind {
-    Kicked,        // kick() was called (or a signal interrupted the run): the VMM checks its flags
-    Shutdown,      // triple fault / shutdown
-    Reset,         // the guest asked for a reset through the CPU (e.g. KVM system event)
-    PowerOff,      // the guest powered off through the CPU (e.g. KVM system event)
-    Halted,        // HLT with interrupts disabled and nothing to wake it (engine has no irqchip)
+    Kicked, // kick() was called (or a signal interrupted the run): the VMM checks its flags
+    Shutdown, // triple fault / shutdown
+    Reset, // the guest asked for a reset through the CPU (e.g. KVM system event)
+    PowerOff, // the guest powered off through the CPU (e.g. KVM system event)
+    Halted, // HLT with interrupts disabled and nothing to wake it (engine has no irqchip)
     InternalError, // the engine cannot continue; `message` says why
+};
+
+// What a vCPU has done so far (monotonic; read from any thread for metrics). Each engine fills
+// what it has: the soft engine counts guest instructions and translations, KVM counts exits.
+struct VcpuStats {
+    uint64_t instructions { 0 };
+    uint64_t translations { 0 };
+    uint64_t exits_io_in { 0 };
+    uint64_t exits_io_out { 0 };
+    uint64_t exits_mmio_read { 0 };
+    uint64_t exits_mmio_write { 0 };
+    uint64_t exits_other { 0 }; // HLT, interrupts, system events...
 };
 
 struct VcpuExit {
@@ -54,6 +66,8 @@ public:
     virtual Result<void> set_state(const CpuState& state) = 0;
     // Queues an external interrupt vector for delivery (used without an interrupt controller).
     virtual Result<void> inject_interrupt(uint8_t vector) = 0;
+    // Counters for metrics (any thread).
+    virtual VcpuStats stats() const { return {}; }
 };
 
 struct EngineConfig {
@@ -85,8 +99,8 @@ public:
     // the plain paths (the MMIO write reaches the bus; set_irq_line).
     // A guest write of `len` bytes to MMIO `gpa` (equal to `value`, if given) signals eventfd
     // `fd` inside the engine instead of exiting to the VMM (KVM ioeventfd).
-    virtual Result<bool> add_mmio_notifier(uint64_t /*gpa*/, uint32_t /*len*/, std::optional<uint64_t> /*value*/,
-                                           int /*fd*/)
+    virtual Result<bool> add_mmio_notifier(
+        uint64_t /*gpa*/, uint32_t /*len*/, std::optional<uint64_t> /*value*/, int /*fd*/)
     {
         return false;
     }

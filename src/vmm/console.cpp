@@ -32,7 +32,7 @@ void install_restore_handlers()
     installed = true;
     std::atexit([] { Console::restore_terminal(); });
     for (int sig : { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT }) {
-        struct sigaction sa {};
+        struct sigaction sa { };
         sa.sa_handler = fatal_signal_handler;
         sigemptyset(&sa.sa_mask);
         sa.sa_flags = SA_RESETHAND;
@@ -68,7 +68,10 @@ Console::Console()
         g_termios_saved = false;
 }
 
-Console::~Console() { restore_terminal(); }
+Console::~Console()
+{
+    restore_terminal();
+}
 
 std::vector<uint8_t> Console::filter_input(std::span<const uint8_t> in, bool& quit)
 {

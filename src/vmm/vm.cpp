@@ -13,6 +13,7 @@
 #include "arch/x86/acpi.h"
 #include "arch/x86/boot_cpu.h"
 #include "arch/x86/e820.h"
+#include "arch/x86/layout.h"
 #include "arch/x86/mptable.h"
 #include "arch/x86/reset_stub.h"
 #include "devices/acpi_pm.h"
@@ -22,9 +23,9 @@
 #include "devices/rtc.h"
 #include "devices/serial.h"
 #include "devices/virtio/mmio.h"
-#include "arch/x86/layout.h"
 #include "loader/boot.h"
 #include "vmm/console.h"
+#include "vmm/console_mux.h"
 #include "vmm/signals.h"
 
 namespace vessel {
@@ -39,31 +40,29 @@ Vm::~Vm()
 {
     if (!m_threads.empty()) {
         request_stop({ StopReason::Error, 1 }, "VM destroyed while running");
-        for (auto& v : m_vcpus)
-            v->kick();
-        for (auto& t : m_threads)
-            if (t.joinable())
-                t.join();
+        stop_vcpus();
     }
+    for (auto& n : m_queue_notifiers)
+        if (n.token && m_loop)
+            m_loop->remove_fd(n.token);
     // Device threads stop before the engine they report guest-memory writes to goes away.
     for (auto& transport : m_virtio)
         transport->shutdown();
     m_memory.set_write_observer(nullptr);
-    if (m_wake_event >= 0)
-        ::close(m_wake_event);
     for (auto& n : m_queue_notifiers)
         ::close(n.fd);
     for (auto& [gsi, fd] : m_irq_notifiers)
         ::close(fd);
 }
 
-Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFactory& make_engine)
+Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFactory& make_engine, Services services)
 {
     auto memory = TRY(GuestMemory::create(config.mem_bytes, config.hugepages ? HugePages::Yes : HugePages::No));
     std::unique_ptr<Vm> vm(new Vm(config, std::move(memory)));
-    vm->m_wake_event = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (vm->m_wake_event < 0)
-        return Error::from_errno("eventfd");
+    vm->m_console_sink = services.console
+        ? services.console
+        : ConsoleSink([](std::span<const uint8_t> bytes) { Console::write_output(bytes); });
+    vm->m_services = std::move(services);
 
     TRY(vm->build_devices());
     TRY(vm->load_guest());
@@ -72,9 +71,8 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFacto
     // Map RAM only after every boot structure is written: some KVM implementations (PVM) do not
     // see page-table writes made from outside the guest after the slot is registered.
     TRY(vm->m_engine->map_memory(vm->m_memory));
-    vm->m_memory.set_write_observer([engine = vm->m_engine.get()](uint64_t gpa, uint64_t len) {
-        engine->memory_written(gpa, len);
-    });
+    vm->m_memory.set_write_observer(
+        [engine = vm->m_engine.get()](uint64_t gpa, uint64_t len) { engine->memory_written(gpa, len); });
     TRY_CTX(vm->wire_virtio_fast_paths(), "virtio fast paths");
 
     for (uint32_t i = 0; i < config.cpus; ++i) {
@@ -131,15 +129,26 @@ void Vm::request_stop(StopRequest request, std::string message)
         m_exit.message = std::move(message);
         m_stopping.store(true);
     }
-    wake_event_loop();
+    // Parked vCPUs wake up to leave; running ones are kicked out of the guest.
+    {
+        std::lock_guard lock(m_pause_mutex);
+        m_pause_cv.notify_all();
+    }
     for (auto& v : m_vcpus)
         v->kick();
+    if (m_loop && m_on_stop) {
+        // The loop outlives the VM's run: finish() is only called after on_stop ran.
+        m_loop->post(m_on_stop);
+    }
 }
 
-void Vm::wake_event_loop()
+void Vm::note_signal(int signo)
 {
-    uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(m_wake_event, &one, sizeof(one));
+    {
+        std::lock_guard lock(m_stop_mutex);
+        m_exit.signal = signo;
+    }
+    request_stop({ StopReason::Signal, 128 + signo }, fmt::format("received signal {}", strsignal(signo)));
 }
 
 void Vm::set_irq(uint32_t gsi, bool level)
@@ -166,42 +175,78 @@ Result<void> Vm::build_devices()
     auto irq = [this](uint32_t gsi) { return IrqLine(gsi, [this](uint32_t g, bool level) { set_irq(g, level); }); };
     StopFn stop = [this](StopRequest request) { request_stop(request); };
 
-    m_serial = std::make_shared<Serial>(irq(layout::kCom1Irq), [](std::span<const uint8_t> bytes) {
-        Console::write_output(bytes);
-    });
+    m_serial = std::make_shared<Serial>(
+        irq(layout::kCom1Irq), [this](std::span<const uint8_t> bytes) { m_console_sink(bytes); });
     TRY(m_pio_bus.insert(m_serial, layout::kCom1Port, 8));
     m_console_input = m_serial.get();
     // The i8042 answers at 0x60 and 0x64 only: 0x61 (PIT channel 2 gate, NMI status) belongs to
     // the PIT model (in-kernel with KVM), and a 5-port range would shadow it.
-    auto i8042 = std::make_shared<I8042>(irq(1), stop);
-    TRY(m_pio_bus.insert(i8042, layout::kI8042Port, 1));
-    TRY(m_pio_bus.insert(std::make_shared<I8042CommandPort>(i8042), layout::kI8042Port + 4, 1));
+    m_i8042 = std::make_shared<I8042>(irq(1), stop);
+    TRY(m_pio_bus.insert(m_i8042, layout::kI8042Port, 1));
+    TRY(m_pio_bus.insert(std::make_shared<I8042CommandPort>(m_i8042), layout::kI8042Port + 4, 1));
     TRY(m_pio_bus.insert(std::make_shared<Rtc>(m_config.mem_bytes), layout::kRtcPort, 2));
     TRY(m_pio_bus.insert(std::make_shared<DebugExit>(stop), layout::kDebugExitPort, 4));
     TRY(m_pio_bus.insert(std::make_shared<AcpiPm>(stop), layout::kAcpiSleepControlPort, 3));
     TRY(m_pio_bus.insert(std::make_shared<PostPort>(), 0x80, 1));
     TRY_CTX(build_virtio_devices(), "virtio devices");
-    // stdin goes to the virtio console if there is one (build_virtio_devices() chose).
-    m_console_input->set_input_space_notifier([this] { wake_event_loop(); });
     return {};
 }
 
-void Vm::pause()
+Result<void> Vm::pause()
 {
-    std::unique_lock lock(m_pause_mutex);
-    m_paused = true;
-    for (auto& v : m_vcpus)
-        v->kick();
-    m_pause_cv.wait(lock, [&] { return m_parked == m_threads.size() || m_stopping.load(); });
+    if (m_paused_vm)
+        return {};
+    {
+        std::unique_lock lock(m_pause_mutex);
+        m_paused = true;
+        for (auto& v : m_vcpus)
+            v->kick();
+        m_pause_cv.wait(lock, [&] { return m_parked == m_threads.size() || m_stopping.load(); });
+    }
+    if (m_stopping.load()) {
+        std::lock_guard lock(m_pause_mutex);
+        m_paused = false;
+        return make_error("the VM is stopping");
+    }
+    // vCPUs first (no new requests), then the devices finish what is in flight, then time stops.
+    for (auto& transport : m_virtio)
+        transport->pause();
     m_engine->pause_clock(true);
+    m_paused_vm = true;
+    return {};
 }
 
-void Vm::resume()
+Result<void> Vm::resume()
 {
-    std::lock_guard lock(m_pause_mutex);
+    if (!m_paused_vm)
+        return {};
     m_engine->pause_clock(false);
-    m_paused = false;
-    m_pause_cv.notify_all();
+    for (auto& transport : m_virtio)
+        transport->resume();
+    {
+        std::lock_guard lock(m_pause_mutex);
+        m_paused = false;
+        m_pause_cv.notify_all();
+    }
+    m_paused_vm = false;
+    return {};
+}
+
+void Vm::report_legacy_metrics(MetricsReport& i8042, MetricsReport& uart) const
+{
+    m_i8042->report_metrics(i8042);
+    m_serial->report_metrics(uart);
+}
+
+void Vm::report_mmds_metrics(MetricsReport& /*out*/) const
+{
+}
+
+Result<void> Vm::send_ctrl_alt_del()
+{
+    if (!m_i8042->press_ctrl_alt_del())
+        return make_error("the guest's keyboard is not taking key presses (disabled or busy)");
+    return {};
 }
 
 void Vm::vcpu_thread(uint32_t index)
@@ -218,6 +263,8 @@ void Vm::vcpu_thread(uint32_t index)
                 continue;
             }
         }
+        if (index == 0 && m_first_run.load(std::memory_order_relaxed) == 0)
+            m_first_run.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
         auto result = vcpu.run();
         if (!result.ok()) {
             request_stop({ StopReason::Error, 1 }, result.error().message());
@@ -225,186 +272,111 @@ void Vm::vcpu_thread(uint32_t index)
         }
         const VcpuExit& exit = result.value();
         switch (exit.kind) {
-        case VcpuExitKind::Kicked:
-            break;
-        case VcpuExitKind::Shutdown:
-            request_stop({ StopReason::TripleFault, 2 }, exit.message);
-            break;
-        case VcpuExitKind::Reset:
-            request_stop({ StopReason::Reset, 0 });
-            break;
-        case VcpuExitKind::PowerOff:
-            request_stop({ StopReason::PowerOff, 0 });
-            break;
+        case VcpuExitKind::Kicked: break;
+        case VcpuExitKind::Shutdown: request_stop({ StopReason::TripleFault, 2 }, exit.message); break;
+        case VcpuExitKind::Reset: request_stop({ StopReason::Reset, 0 }); break;
+        case VcpuExitKind::PowerOff: request_stop({ StopReason::PowerOff, 0 }); break;
         case VcpuExitKind::Halted:
-            request_stop({ StopReason::Error, 1 },
-                          fmt::format("vCPU {} halted with nothing to wake it", index));
+            request_stop({ StopReason::Error, 1 }, fmt::format("vCPU {} halted with nothing to wake it", index));
             break;
-        case VcpuExitKind::InternalError:
-            request_stop({ StopReason::Error, 1 }, exit.message);
-            break;
+        case VcpuExitKind::InternalError: request_stop({ StopReason::Error, 1 }, exit.message); break;
         }
     }
     std::lock_guard lock(m_pause_mutex);
     m_pause_cv.notify_all();
 }
 
-Result<VmExitInfo> Vm::run()
+Result<void> Vm::start(EventLoop& loop, std::function<void()> on_stop)
 {
-    // Termination signals are taken by the event loop through a signalfd; block them before
-    // the vCPU threads start so those threads inherit the mask.
+    m_loop = &loop;
+    m_on_stop = std::move(on_stop);
+    for (auto& n : m_queue_notifiers) {
+        // A guest's QueueNotify write caught by the engine (ioeventfd).
+        n.token = TRY(loop.add_fd(n.fd, EPOLLIN, [&n](uint32_t) {
+            uint64_t count;
+            if (::read(n.fd, &count, sizeof(count)) == sizeof(count))
+                n.transport->notify_queue(n.queue);
+        }));
+    }
+    // vCPU threads never take the termination signals: the event loop does (signalfd).
     sigset_t signals = termination_signals();
     sigset_t old_mask;
     ::pthread_sigmask(SIG_BLOCK, &signals, &old_mask);
-    ::signal(SIGPIPE, SIG_IGN);
-
     for (uint32_t i = 0; i < m_vcpus.size(); ++i)
         m_threads.emplace_back([this, i] { vcpu_thread(i); });
+    ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    return {};
+}
 
-    auto loop = event_loop();
-    if (!loop.ok())
-        request_stop({ StopReason::Error, 1 }, loop.error().message());
-
+void Vm::stop_vcpus()
+{
+    {
+        std::lock_guard lock(m_pause_mutex);
+        m_pause_cv.notify_all();
+    }
     for (auto& v : m_vcpus)
         v->kick();
     for (auto& t : m_threads)
-        t.join();
+        if (t.joinable())
+            t.join();
     m_threads.clear();
-    ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+}
+
+VmExitInfo Vm::finish()
+{
+    if (!m_stopping.load())
+        request_stop({ StopReason::Error, 1 }, "VM finished while running");
+    stop_vcpus();
+    // Devices may be paused with the VM: let them finish (and stop) normally.
+    if (m_paused_vm) {
+        for (auto& transport : m_virtio)
+            transport->resume();
+        m_paused_vm = false;
+    }
+    for (auto& n : m_queue_notifiers) {
+        if (n.token && m_loop)
+            m_loop->remove_fd(n.token);
+        n.token = 0;
+    }
+    std::lock_guard lock(m_stop_mutex);
     return m_exit;
 }
 
-Result<void> Vm::event_loop()
+Result<VmExitInfo> Vm::run()
 {
-    Console console;
-    int epoll = ::epoll_create1(EPOLL_CLOEXEC);
-    if (epoll < 0)
-        return Error::from_errno("epoll_create1");
-    struct FdCloser {
-        int fd;
-        ~FdCloser() { ::close(fd); }
-    } epoll_closer { epoll };
-
+    ::signal(SIGPIPE, SIG_IGN);
+    auto loop = TRY(EventLoop::create());
+    // Termination signals are taken by the loop through a signalfd: block them first.
     sigset_t signals = termination_signals();
+    sigset_t old_mask;
+    ::pthread_sigmask(SIG_BLOCK, &signals, &old_mask);
+    struct MaskRestorer {
+        sigset_t mask;
+        ~MaskRestorer() { ::pthread_sigmask(SIG_SETMASK, &mask, nullptr); }
+    } restore_mask { old_mask };
     int sfd = ::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0)
         return Error::from_errno("signalfd");
-    FdCloser sfd_closer { sfd };
+    struct FdCloser {
+        int fd;
+        ~FdCloser() { ::close(fd); }
+    } sfd_closer { sfd };
+    TRY(loop->add_fd(sfd, EPOLLIN, [&](uint32_t) {
+        signalfd_siginfo info {};
+        if (::read(sfd, &info, sizeof(info)) == sizeof(info))
+            note_signal(static_cast<int>(info.ssi_signo));
+    }));
 
-    enum : uint64_t { kStop, kSignal, kStdin, kQueueNotifierBase };
-    auto add = [&](int fd, uint64_t tag) -> Result<void> {
-        epoll_event ev {};
-        ev.events = EPOLLIN;
-        ev.data.u64 = tag;
-        if (::epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &ev) < 0)
-            return Error::from_errno("epoll_ctl");
-        return {};
-    };
-    TRY(add(m_wake_event, kStop));
-    TRY(add(sfd, kSignal));
-    for (size_t i = 0; i < m_queue_notifiers.size(); ++i)
-        TRY(add(m_queue_notifiers[i].fd, kQueueNotifierBase + i));
-
-    // stdin feeds the serial port. Pipes and terminals are polled; a regular file (which epoll
-    // refuses) is read whenever the UART has room.
-    bool stdin_open = true;
-    bool stdin_polled = false;
-    bool stdin_armed = false;
-    {
-        epoll_event ev {};
-        ev.events = EPOLLIN;
-        ev.data.u64 = kStdin;
-        if (::epoll_ctl(epoll, EPOLL_CTL_ADD, STDIN_FILENO, &ev) == 0) {
-            stdin_polled = true;
-            stdin_armed = true;
-        } else if (errno != EPERM) {
-            stdin_open = false; // closed or otherwise unusable: no console input
-        }
-    }
-
-    auto read_stdin = [&]() {
-        uint8_t buf[256];
-        size_t space = m_console_input ? std::min(sizeof(buf), m_console_input->input_space()) : sizeof(buf);
-        if (space == 0)
-            return;
-        ssize_t n = ::read(STDIN_FILENO, buf, space);
-        if (n < 0 && (errno == EINTR || errno == EAGAIN))
-            return;
-        if (n <= 0) {
-            stdin_open = false;
-            if (stdin_polled && stdin_armed)
-                ::epoll_ctl(epoll, EPOLL_CTL_DEL, STDIN_FILENO, nullptr);
-            stdin_armed = false;
-            return;
-        }
-        bool quit = false;
-        auto bytes = console.filter_input(std::span<const uint8_t>(buf, static_cast<size_t>(n)), quit);
-        if (m_console_input && !bytes.empty())
-            m_console_input->enqueue_input(bytes);
-        if (quit)
-            request_stop({ StopReason::UserQuit, 0 });
-    };
-
-    while (!m_stopping.load()) {
-        bool room = m_console_input && m_console_input->wants_input();
-        if (stdin_open && stdin_polled && room != stdin_armed) {
-            // Back-pressure: stop polling stdin while the UART's receive buffer is full. The fd
-            // leaves the epoll set (events=0 would still report EPOLLHUP of a closed pipe).
-            epoll_event ev {};
-            ev.events = EPOLLIN;
-            ev.data.u64 = kStdin;
-            ::epoll_ctl(epoll, room ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, STDIN_FILENO, &ev);
-            stdin_armed = room;
-        }
-        // A regular file on stdin cannot be polled: read it whenever the UART has room.
-        int timeout = (stdin_open && !stdin_polled && room) ? 0 : -1;
-        epoll_event events[8];
-        int n = ::epoll_wait(epoll, events, 8, timeout);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return Error::from_errno("epoll_wait");
-        }
-        if (stdin_open && !stdin_polled && room)
-            read_stdin();
-        if (timeout == 0 && n == 0)
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        for (int i = 0; i < n; ++i) {
-            switch (events[i].data.u64) {
-            case kStop: {
-                uint64_t value;
-                [[maybe_unused]] auto r = ::read(m_wake_event, &value, sizeof(value));
-                break;
-            }
-            case kSignal: {
-                signalfd_siginfo info {};
-                if (::read(sfd, &info, sizeof(info)) == sizeof(info)) {
-                    int signo = static_cast<int>(info.ssi_signo);
-                    // Recorded even when another stop (e.g. a guest reset) is already under way:
-                    // the user's request to terminate must not be lost to a reboot.
-                    {
-                        std::lock_guard lock(m_stop_mutex);
-                        m_exit.signal = signo;
-                    }
-                    request_stop({ StopReason::Signal, 128 + signo }, fmt::format("received signal {}", strsignal(signo)));
-                }
-                break;
-            }
-            case kStdin:
-                read_stdin();
-                break;
-            default: {
-                // A guest's QueueNotify write caught by the engine (ioeventfd).
-                auto& n = m_queue_notifiers[events[i].data.u64 - kQueueNotifierBase];
-                uint64_t count;
-                if (::read(n.fd, &count, sizeof(count)) == sizeof(count))
-                    n.transport->notify_queue(n.queue);
-                break;
-            }
-            }
-        }
-    }
-    return {};
+    ConsoleMux console(*loop, ConsoleMux::Stdio::Use);
+    console.on_quit = [this] { request_stop({ StopReason::UserQuit, 0 }); };
+    TRY(console.start());
+    console.set_target(m_console_input);
+    TRY(start(*loop, [&] { loop->stop(); }));
+    auto looped = loop->run();
+    if (!looped.ok())
+        request_stop({ StopReason::Error, 1 }, looped.error().message());
+    console.set_target(nullptr);
+    return finish();
 }
 
 void Vm::log_unclaimed(const char* kind, uint64_t addr, size_t len, bool write)

@@ -1,8 +1,11 @@
 // One virtual machine: guest RAM, the buses and devices on them, the boot set-up, an engine and
-// its vCPU threads. Built from a VmConfig; run() blocks until the VM stops and says why.
+// its vCPU threads. Built from a VmConfig. start() runs it on the VMM's event loop (the loop
+// serves its virtio fast paths) and calls back on the loop when it stops; finish() then joins its
+// threads and says why it stopped. run() does all of that on a loop of its own (tests).
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -11,16 +14,23 @@
 #include <vector>
 
 #include "arch/x86/acpi.h"
+#include "base/counters.h"
 #include "bus/bus.h"
 #include "devices/vm_control.h"
 #include "engine/engine.h"
 #include "memory/guest_memory.h"
+#include "vmm/event_loop.h"
 #include "vmm/vm_config.h"
 
 namespace vessel {
 
 class Serial;
 class ConsoleInput;
+class I8042;
+namespace mmds {
+class DataStore;
+class TokenAuthority;
+} // namespace mmds
 namespace virtio {
 class MmioTransport;
 }
@@ -28,23 +38,65 @@ class MmioTransport;
 struct VmExitInfo {
     StopRequest stop;
     std::string message; // for errors and triple faults
-    int signal { 0 };    // a termination signal received while running (wins over any stop reason)
+    int signal { 0 }; // a termination signal received while running (wins over any stop reason)
 };
 
 class Vm final : private IoHandler {
 public:
     using EngineFactory = std::function<Result<std::unique_ptr<Engine>>()>;
+    // Where the guest's console output goes (vCPU threads). Empty: stdout.
+    using ConsoleSink = std::function<void(std::span<const uint8_t>)>;
+    // What the VMM process lends the VM: its console, and the MMDS store and tokens (shared with
+    // the API, which may change them while the VM runs).
+    struct Services {
+        ConsoleSink console;
+        std::shared_ptr<mmds::DataStore> mmds;
+        std::shared_ptr<mmds::TokenAuthority> mmds_tokens;
+    };
 
     // Builds the machine and loads the guest, then creates the engine with `make_engine` (so a
     // bad kernel is reported before any engine is touched); nothing runs yet.
-    static Result<std::unique_ptr<Vm>> create(const VmConfig& config, const EngineFactory& make_engine);
+    static Result<std::unique_ptr<Vm>> create(
+        const VmConfig& config, const EngineFactory& make_engine, Services services = {});
     ~Vm() override;
 
-    // Runs vCPU threads and the event loop on the calling thread until the VM stops.
+    // Starts the vCPU threads; the virtio fast paths (ioeventfds) are served by `loop`.
+    // `on_stop` runs on the loop's thread once, after the first stop request.
+    Result<void> start(EventLoop& loop, std::function<void()> on_stop);
+    // After on_stop: stops and joins the vCPUs, unregisters from the loop, says why it stopped.
+    VmExitInfo finish();
+
+    // start() + a loop of its own with the console on stdin/stdout and termination signals
+    // taken as stop requests + finish(). Blocks until the VM stops.
     Result<VmExitInfo> run();
 
     // Asks the VM to stop (first request wins); thread-safe, callable from devices and signals.
     void request_stop(StopRequest request, std::string message = {});
+    // Records a termination signal; it decides the exit status even if another stop came first.
+    void note_signal(int signo);
+    bool stopping() const { return m_stopping.load(); }
+
+    // Stops every vCPU at an instruction boundary and quiesces the devices (in-flight requests
+    // completed, no new ones taken), then stops guest time; resume() undoes it. Returns the
+    // time taken. Pausing a paused VM (or resuming a running one) does nothing.
+    Result<void> pause();
+    Result<void> resume();
+    bool paused() const { return m_paused_vm; }
+
+    // When the first vCPU first entered the guest (epoch if not yet).
+    std::chrono::steady_clock::time_point first_run_time() const
+    {
+        return std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(m_first_run.load()));
+    }
+
+    // The console device that takes host input (COM1, or the virtio console).
+    ConsoleInput* console_input() const { return m_console_input; }
+    // SendCtrlAltDel: the keyboard reports Ctrl+Alt+Del.
+    Result<void> send_ctrl_alt_del();
+
+    // Counters of the legacy devices (Firecracker's i8042 and uart groups) and of MMDS.
+    void report_legacy_metrics(MetricsReport& i8042, MetricsReport& uart) const;
+    void report_mmds_metrics(MetricsReport& out) const;
 
     GuestMemory& memory() { return m_memory; }
     Engine& engine() { return *m_engine; }
@@ -52,10 +104,7 @@ public:
     Bus& mmio_bus() { return m_mmio_bus; }
     const VmConfig& config() const { return m_config; }
     std::vector<std::unique_ptr<Vcpu>>& vcpus() { return m_vcpus; }
-
-    // Test hooks: pause all vCPUs (kick and park them between runs) and resume them.
-    void pause();
-    void resume();
+    const std::vector<std::shared_ptr<virtio::MmioTransport>>& virtio_transports() const { return m_virtio; }
 
 private:
     Vm(const VmConfig& config, GuestMemory memory);
@@ -64,7 +113,7 @@ private:
     Result<void> wire_virtio_fast_paths(); // vm_virtio.cpp: ioeventfd/irqfd where the engine has them
     Result<void> load_guest();
     void vcpu_thread(uint32_t index);
-    Result<void> event_loop();
+    void stop_vcpus();
 
     void pio_read(uint16_t port, std::span<uint8_t> data) override;
     void pio_write(uint16_t port, std::span<const uint8_t> data) override;
@@ -72,39 +121,45 @@ private:
     void mmio_write(uint64_t gpa, std::span<const uint8_t> data) override;
     void log_unclaimed(const char* kind, uint64_t addr, size_t len, bool write);
     void set_irq(uint32_t gsi, bool level);
-    void wake_event_loop();
 
     VmConfig m_config;
     GuestMemory m_memory;
+    ConsoleSink m_console_sink;
+    Services m_services;
     Bus m_pio_bus { "port I/O" };
     Bus m_mmio_bus { "MMIO" };
     std::unique_ptr<Engine> m_engine;
     std::vector<std::unique_ptr<Vcpu>> m_vcpus;
     std::vector<std::thread> m_threads;
     std::shared_ptr<Serial> m_serial;
-    ConsoleInput* m_console_input { nullptr }; // where stdin goes
+    std::shared_ptr<I8042> m_i8042;
+    ConsoleInput* m_console_input { nullptr }; // where host console input goes
     std::vector<std::shared_ptr<virtio::MmioTransport>> m_virtio;
     std::vector<AcpiDevice> m_virtio_acpi;
     struct QueueNotifier {
         int fd;
         virtio::MmioTransport* transport;
         uint16_t queue;
+        EventLoop::Token token;
     };
     std::vector<QueueNotifier> m_queue_notifiers; // served by the event loop
     std::vector<std::pair<uint32_t, int>> m_irq_notifiers; // GSI → irqfd
     CpuState m_boot_state;
 
+    EventLoop* m_loop { nullptr };
+    std::function<void()> m_on_stop;
     std::mutex m_stop_mutex;
     std::atomic<bool> m_stopping { false };
     VmExitInfo m_exit;
-    int m_wake_event { -1 }; // eventfd: wakes the event loop (stop requests, UART input space)
 
     std::mutex m_pause_mutex;
     std::condition_variable m_pause_cv;
-    bool m_paused { false };
+    bool m_paused { false }; // vCPUs are asked to park (m_pause_mutex)
     uint32_t m_parked { 0 };
+    bool m_paused_vm { false }; // pause() completed (event loop thread)
 
     std::atomic<uint64_t> m_unclaimed_logged { 0 };
+    std::atomic<std::chrono::steady_clock::duration::rep> m_first_run { 0 };
 };
 
 } // namespace vessel

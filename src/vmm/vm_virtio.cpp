@@ -9,8 +9,8 @@
 #include "arch/x86/layout.h"
 #include "base/log.h"
 #include "devices/virtio/balloon.h"
-#include "devices/virtio/console.h"
 #include "devices/virtio/blk.h"
+#include "devices/virtio/console.h"
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/net.h"
 #include "devices/virtio/rng.h"
@@ -34,8 +34,11 @@ Result<void> Vm::build_virtio_devices()
     std::vector<std::shared_ptr<virtio::VirtioDevice>> devices;
 
     // Order decides the guest's probe order: disks first, so the first --disk is /dev/vda.
+    // Each disk's rate_limiter travels in its DiskConfig; io_engine "Sync" (Firecracker's name)
+    // forces synchronous calls on the I/O thread, anything else lets io_uring do the I/O.
     for (const DiskConfig& disk : m_config.disks) {
-        auto blk = TRY(virtio::BlkDevice::open(disk));
+        auto mode = disk.io_engine == "Sync" ? virtio::BlkDevice::IoMode::Sync : virtio::BlkDevice::IoMode::Auto;
+        auto blk = TRY(virtio::BlkDevice::open(disk, mode));
         devices.push_back(std::shared_ptr<virtio::VirtioDevice>(std::move(blk)));
     }
 
@@ -47,19 +50,20 @@ Result<void> Vm::build_virtio_devices()
         if (tap->created())
             log_warn("--net: created tap {} (up, no address: add it to a bridge or give it one; it goes away when "
                      "Vessel exits)",
-                     tap->ifname());
+                tap->ifname());
         auto mac = net.mac.value_or(virtio::NetDevice::default_mac(tap->ifname(), i));
-        devices.push_back(std::make_shared<virtio::NetDevice>(std::move(tap), mac));
+        devices.push_back(std::make_shared<virtio::NetDevice>(
+            std::move(tap), mac, virtio::NetDevice::Mode::Thread, net.rx_rate_limiter, net.tx_rate_limiter));
     }
     if (m_config.rng)
-        devices.push_back(std::make_shared<virtio::RngDevice>());
+        devices.push_back(std::make_shared<virtio::RngDevice>(m_config.rng_rate_limiter));
     if (m_config.vsock)
         devices.push_back(TRY(virtio::VsockDevice::create(m_config.vsock->cid, m_config.vsock->socket)));
     if (m_config.console == ConsoleKind::Virtio) {
         // stdin goes here instead of COM1 (the event loop feeds m_console_input); the guest's
         // hvc0 output goes to stdout. COM1 stays, with its output on stdout as well.
         auto console = std::make_shared<virtio::ConsoleDevice>(
-            [](std::span<const uint8_t> bytes) { Console::write_output(bytes); });
+            [this](std::span<const uint8_t> bytes) { m_console_sink(bytes); });
         m_console_input = console.get();
         devices.push_back(console);
     }
@@ -75,8 +79,8 @@ Result<void> Vm::build_virtio_devices()
         auto transport = std::make_shared<virtio::MmioTransport>(devices[i], m_memory, std::move(irq));
         TRY(m_mmio_bus.insert(transport, base, layout::kVirtioMmioSize));
         m_virtio.push_back(transport);
-        m_virtio_acpi.push_back(virtio_mmio_acpi_device(static_cast<uint32_t>(i), base, layout::kVirtioMmioSize, gsi,
-                                                         AcpiIrqTrigger::Edge));
+        m_virtio_acpi.push_back(virtio_mmio_acpi_device(
+            static_cast<uint32_t>(i), base, layout::kVirtioMmioSize, gsi, AcpiIrqTrigger::Edge));
         log_debug("virtio-{} at {:#x}, GSI {}", devices[i]->name(), base, gsi);
     }
     return {};
@@ -98,7 +102,7 @@ Result<void> Vm::wire_virtio_fast_paths()
                     return added.error();
                 return {}; // the engine has no such fast path: notifications take the bus
             }
-            m_queue_notifiers.push_back({ fd, &transport, q });
+            m_queue_notifiers.push_back({ fd, &transport, q, 0 });
         }
         uint32_t gsi = m_virtio_acpi[i].interrupts.at(0).gsi;
         int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -115,7 +119,7 @@ Result<void> Vm::wire_virtio_fast_paths()
     }
     if (!m_queue_notifiers.empty() || !m_irq_notifiers.empty())
         log_debug("virtio: {} queue notifiers, {} interrupt notifiers in the engine", m_queue_notifiers.size(),
-                  m_irq_notifiers.size());
+            m_irq_notifiers.size());
     return {};
 }
 

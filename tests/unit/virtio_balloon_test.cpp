@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -481,4 +482,41 @@ TEST(VirtioBalloon, OneBufferInflatesAtMostTheLimit)
     EXPECT_EQ(c.inflated_pages, BalloonDevice::kMaxPfnsPerBuffer);
     EXPECT_EQ(c.excess_pfns, 10u);
     EXPECT_EQ(c.released_bytes, BalloonDevice::kMaxPfnsPerBuffer * kPage);
+}
+
+TEST(VirtioBalloon, CountersUnderFirecrackerNames)
+{
+    // Firecracker counts queue events (inflate_count, deflate_count) and statistics buffers.
+    BalloonHarness h;
+    h.activate();
+    uint32_t first = static_cast<uint32_t>(kPayload / kPage);
+    h.inflate.post({ h.pfns({ first, first + 1 }) });
+    h.balloon.notify(BalloonDevice::kInflateQueue);
+    h.balloon.notify(BalloonDevice::kInflateQueue); // nothing new: still an event
+    h.deflate.post({ h.pfns({ first }, 1) });
+    h.balloon.notify(BalloonDevice::kDeflateQueue);
+    auto good = stats_entries({ { BalloonDevice::kStatFreeMemory, 1 } });
+    ASSERT_TRUE(h.memory.write(kData + 2 * kPage, good).ok());
+    h.statsq.post({ { kData + 2 * kPage, static_cast<uint32_t>(good.size()), false } });
+    h.balloon.notify(BalloonDevice::kStatsQueue);
+    ASSERT_TRUE(h.balloon.request_stats());
+    auto odd = stats_entries({ { BalloonDevice::kStatFreeMemory, 2 }, { 99, 3 } }); // unknown tag
+    ASSERT_TRUE(h.memory.write(kData + 3 * kPage, odd).ok());
+    h.statsq.post({ { kData + 3 * kPage, static_cast<uint32_t>(odd.size()), false } });
+    h.balloon.notify(BalloonDevice::kStatsQueue);
+
+    const BalloonMetrics& m = h.balloon.metrics();
+    EXPECT_EQ(m.inflate_count.get(), 2u);
+    EXPECT_EQ(m.deflate_count.get(), 1u);
+    EXPECT_EQ(m.stats_updates_count.get(), 2u);
+    EXPECT_EQ(m.stats_update_fails.get(), 1u);
+    struct Report final : MetricsReport {
+        void counter(std::string_view field, uint64_t total) override { fields[std::string(field)] = total; }
+        void latency(std::string_view, const LatencyCounter&) override { }
+        std::map<std::string, uint64_t> fields;
+    } r;
+    h.balloon.report_metrics(r);
+    EXPECT_EQ(r.fields,
+        (std::map<std::string, uint64_t> { { "inflate_count", 2 }, { "deflate_count", 1 }, { "stats_updates_count", 2 },
+            { "stats_update_fails", 1 } }));
 }

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <thread>
 
 #include "devices/virtio/vsock.h"
@@ -914,6 +915,35 @@ TEST_F(VirtioVsockPath, TooLongPathIsAClearError)
     auto dev = VsockDevice::create(3, path);
     ASSERT_FALSE(dev.ok());
     EXPECT_NE(dev.error().message().find("bytes long"), std::string::npos) << dev.error().message();
+}
+
+TEST_F(VirtioVsock, CountersUnderFirecrackerNames)
+{
+    auto [fd, local] = establish_host_connection(1234, 1234);
+    ASSERT_NE(local, 0u);
+    send_all(fd, bytes_of("hello guest"));
+    auto rw = guest_recv();
+    ASSERT_TRUE(rw);
+    guest_send(guest_header(Op::Rw, 1234, local), bytes_of("hi host"));
+    EXPECT_EQ(host_read(fd, 7, 5000ms).size(), 7u);
+    guest_send(guest_header(Op::Rst, 1234, local)); // the guest drops the connection
+    ASSERT_TRUE(wait_for([&] { return m_dev->stats().conns_removed.load() == 1; }));
+
+    struct Report final : MetricsReport {
+        void counter(std::string_view field, uint64_t total) override { fields[std::string(field)] = total; }
+        void latency(std::string_view, const LatencyCounter&) override { }
+        std::map<std::string, uint64_t> fields;
+    } r;
+    m_dev->report_metrics(r);
+    EXPECT_EQ(r.fields["rx_bytes_count"], 11u) << "payload host -> guest";
+    EXPECT_EQ(r.fields["tx_bytes_count"], 7u) << "payload guest -> host";
+    EXPECT_EQ(r.fields["rx_packets_count"], 2u) << "REQUEST, RW";
+    EXPECT_EQ(r.fields["tx_packets_count"], 3u) << "RESPONSE, RW, RST";
+    EXPECT_EQ(r.fields["conns_added"], 1u);
+    EXPECT_EQ(r.fields["conns_removed"], 1u);
+    EXPECT_EQ(r.fields["conns_killed"], 0u);
+    EXPECT_EQ(r.fields["rx_queue_event_count"], 3u) << "the initial rx buffers and one per packet received";
+    EXPECT_EQ(r.fields["tx_queue_event_count"], 3u);
 }
 
 } // namespace

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "base/log.h"
 #include "memory/guest_memory.h"
@@ -77,6 +78,7 @@ Result<void> BalloonDevice::activate(const ActivateContext& ctx)
     std::lock_guard lock(m_mutex);
     m_ctx = ctx;
     m_failed = false;
+    m_paused = m_config_due = m_stats_due = false;
     // Buffers posted before DRIVER_OK (Linux primes statsq during probe) were not notified.
     process_pfns(kInflateQueue);
     process_pfns(kDeflateQueue);
@@ -89,15 +91,41 @@ void BalloonDevice::reset()
     std::lock_guard lock(m_mutex);
     m_ctx = {};
     m_failed = false;
+    m_paused = m_config_due = m_stats_due = false;
     m_stats_held = false;
     m_stats_chain.clear();
     m_actual = 0; // a new driver starts with an empty balloon
     m_target_reported = false;
 }
 
+void BalloonDevice::pause()
+{
+    std::lock_guard lock(m_mutex);
+    m_paused = true;
+}
+
+void BalloonDevice::resume()
+{
+    std::lock_guard lock(m_mutex);
+    m_paused = false;
+    // What the host asked for while paused, then the buffers the driver added (and notified).
+    if (std::exchange(m_stats_due, false))
+        return_stats_buffer();
+    if (std::exchange(m_config_due, false) && running())
+        m_ctx.interrupt->signal_config();
+    process_pfns(kInflateQueue);
+    process_pfns(kDeflateQueue);
+    process_stats();
+}
+
 void BalloonDevice::notify(uint16_t queue)
 {
     std::lock_guard lock(m_mutex);
+    // Firecracker counts the queue events (a notification, whatever it brings).
+    if (active() && queue == kInflateQueue)
+        m_metrics.inflate_count.add();
+    else if (active() && queue == kDeflateQueue)
+        m_metrics.deflate_count.add();
     if (queue == kInflateQueue || queue == kDeflateQueue)
         process_pfns(queue);
     else if (queue == kStatsQueue)
@@ -214,6 +242,9 @@ void BalloonDevice::process_stats()
         fresh.updates = m_stats.updates + 1;
         ChainReader reader(m_chain);
         uint64_t entries = std::min(m_chain.readable_bytes, kMaxStatsBytes) / kStatEntryBytes;
+        // Firecracker refuses a buffer with a tag it does not know (or cut short); here the
+        // entries that are understood are kept and the buffer counts as a failed update.
+        bool failed = m_chain.readable_bytes % kStatEntryBytes != 0;
         for (uint64_t i = 0; i < entries; ++i) {
             uint8_t entry[kStatEntryBytes];
             reader.read(entry);
@@ -223,7 +254,12 @@ void BalloonDevice::process_stats()
             std::memcpy(&value, entry + 2, 8);
             if (tag < kStatTagCount)
                 fresh.values[tag] = value;
+            else
+                failed = true;
         }
+        m_metrics.stats_updates_count.add();
+        if (failed)
+            m_metrics.stats_update_fails.add();
         m_stats = fresh;
         std::swap(m_stats_chain, m_chain);
         m_stats_held = true;
@@ -238,6 +274,11 @@ void BalloonDevice::process_stats()
 
 bool BalloonDevice::return_stats_buffer()
 {
+    if (m_paused && active() && m_stats_held) {
+        bool first = !m_stats_due;
+        m_stats_due = true;
+        return first;
+    }
     if (!running() || !m_stats_held)
         return false;
     Queue& q = m_ctx.queues[kStatsQueue];
@@ -258,6 +299,8 @@ void BalloonDevice::set_target(uint64_t bytes)
     m_target_reported = false;
     if (running())
         m_ctx.interrupt->signal_config();
+    else if (m_paused && active())
+        m_config_due = true;
 }
 
 uint32_t BalloonDevice::target_pages() const
@@ -288,6 +331,14 @@ BalloonDevice::Counters BalloonDevice::counters() const
 {
     std::lock_guard lock(m_mutex);
     return m_counters;
+}
+
+void BalloonDevice::report_metrics(MetricsReport& out) const
+{
+    out.counter("inflate_count", m_metrics.inflate_count.get());
+    out.counter("deflate_count", m_metrics.deflate_count.get());
+    out.counter("stats_updates_count", m_metrics.stats_updates_count.get());
+    out.counter("stats_update_fails", m_metrics.stats_update_fails.get());
 }
 
 } // namespace vessel::virtio

@@ -26,6 +26,12 @@
 //
 // Threads: activate/notify/reset/config accesses come under the transport's lock on vCPU threads;
 // set_target()/request_stats()/the getters may come from any thread. m_mutex serialises them.
+//
+// VM pause: all queue work is done under m_mutex by whoever calls in, so pause() takes it and marks
+// the device paused. Meanwhile notifications leave the queues alone, request_stats() and the
+// reached-target request only note that the statistics buffer is due back, and set_target()
+// changes num_pages but holds the configuration interrupt back (a paused guest gets no events);
+// resume() does all of it.
 #pragma once
 
 #include <array>
@@ -33,10 +39,19 @@
 #include <mutex>
 #include <optional>
 
+#include "base/counters.h"
 #include "devices/virtio/queue.h"
 #include "devices/virtio/virtio.h"
 
 namespace vessel::virtio {
+
+// Firecracker's balloon metrics that this device can tell (totals since construction).
+struct BalloonMetrics {
+    Counter inflate_count; // notifications on inflateq
+    Counter deflate_count; // notifications on deflateq
+    Counter stats_updates_count; // statistics buffers received
+    Counter stats_update_fails; // ... with an entry that could not be taken (unknown tag, cut short)
+};
 
 class BalloonDevice final : public VirtioDevice {
 public:
@@ -101,13 +116,18 @@ public:
     Result<void> activate(const ActivateContext& ctx) override;
     void notify(uint16_t queue) override;
     void reset() override;
+    void pause() override;
+    void resume() override;
+    void report_metrics(MetricsReport& out) const override;
+    const BalloonMetrics& metrics() const { return m_metrics; }
 
     // Host side (any thread).
     void set_target(uint64_t bytes);
     uint32_t target_pages() const;
     uint32_t actual_pages() const;
-    // Returns the held statistics buffer to the guest so that it sends fresh values. Returns
-    // false if the device holds none (no STATS_VQ, or a request is already outstanding).
+    // Returns the held statistics buffer to the guest so that it sends fresh values (while
+    // paused: at resume). Returns false if the device holds none (no STATS_VQ, or a request is
+    // already outstanding).
     bool request_stats();
     GuestStats stats() const;
     Counters counters() const;
@@ -119,11 +139,15 @@ private:
     bool return_stats_buffer();
     void release(uint64_t gpa, uint64_t len);
     void fail(std::string_view why);
-    bool running() const { return m_ctx.interrupt != nullptr && !m_failed; }
+    bool active() const { return m_ctx.interrupt != nullptr && !m_failed; }
+    bool running() const { return active() && !m_paused; }
 
     mutable std::mutex m_mutex;
     ActivateContext m_ctx;
     bool m_failed { false };
+    bool m_paused { false };
+    bool m_config_due { false }; // the target changed while paused: interrupt at resume
+    bool m_stats_due { false }; // the statistics buffer goes back at resume
     uint32_t m_num_pages { 0 };
     uint32_t m_actual { 0 };
     bool m_target_reported { false }; // "reached the target" logged (and stats requested) for this target
@@ -132,6 +156,7 @@ private:
     bool m_stats_held { false };
     GuestStats m_stats;
     Counters m_counters;
+    BalloonMetrics m_metrics; // atomics: read without m_mutex
 };
 
 } // namespace vessel::virtio

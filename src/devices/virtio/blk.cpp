@@ -4,9 +4,6 @@
 #include <liburing.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
-#include <poll.h>
-
-#include <chrono>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -30,9 +27,6 @@ using namespace blk;
 
 namespace {
 
-// io_uring user_data of the kick eventfd's poll; requests use their slot index.
-constexpr uint64_t kKickTag = ~0ULL;
-
 void put_le32(std::span<uint8_t> config, size_t offset, uint32_t v)
 {
     std::memcpy(config.data() + offset, &v, 4);
@@ -40,12 +34,6 @@ void put_le32(std::span<uint8_t> config, size_t offset, uint32_t v)
 void put_le64(std::span<uint8_t> config, size_t offset, uint64_t v)
 {
     std::memcpy(config.data() + offset, &v, 8);
-}
-
-void drain_eventfd(int fd)
-{
-    uint64_t count;
-    while (::read(fd, &count, sizeof(count)) == sizeof(count)) { }
 }
 
 const char* type_name(uint32_t type)
@@ -60,7 +48,7 @@ const char* type_name(uint32_t type)
 
 } // namespace
 
-Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const DiskConfig& config, IoMode mode)
+Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const DiskConfig& config, IoMode mode, RateLimiterClock clock)
 {
     const std::string& path = config.path;
     int fd = ::open(path.c_str(), (config.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
@@ -102,19 +90,20 @@ Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const DiskConfig& config, IoM
         log_warn("disk image '{}': the last {} bytes (not a whole {}-byte sector) are not visible to the guest", path,
             bytes % kSectorSize, kSectorSize);
 
-    std::unique_ptr<BlkDevice> device(new BlkDevice(fd, config, bytes / kSectorSize, mode));
+    std::unique_ptr<BlkDevice> device(new BlkDevice(fd, config, bytes / kSectorSize, mode, std::move(clock)));
     device->m_kick_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (device->m_kick_fd < 0)
         return Error::from_errno(fmt::format("disk image '{}': eventfd", path));
     return device;
 }
 
-BlkDevice::BlkDevice(int fd, const DiskConfig& config, uint64_t capacity, IoMode mode)
+BlkDevice::BlkDevice(int fd, const DiskConfig& config, uint64_t capacity, IoMode mode, RateLimiterClock clock)
     : m_path(config.path)
     , m_fd(fd)
     , m_read_only(config.read_only)
     , m_capacity(capacity)
     , m_mode(mode)
+    , m_limiter(config.rate_limiter, std::move(clock))
 {
     // GET_ID: the configured serial, else the image's file name (both cut to 20 bytes, NUL-padded).
     std::string id = config.serial;
@@ -172,6 +161,7 @@ Result<void> BlkDevice::activate(const ActivateContext& ctx)
     m_features = ctx.features;
     m_broken = false;
     m_used_pending = false;
+    m_throttled = false;
     // One slot per request the driver can have outstanding; a driver that re-offers buffers
     // before they are used still cannot make the device hold more.
     m_requests.resize(ctx.queues[0].size());
@@ -180,6 +170,7 @@ Result<void> BlkDevice::activate(const ActivateContext& ctx)
         m_free.push_back(static_cast<uint32_t>(i));
     drain_eventfd(m_kick_fd);
     m_stop.store(false);
+    m_paused = false;
     if (m_mode == IoMode::Inline)
         return {};
 
@@ -199,6 +190,18 @@ Result<void> BlkDevice::activate(const ActivateContext& ctx)
         }
     }
     m_uring_active.store(uring, std::memory_order_relaxed);
+    if (auto started = start_thread(); !started.ok()) {
+        stop_io();
+        return started;
+    }
+    return {};
+}
+
+Result<void> BlkDevice::start_thread()
+{
+    // The ring, when there is one, outlives the thread (a pause stops only the thread).
+    bool uring = m_ring != nullptr;
+    m_stop.store(false);
     try {
         m_thread = std::thread([this, uring] {
             // Signals belong to the VMM's event loop and the vCPU threads, never to this thread.
@@ -212,10 +215,6 @@ Result<void> BlkDevice::activate(const ActivateContext& ctx)
                 io_thread_sync();
         });
     } catch (const std::system_error& e) {
-        if (m_ring) {
-            io_uring_queue_exit(m_ring.get());
-            m_ring.reset();
-        }
         return make_error("virtio-blk '{}': cannot start the I/O thread: {}", m_path, e.what());
     }
     return {};
@@ -225,10 +224,17 @@ void BlkDevice::notify(uint16_t queue)
 {
     if (queue != 0 || !m_ctx.interrupt)
         return;
+    m_metrics.queue_event_count.add();
+    // Firecracker counts a queue event that finds the limiter blocked as throttled (the queue
+    // is then not looked at: the I/O thread waits for the limiter's deadline).
+    if (m_limiter.is_blocked())
+        m_metrics.rate_limiter_throttled_events.add();
     if (m_mode == IoMode::Inline) {
-        process_queue_inline();
+        process_queue_inline(); // nothing while paused: resume() looks at the queue
         return;
     }
+    // While paused the kick only waits in the eventfd: the thread that resume() starts pops
+    // whatever is available before it looks at kicks.
     uint64_t one = 1;
     if (::write(m_kick_fd, &one, sizeof(one)) < 0) { } // EAGAIN: the counter is pending anyway
 }
@@ -240,242 +246,84 @@ void BlkDevice::reset()
     m_features = 0;
     m_broken = false;
     m_used_pending = false;
+    m_paused = false;
+    m_throttled = false;
+}
+
+void BlkDevice::pause()
+{
+    m_paused = true;
+    if (m_mode == IoMode::Inline)
+        return; // requests only ever run inside notify(), which the transport serialises with us
+    stop_thread();
+}
+
+void BlkDevice::resume()
+{
+    if (!m_paused)
+        return;
+    m_paused = false;
+    if (!m_ctx.interrupt)
+        return;
+    if (m_mode == IoMode::Inline) {
+        process_queue_inline();
+        return;
+    }
+    if (m_broken)
+        return; // nothing more is popped until the driver resets the device: no thread needed
+    if (auto started = start_thread(); !started.ok()) {
+        log_error("{}", started.error().message());
+        m_broken = true;
+        m_ctx.interrupt->device_error("virtio-blk: cannot restart the I/O thread after a pause");
+    }
+}
+
+void BlkDevice::stop_thread()
+{
+    if (!m_thread.joinable())
+        return;
+    // The thread finishes (and completes) every request already submitted before it exits:
+    // nothing may write guest memory once reset() or pause() has returned.
+    m_stop.store(true, std::memory_order_release);
+    uint64_t one = 1;
+    if (::write(m_kick_fd, &one, sizeof(one)) < 0) { }
+    m_thread.join();
 }
 
 void BlkDevice::stop_io()
 {
-    if (m_thread.joinable()) {
-        // The thread finishes (and completes) every request already submitted before it exits:
-        // nothing may write guest memory once reset() has returned.
-        m_stop.store(true, std::memory_order_release);
-        uint64_t one = 1;
-        if (::write(m_kick_fd, &one, sizeof(one)) < 0) { }
-        m_thread.join();
-    }
+    stop_thread();
     if (m_ring) {
-        io_uring_queue_exit(m_ring.get());
+        io_uring_queue_exit(m_ring.get()); // cancels a limiter timeout still in it
         m_ring.reset();
     }
+    m_timer_armed = false;
     m_uring_active.store(false, std::memory_order_relaxed);
 }
 
 void BlkDevice::process_queue_inline()
 {
-    if (m_mode != IoMode::Inline || !m_ctx.interrupt)
+    if (m_mode != IoMode::Inline || !m_ctx.interrupt || m_paused)
         return;
-    fill([this](Request& rq) { execute_sync(rq); });
+    fill(Executor::Sync, true);
     flush_interrupt();
-}
-
-// --- the I/O threads -----------------------------------------------------------------------------
-
-void BlkDevice::io_thread_sync()
-{
-    for (;;) {
-        fill([this](Request& rq) { execute_sync(rq); });
-        flush_interrupt();
-        pollfd p { m_kick_fd, POLLIN, 0 };
-        while (::poll(&p, 1, -1) < 0 && errno == EINTR) { }
-        drain_eventfd(m_kick_fd);
-        if (m_stop.load(std::memory_order_acquire))
-            return;
-    }
-}
-
-void BlkDevice::io_thread_uring()
-{
-    io_uring* ring = m_ring.get();
-    uint32_t inflight = 0;
-    bool stopping = false;
-    bool want_pop = true; // buffers may have been offered before the thread started
-    auto arm_kick = [&] {
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_poll_add(sqe, m_kick_fd, POLLIN);
-        io_uring_sqe_set_data64(sqe, kKickTag);
-    };
-    arm_kick();
-    for (;;) {
-        if (want_pop && !stopping) {
-            want_pop = false;
-            fill([&](Request& rq) {
-                submit_uring(rq);
-                ++inflight;
-            });
-        }
-        flush_interrupt();
-        if (stopping && inflight == 0)
-            return; // the kick poll is not armed while stopping: nothing is left in the ring
-        if (inflight == 0 && !stopping && !m_broken && poll_available()) {
-            want_pop = true; // the guest queued more while we looked: no kick round trip
-            continue;
-        }
-        int r = io_uring_submit_and_wait(ring, 1);
-        if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
-            // The ring itself failed (not one request): nothing more can be submitted or
-            // completed through it. Requests in it keep their slots; the driver must reset.
-            log_error("virtio-blk '{}': io_uring wait failed: {}", m_path, std::strerror(-r));
-            if (!m_broken) {
-                m_broken = true;
-                m_ctx.interrupt->device_error("host I/O failure (io_uring)");
-            }
-            // Wait for the stop request only; in-flight requests cannot be reaped any more.
-            pollfd p { m_kick_fd, POLLIN, 0 };
-            while (!m_stop.load(std::memory_order_acquire)) {
-                ::poll(&p, 1, -1);
-                drain_eventfd(m_kick_fd);
-            }
-            return;
-        }
-        unsigned head;
-        unsigned seen = 0;
-        io_uring_cqe* cqe;
-        io_uring_for_each_cqe(ring, head, cqe)
-        {
-            ++seen;
-            if (cqe->user_data == kKickTag) {
-                drain_eventfd(m_kick_fd);
-                if (m_stop.load(std::memory_order_acquire)) {
-                    stopping = true;
-                } else {
-                    arm_kick();
-                    want_pop = true;
-                }
-                continue;
-            }
-            if (cqe->user_data >= m_requests.size())
-                continue; // cannot happen: only slot indices are submitted
-            if (complete_uring(m_requests[cqe->user_data], cqe->res)) {
-                --inflight;
-                want_pop = true; // a slot is free again
-            }
-        }
-        io_uring_cq_advance(ring, seen);
-    }
-}
-
-bool BlkDevice::poll_available()
-{
-    // A guest doing synchronous I/O (queue depth 1) queues its next request a few microseconds
-    // after it sees the last completion: looking for it briefly saves the kick's eventfd and
-    // io_uring round trip (QEMU polls its virtqueues the same way).
-    constexpr auto kPoll = std::chrono::microseconds(20);
-    const Queue& q = m_ctx.queues[0];
-    auto until = std::chrono::steady_clock::now() + kPoll;
-    do {
-        if (q.has_available())
-            return true;
-        __builtin_ia32_pause();
-    } while (std::chrono::steady_clock::now() < until && !m_stop.load(std::memory_order_relaxed));
-    return false;
-}
-
-io_uring_sqe* BlkDevice::get_sqe()
-{
-    // The ring has room for every slot plus the kick, so a full SQ only means "submit first".
-    for (;;) {
-        if (io_uring_sqe* sqe = io_uring_get_sqe(m_ring.get()))
-            return sqe;
-        io_uring_submit(m_ring.get());
-    }
-}
-
-void BlkDevice::submit_uring(Request& rq)
-{
-    io_uring_sqe* sqe = get_sqe();
-    if (rq.type == kTFlush) {
-        io_uring_prep_fsync(sqe, m_fd, IORING_FSYNC_DATASYNC);
-    } else {
-        unsigned count = static_cast<unsigned>(rq.iov.size() - rq.iov_next);
-        if (rq.type == kTIn)
-            io_uring_prep_readv(sqe, m_fd, rq.iov.data() + rq.iov_next, count, rq.offset);
-        else
-            io_uring_prep_writev(sqe, m_fd, rq.iov.data() + rq.iov_next, count, rq.offset);
-    }
-    io_uring_sqe_set_data64(sqe, static_cast<uint64_t>(&rq - m_requests.data()));
-}
-
-bool BlkDevice::complete_uring(Request& rq, int res)
-{
-    if (res == -EINTR || res == -EAGAIN) {
-        submit_uring(rq);
-        return false;
-    }
-    if (res < 0) {
-        log_io_error(rq, -res);
-        finish(rq, kSIoErr);
-        return true;
-    }
-    if (rq.type == kTFlush) {
-        finish(rq, kSOk);
-        return true;
-    }
-    if (res == 0) { // end of file: the image shrank under us
-        log_io_error(rq, 0);
-        finish(rq, kSIoErr);
-        return true;
-    }
-    advance(rq, static_cast<uint64_t>(res));
-    if (rq.remaining == 0) {
-        finish(rq, kSOk);
-        return true;
-    }
-    submit_uring(rq); // a short transfer: go on with the rest
-    return false;
-}
-
-void BlkDevice::execute_sync(Request& rq)
-{
-    if (rq.type == kTFlush) {
-        if (::fdatasync(m_fd) != 0) {
-            log_io_error(rq, errno);
-            finish(rq, kSIoErr);
-        } else {
-            finish(rq, kSOk);
-        }
-        return;
-    }
-    while (rq.remaining > 0) {
-        int count = static_cast<int>(std::min<size_t>(rq.iov.size() - rq.iov_next, IOV_MAX));
-        ssize_t r = rq.type == kTIn
-            ? ::preadv(m_fd, rq.iov.data() + rq.iov_next, count, static_cast<off_t>(rq.offset))
-            : ::pwritev(m_fd, rq.iov.data() + rq.iov_next, count, static_cast<off_t>(rq.offset));
-        if (r < 0 && (errno == EINTR || errno == EAGAIN))
-            continue;
-        if (r <= 0) {
-            log_io_error(rq, r < 0 ? errno : 0);
-            finish(rq, kSIoErr);
-            return;
-        }
-        advance(rq, static_cast<uint64_t>(r));
-    }
-    finish(rq, kSOk);
-}
-
-void BlkDevice::advance(Request& rq, uint64_t n)
-{
-    n = std::min(n, rq.remaining);
-    rq.remaining -= n;
-    rq.offset += n;
-    while (n > 0 && rq.iov_next < rq.iov.size()) {
-        iovec& v = rq.iov[rq.iov_next];
-        if (n >= v.iov_len) {
-            n -= v.iov_len;
-            ++rq.iov_next;
-        } else {
-            v.iov_base = static_cast<uint8_t*>(v.iov_base) + n;
-            v.iov_len -= n;
-            n = 0;
-        }
-    }
 }
 
 // --- requests ------------------------------------------------------------------------------------
 
-template<typename Start>
-void BlkDevice::fill(Start&& start)
+void BlkDevice::fill(Executor executor, bool kicked)
 {
     Queue& q = m_ctx.queues[0];
-    while (!m_broken && !m_free.empty()) {
+    if (m_throttled) {
+        if (m_limiter.is_blocked())
+            return; // the refused request waits in the ring for the limiter's deadline
+        m_throttled = false;
+        m_metrics.rate_limiter_event_count.add();
+    }
+    bool popped_any = false;
+    // A stop (pause, reset) takes effect between requests: a pause then waits only for what is
+    // already submitted, and what the driver queued beyond it stays in the ring for resume().
+    while (!m_broken && !m_free.empty() && !m_stop.load(std::memory_order_acquire)) {
         Request& rq = m_requests[m_free.back()];
         auto popped = q.pop(rq.chain);
         if (!popped.ok()) {
@@ -483,16 +331,40 @@ void BlkDevice::fill(Start&& start)
             m_ctx.interrupt->device_error(popped.error().message());
             return;
         }
-        if (!popped.value())
+        if (!popped.value()) {
+            if (kicked && !popped_any)
+                m_metrics.no_avail_buffer.add();
             return;
+        }
+        popped_any = true;
         m_free.pop_back();
         uint8_t status = kSIoErr;
         switch (prepare(rq, status)) {
         case Prepared::Done: finish(rq, status); break;
-        case Prepared::Io: start(rq); break;
+        case Prepared::Io:
+            rq.started = std::chrono::steady_clock::now();
+            if (executor == Executor::Sync) {
+                execute_sync(rq);
+            } else {
+                submit_uring(rq);
+                ++m_inflight;
+            }
+            break;
         case Prepared::Drop: release(rq); break;
+        case Prepared::Throttled:
+            // Back to the ring, untouched: it is popped (and charged) again once unblocked.
+            q.undo_pop();
+            release(rq);
+            m_throttled = true;
+            m_metrics.rate_limiter_throttled_events.add();
+            return;
         }
     }
+}
+
+bool BlkDevice::charge(uint32_t type, uint64_t len)
+{
+    return m_limiter.consume_request(len, type == kTIn || type == kTOut);
 }
 
 BlkDevice::Prepared BlkDevice::prepare(Request& rq, uint8_t& status)
@@ -504,6 +376,9 @@ BlkDevice::Prepared BlkDevice::prepare(Request& rq, uint8_t& status)
     rq.offset = rq.remaining = 0;
     rq.written = 1; // the status byte
     rq.status = nullptr;
+    rq.len = 0;
+    rq.parsed = false;
+    rq.started = {};
 
     // The status is the last device-writable byte (5.2.6). Without one the request cannot be
     // answered at all: a broken chain, like one pop() refuses.
@@ -530,16 +405,27 @@ BlkDevice::Prepared BlkDevice::prepare(Request& rq, uint8_t& status)
     std::memcpy(&sector, header + 8, 8);
     rq.type = type;
 
+    // Well-formed requests are charged to the limiter (Firecracker charges what parses; a
+    // malformed one completes with IOERR at no cost). Nothing below has touched the image or
+    // guest memory yet, so a refused request can go back to the ring as it is.
+    uint64_t len = 0;
+    bool in = type == kTIn;
+    if (type == kTIn || type == kTOut) {
+        // IN: every writable byte but the status is data; OUT: every readable byte after the header.
+        len = in ? c.writable_bytes - 1 : reader.remaining();
+        if (len % kSectorSize || !in_range(sector, len / kSectorSize))
+            return Prepared::Done;
+    }
+    if (!charge(type, len))
+        return Prepared::Throttled;
+    rq.parsed = true;
+    rq.len = len;
+
     switch (type) {
     case kTIn:
     case kTOut: {
-        bool in = type == kTIn;
         if (!in && m_read_only)
             return Prepared::Done; // IOERR, nothing written (5.2.6.1)
-        // IN: every writable byte but the status is data; OUT: every readable byte after the header.
-        uint64_t len = in ? c.writable_bytes - 1 : reader.remaining();
-        if (len % kSectorSize || !in_range(sector, len / kSectorSize))
-            return Prepared::Done;
         auto add = [&](uint8_t* p, size_t n) { rq.iov.push_back({ p, n }); };
         if (in) {
             ChainWriter writer(c);
@@ -663,8 +549,47 @@ uint8_t BlkDevice::zero_range(uint64_t offset, uint64_t len, bool unmap)
     return kSOk;
 }
 
+void BlkDevice::count_finished(const Request& rq, uint8_t status)
+{
+    if (!rq.parsed) {
+        m_metrics.execute_fails.add();
+        return;
+    }
+    if (status != kSOk)
+        m_metrics.invalid_reqs_count.add();
+    bool ok = status == kSOk;
+    bool started = rq.started != std::chrono::steady_clock::time_point {};
+    // Only what reached the image or the guest (a write refused on a read-only disk moved nothing).
+    uint64_t moved = started ? rq.len - rq.remaining : 0;
+    auto latency = [&](LatencyCounter& agg) {
+        if (started)
+            agg.record(
+                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - rq.started));
+    };
+    switch (rq.type) {
+    case kTIn:
+        m_metrics.read_bytes.add(moved);
+        if (ok)
+            m_metrics.read_count.add();
+        latency(m_metrics.read_agg);
+        break;
+    case kTOut:
+        m_metrics.write_bytes.add(moved);
+        if (ok)
+            m_metrics.write_count.add();
+        latency(m_metrics.write_agg);
+        break;
+    case kTFlush:
+        if (ok)
+            m_metrics.flush_count.add();
+        break;
+    default: break;
+    }
+}
+
 void BlkDevice::finish(Request& rq, uint8_t status)
 {
+    count_finished(rq, status);
     *rq.status = status;
     m_ctx.queues[0].add_used(rq.chain, status == kSOk ? rq.written : 1);
     m_used_pending = true;
@@ -691,6 +616,24 @@ void BlkDevice::log_io_error(const Request& rq, int err)
     if (log_allowed(m_error_logs))
         log_warn("virtio-blk '{}': {} of {} bytes at {:#x} failed: {}", m_path, type_name(rq.type), rq.remaining,
             rq.offset, err ? std::strerror(err) : "end of file");
+}
+
+void BlkDevice::report_metrics(MetricsReport& out) const
+{
+    const BlkMetrics& m = m_metrics;
+    out.counter("read_bytes", m.read_bytes.get());
+    out.counter("write_bytes", m.write_bytes.get());
+    out.counter("read_count", m.read_count.get());
+    out.counter("write_count", m.write_count.get());
+    out.counter("flush_count", m.flush_count.get());
+    out.counter("queue_event_count", m.queue_event_count.get());
+    out.counter("invalid_reqs_count", m.invalid_reqs_count.get());
+    out.counter("execute_fails", m.execute_fails.get());
+    out.counter("no_avail_buffer", m.no_avail_buffer.get());
+    out.counter("rate_limiter_throttled_events", m.rate_limiter_throttled_events.get());
+    out.counter("rate_limiter_event_count", m.rate_limiter_event_count.get());
+    out.latency("read_agg", m.read_agg);
+    out.latency("write_agg", m.write_agg);
 }
 
 } // namespace vessel::virtio

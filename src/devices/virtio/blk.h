@@ -15,6 +15,18 @@
 // UNSUPP for an unknown type); a chain without any device-writable byte cannot carry a status,
 // so it is treated like a broken chain: DEVICE_NEEDS_RESET.
 //
+// VM pause stops the I/O thread the way reset() does (everything it submitted completes, with its
+// interrupt) but keeps the slots, the queue's indices and the io_uring instance; resume() starts a
+// thread again, which first pops whatever the driver queued meanwhile.
+//
+// Rate limiting (Firecracker's, devices/rate_limiter.h): every request that parses costs one op,
+// reads and writes also their data bytes. A request the limiter refuses goes back to the ring
+// (undo_pop) and the queue is not looked at again until the limiter unblocks: the I/O thread then
+// waits for a kick or the limiter's deadline (poll's timeout, an io_uring timeout), never spins.
+// set_rate_limiter() changes the buckets from any thread.
+//
+// Counters (report_metrics) use Firecracker's block field names; they count from open().
+//
 // The image is locked with flock() (exclusive, shared for a read-only disk), so two VMMs cannot
 // write one image. Durability: FLUSH returns only after fdatasync(), so a write the guest
 // flushed survives the VMM being killed (and the host crashing).
@@ -22,14 +34,18 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <linux/time_types.h>
 #include <sys/uio.h>
 
+#include "base/counters.h"
+#include "devices/rate_limiter.h"
 #include "devices/virtio/queue.h"
 #include "devices/virtio/virtio.h"
 
@@ -91,6 +107,19 @@ constexpr size_t kSize = 72; // up to the secure-erase fields (unused)
 } // namespace cfg
 } // namespace blk
 
+// Firecracker's block metrics that this device can tell (totals since open()).
+struct BlkMetrics {
+    Counter read_bytes, write_bytes; // data moved (a failed request counts what moved before it failed)
+    Counter read_count, write_count, flush_count; // requests that completed OK
+    Counter queue_event_count; // notifications from the driver
+    Counter invalid_reqs_count; // parsed requests that completed with IOERR or UNSUPP
+    Counter execute_fails; // malformed requests (short header, bad length or sector range): IOERR, not charged
+    Counter no_avail_buffer; // a notification found no request in the ring
+    Counter rate_limiter_throttled_events; // a request deferred, or a notification while the limiter blocks
+    Counter rate_limiter_event_count; // the limiter unblocked and the queue was looked at again
+    LatencyCounter read_agg, write_agg; // submission to completion, µs
+};
+
 class BlkDevice final : public VirtioDevice {
 public:
     // Where requests are executed once the device is activated.
@@ -110,8 +139,10 @@ public:
     static constexpr uint32_t kDiscardAlignmentSectors = 8; // 4 KiB, the usual file-system block
 
     // Opens and locks the image. Errors name the file: missing, unreadable, a directory, locked
-    // by another process, or smaller than one sector.
-    static Result<std::unique_ptr<BlkDevice>> open(const DiskConfig& config, IoMode mode = IoMode::Auto);
+    // by another process, or smaller than one sector. config.rate_limiter limits the requests;
+    // `clock` is the limiter's time source (tests; default: the monotonic clock).
+    static Result<std::unique_ptr<BlkDevice>> open(
+        const DiskConfig& config, IoMode mode = IoMode::Auto, RateLimiterClock clock = {});
     ~BlkDevice() override;
     BlkDevice(const BlkDevice&) = delete;
     BlkDevice& operator=(const BlkDevice&) = delete;
@@ -124,6 +155,14 @@ public:
     Result<void> activate(const ActivateContext& ctx) override;
     void notify(uint16_t queue) override;
     void reset() override;
+    void pause() override;
+    void resume() override;
+    void report_metrics(MetricsReport& out) const override;
+
+    // PATCH /drives: Firecracker's update rules (RateLimiter::update); any thread.
+    void set_rate_limiter(const RateLimiterConfig& config) { m_limiter.update(config); }
+    const RateLimiter& rate_limiter() const { return m_limiter; }
+    const BlkMetrics& metrics() const { return m_metrics; }
 
     const std::string& path() const { return m_path; }
     uint64_t capacity_sectors() const { return m_capacity; }
@@ -136,7 +175,8 @@ public:
     uint64_t completed() const { return m_completed.load(std::memory_order_relaxed); }
 
     // Test and fuzzing hook: pops and executes every available request synchronously on the
-    // calling thread. Only for IoMode::Inline (with an I/O thread it would race it).
+    // calling thread. Only for IoMode::Inline (with an I/O thread it would race it). Nothing
+    // retries a rate-limited request by itself in this mode: call it again once unblocked.
     void process_queue_inline();
 
 private:
@@ -149,18 +189,34 @@ private:
         uint64_t remaining { 0 }; // bytes left to transfer
         uint32_t written { 0 }; // the used length reported to the driver
         uint8_t* status { nullptr };
+        uint64_t len { 0 }; // data bytes of a read or write
+        bool parsed { false }; // well-formed (and charged to the limiter); else an execute_fail
+        std::chrono::steady_clock::time_point started {}; // submitted to the host (reads, writes)
     };
-    enum class Prepared { Done, Io, Drop };
+    enum class Prepared { Done, Io, Drop, Throttled };
+    // How fill() starts the I/O of a request.
+    enum class Executor { Sync, Uring };
 
-    BlkDevice(int fd, const DiskConfig& config, uint64_t capacity, IoMode mode);
+    BlkDevice(int fd, const DiskConfig& config, uint64_t capacity, IoMode mode, RateLimiterClock clock);
 
+    Result<void> start_thread();
+    // Stops the I/O thread once what it submitted has completed; requests it has not popped yet
+    // stay in the ring.
+    void stop_thread();
+    // stop_thread() and the io_uring instance released (reset, shutdown).
     void stop_io();
+    static void drain_eventfd(int fd);
     void io_thread_sync();
     void io_thread_uring();
-    // Pops requests while a slot is free; `start` hands each I/O request to its executor.
-    template<typename Start>
-    void fill(Start&& start);
+    // Pops requests while a slot is free and the limiter lets them through, and starts their
+    // I/O. `kicked`: the driver notified (an empty ring then counts as no_avail_buffer).
+    void fill(Executor executor, bool kicked);
     Prepared prepare(Request& rq, uint8_t& status);
+    // Firecracker's Request::rate_limit: one op, plus the data bytes of a read or write.
+    bool charge(uint32_t type, uint64_t len);
+    // The limiter's deadline as an io_uring timeout, unless one is already armed.
+    void arm_limiter_timer();
+    void count_finished(const Request& rq, uint8_t status);
     uint8_t discard_or_zero(uint32_t type, ChainReader& reader);
     uint8_t zero_range(uint64_t offset, uint64_t len, bool unmap);
     void execute_sync(Request& rq);
@@ -195,6 +251,7 @@ private:
     std::vector<uint32_t> m_free; // indices of free request slots
     bool m_broken { false }; // the queue failed (device_error): no more pops until reset
     bool m_used_pending { false };
+    bool m_paused { false }; // between pause() and resume() (transport lock)
 
     std::unique_ptr<io_uring> m_ring;
     bool m_uring_failed_logged { false };
@@ -203,6 +260,15 @@ private:
     std::atomic<bool> m_stop { false };
     std::atomic<uint64_t> m_completed { 0 };
     uint64_t m_error_logs { 0 };
+
+    RateLimiter m_limiter;
+    // The limiter refused a request (it is back in the ring): the queue waits until the limiter
+    // unblocks. I/O thread (or Inline caller) only, like the slots.
+    bool m_throttled { false };
+    bool m_timer_armed { false }; // an io_uring timeout for the limiter is in the ring
+    __kernel_timespec m_timer_ts {}; // read by the kernel when the timeout is submitted
+    uint32_t m_inflight { 0 }; // io_uring requests submitted and not completed
+    BlkMetrics m_metrics;
 };
 
 } // namespace virtio

@@ -38,6 +38,7 @@ Result<void> ConsoleDevice::activate(const ActivateContext& ctx)
         std::lock_guard lock(m_mutex);
         m_ctx = ctx;
         m_failed = false;
+        m_paused = false;
         m_tx_stalled = false;
         // The driver posts receive buffers and may transmit before DRIVER_OK; those
         // notifications were not delivered (the transport was not activated yet).
@@ -56,6 +57,7 @@ void ConsoleDevice::reset()
     // belong to the host's side of the console, not to the driver's queues.
     m_ctx = {};
     m_failed = false;
+    m_paused = false;
     m_tx_stalled = false;
 }
 
@@ -63,6 +65,26 @@ void ConsoleDevice::shutdown()
 {
     reset();
     stop_writer();
+}
+
+void ConsoleDevice::pause()
+{
+    std::lock_guard lock(m_mutex);
+    m_paused = true;
+}
+
+void ConsoleDevice::resume()
+{
+    bool notify_space;
+    {
+        std::lock_guard lock(m_mutex);
+        m_paused = false;
+        // Transmit chains notified while paused, input that arrived meanwhile.
+        process_tx();
+        notify_space = deliver_input();
+    }
+    if (notify_space && m_input_space_notifier)
+        m_input_space_notifier();
 }
 
 void ConsoleDevice::notify(uint16_t queue)

@@ -24,6 +24,12 @@
 // with m_mutex released (from notify() the transport's lock is still held; the VM's notifier only
 // writes an eventfd).
 //
+// VM pause: every queue access happens under m_mutex, so pause() only has to take it and mark the
+// device paused; from then on transmit notifications, host input and the writer thread's restart
+// of a stalled transmitq leave the queues alone (input waits in its bounded queue, which holds
+// stdin back when full), and resume() does what they could not. The writer thread goes on handing
+// output already copied out of the guest to the sink: host memory only.
+//
 // Not offered: VIRTIO_CONSOLE_F_SIZE (Linux reads cols/rows only on a configuration-change
 // interrupt, which cannot be sent safely right at DRIVER_OK, before the driver has set up its
 // handler; `stty rows R cols C` in the guest does the same), MULTIPORT, EMERG_WRITE.
@@ -80,6 +86,8 @@ public:
     void reset() override;
     // Flushes the buffered output to the sink and stops the writer thread.
     void shutdown() override;
+    void pause() override;
+    void resume() override;
 
     // ConsoleInput (any thread). Bytes beyond the queue's room are dropped and counted.
     void enqueue_input(std::span<const uint8_t> bytes) override;
@@ -96,7 +104,7 @@ private:
     void process_tx();
     bool deliver_input();
     void fail(std::string_view why);
-    bool running() const { return m_ctx.interrupt != nullptr && !m_failed && !m_stop; }
+    bool running() const { return m_ctx.interrupt != nullptr && !m_failed && !m_stop && !m_paused; }
     void writer_thread();
     void stop_writer();
 
@@ -106,6 +114,7 @@ private:
     mutable std::mutex m_mutex; // everything below
     ActivateContext m_ctx; // interrupt == nullptr while not activated
     bool m_failed { false }; // the driver broke the protocol; idle until reset
+    bool m_paused { false }; // the VM is paused: the queues are not touched
     Chain m_chain;
     std::deque<uint8_t> m_input;
     bool m_input_stalled { false }; // the input queue filled up; notify when half of it is free

@@ -20,7 +20,10 @@ MmioTransport::MmioTransport(std::shared_ptr<VirtioDevice> device, GuestMemory& 
         q.reset();
 }
 
-MmioTransport::~MmioTransport() { shutdown(); }
+MmioTransport::~MmioTransport()
+{
+    shutdown();
+}
 
 void MmioTransport::shutdown()
 {
@@ -30,9 +33,35 @@ void MmioTransport::shutdown()
     m_shut_down = true;
     m_device->shutdown();
     m_activated = false;
+    m_paused = false;
 }
 
-Queue* MmioTransport::selected_queue() { return m_queue_sel < m_queues.size() ? &m_queues[m_queue_sel] : nullptr; }
+void MmioTransport::pause()
+{
+    // The lock is held across the device's pause: no register access (there is none from paused
+    // vCPUs) or fast-path notification can activate or reset the device meanwhile. Completions
+    // the device finishes while pausing only touch the atomics of signal_queue().
+    std::lock_guard lock(m_lock);
+    if (!m_activated || m_shut_down || m_paused)
+        return;
+    m_device->pause();
+    m_paused = true;
+}
+
+void MmioTransport::resume()
+{
+    std::lock_guard lock(m_lock);
+    if (!m_paused)
+        return;
+    m_paused = false;
+    if (m_activated && !m_shut_down)
+        m_device->resume();
+}
+
+Queue* MmioTransport::selected_queue()
+{
+    return m_queue_sel < m_queues.size() ? &m_queues[m_queue_sel] : nullptr;
+}
 
 void MmioTransport::read(uint64_t offset, std::span<uint8_t> data)
 {
@@ -70,45 +99,28 @@ uint32_t MmioTransport::read_register(uint64_t offset)
     using namespace mmio_reg;
     Queue* q = selected_queue();
     switch (offset) {
-    case kMagic:
-        return kMmioMagic;
-    case kVersion:
-        return 2;
-    case kDeviceId:
-        return static_cast<uint32_t>(m_device->type());
-    case kVendorId:
-        return kMmioVendor;
+    case kMagic: return kMmioMagic;
+    case kVersion: return 2;
+    case kDeviceId: return static_cast<uint32_t>(m_device->type());
+    case kVendorId: return kMmioVendor;
     case kDeviceFeatures:
         return m_device_features_sel < 2 ? static_cast<uint32_t>(m_device_features >> (32 * m_device_features_sel)) : 0;
-    case kQueueNumMax:
-        return q ? q->max_size() : 0;
-    case kQueueReady:
-        return q && q->ready() ? 1 : 0;
-    case kInterruptStatus:
-        return m_isr.load();
-    case kStatus:
-        return m_status.load();
-    case kQueueDescLow:
-        return q ? static_cast<uint32_t>(q->desc_addr()) : 0;
-    case kQueueDescHigh:
-        return q ? static_cast<uint32_t>(q->desc_addr() >> 32) : 0;
-    case kQueueDriverLow:
-        return q ? static_cast<uint32_t>(q->avail_addr()) : 0;
-    case kQueueDriverHigh:
-        return q ? static_cast<uint32_t>(q->avail_addr() >> 32) : 0;
-    case kQueueDeviceLow:
-        return q ? static_cast<uint32_t>(q->used_addr()) : 0;
-    case kQueueDeviceHigh:
-        return q ? static_cast<uint32_t>(q->used_addr() >> 32) : 0;
+    case kQueueNumMax: return q ? q->max_size() : 0;
+    case kQueueReady: return q && q->ready() ? 1 : 0;
+    case kInterruptStatus: return m_isr.load();
+    case kStatus: return m_status.load();
+    case kQueueDescLow: return q ? static_cast<uint32_t>(q->desc_addr()) : 0;
+    case kQueueDescHigh: return q ? static_cast<uint32_t>(q->desc_addr() >> 32) : 0;
+    case kQueueDriverLow: return q ? static_cast<uint32_t>(q->avail_addr()) : 0;
+    case kQueueDriverHigh: return q ? static_cast<uint32_t>(q->avail_addr() >> 32) : 0;
+    case kQueueDeviceLow: return q ? static_cast<uint32_t>(q->used_addr()) : 0;
+    case kQueueDeviceHigh: return q ? static_cast<uint32_t>(q->used_addr() >> 32) : 0;
     case kShmLenLow:
     case kShmLenHigh:
     case kShmBaseLow:
-    case kShmBaseHigh:
-        return 0xffffffff; // no shared memory regions
-    case kConfigGeneration:
-        return m_config_generation.load();
-    default:
-        return 0;
+    case kShmBaseHigh: return 0xffffffff; // no shared memory regions
+    case kConfigGeneration: return m_config_generation.load();
+    default: return 0;
     }
 }
 
@@ -122,21 +134,15 @@ void MmioTransport::write_register(uint64_t offset, uint32_t value)
     auto set_low = [](uint64_t old, uint32_t v) { return (old & ~0xffffffffULL) | v; };
     auto set_high = [](uint64_t old, uint32_t v) { return (old & 0xffffffffULL) | (uint64_t(v) << 32); };
     switch (offset) {
-    case kDeviceFeaturesSel:
-        m_device_features_sel = value;
-        break;
+    case kDeviceFeaturesSel: m_device_features_sel = value; break;
     case kDriverFeatures:
         if (!(m_status.load() & kStatusFeaturesOk) && m_driver_features_sel < 2) {
             uint64_t shift = 32ULL * m_driver_features_sel;
             m_driver_features = (m_driver_features & ~(0xffffffffULL << shift)) | (uint64_t(value) << shift);
         }
         break;
-    case kDriverFeaturesSel:
-        m_driver_features_sel = value;
-        break;
-    case kQueueSel:
-        m_queue_sel = value;
-        break;
+    case kDriverFeaturesSel: m_driver_features_sel = value; break;
+    case kQueueSel: m_queue_sel = value; break;
     case kQueueNum:
         if (configurable)
             q->set_size(static_cast<uint16_t>(std::min<uint32_t>(value, 0xffff)));
@@ -145,15 +151,9 @@ void MmioTransport::write_register(uint64_t offset, uint32_t value)
         if (q && !(m_status.load() & kStatusDriverOk))
             q->set_ready(value == 1);
         break;
-    case kQueueNotify:
-        notify_locked(value);
-        break;
-    case kInterruptAck:
-        m_isr.fetch_and(~value);
-        break;
-    case kStatus:
-        write_status(value);
-        break;
+    case kQueueNotify: notify_locked(value); break;
+    case kInterruptAck: m_isr.fetch_and(~value); break;
+    case kStatus: write_status(value); break;
     case kQueueDescLow:
         if (configurable)
             q->set_desc_addr(set_low(q->desc_addr(), value));
@@ -178,8 +178,7 @@ void MmioTransport::write_register(uint64_t offset, uint32_t value)
         if (configurable)
             q->set_used_addr(set_high(q->used_addr(), value));
         break;
-    default:
-        break; // read-only or unknown: ignored
+    default: break; // read-only or unknown: ignored
     }
 }
 
@@ -201,6 +200,7 @@ void MmioTransport::reset_locked()
     if (m_activated)
         m_device->reset();
     m_activated = false;
+    m_paused = false;
     for (auto& q : m_queues)
         q.reset();
     m_driver_features = 0;
@@ -220,7 +220,7 @@ void MmioTransport::write_status(uint32_t value)
     if ((value & kStatusFeaturesOk) && !(old & kStatusFeaturesOk)) {
         if ((m_driver_features & ~m_device_features) || !(m_driver_features & kFVersion1)) {
             log_warn("{}: driver accepted features {:#x} not offered ({:#x}) or without VERSION_1", m_name,
-                     m_driver_features, m_device_features);
+                m_driver_features, m_device_features);
             value &= ~kStatusFeaturesOk;
         }
     }

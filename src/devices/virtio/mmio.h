@@ -78,6 +78,10 @@ public:
     // on QueueNotify): same effect as the register write. Any thread.
     void notify_queue(uint16_t queue);
     uint16_t queue_count() const { return static_cast<uint16_t>(m_queues.size()); }
+    // VM pause/resume: passed to an activated device (VirtioDevice::pause()); a device the driver
+    // has not activated has no queues to stop. Called with the vCPUs stopped.
+    void pause();
+    void resume();
 
 private:
     void signal_queue(uint16_t queue) override;
@@ -105,6 +109,7 @@ private:
     uint32_t m_queue_sel { 0 };
     bool m_activated { false };
     bool m_shut_down { false };
+    bool m_paused { false }; // the device was paused by pause() (it was activated then)
     std::atomic<uint32_t> m_status { 0 };
     std::atomic<uint32_t> m_isr { 0 };
     std::atomic<uint32_t> m_config_generation { 0 };

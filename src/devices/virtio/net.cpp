@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstring>
+#include <utility>
 
 #include "base/log.h"
 #include "base/log_limit.h"
@@ -41,10 +43,14 @@ bool backend_gone(ssize_t err)
 
 } // namespace
 
-NetDevice::NetDevice(std::unique_ptr<NetBackend> backend, std::array<uint8_t, 6> mac, Mode mode)
+NetDevice::NetDevice(std::unique_ptr<NetBackend> backend, std::array<uint8_t, 6> mac, Mode mode,
+    const std::optional<RateLimiterConfig>& rx_limiter, const std::optional<RateLimiterConfig>& tx_limiter,
+    RateLimiterClock clock)
     : m_backend(std::move(backend))
     , m_mac(mac)
     , m_mode(mode)
+    , m_rx_limiter(rx_limiter, clock)
+    , m_tx_limiter(tx_limiter, clock)
 {
     // Guest → host offloads: a tap with IFF_VNET_HDR takes partially checksummed and GSO
     // frames and finishes them itself. Host → guest ones only where the backend can (probed).
@@ -123,8 +129,11 @@ Result<void> NetDevice::activate(const ActivateContext& ctx)
     m_rx_head = m_rx_count = 0;
     m_rx_capacity = 0;
     m_failed = m_tx_blocked = m_rx_starved = m_backend_dead = false;
+    m_rx_throttled = m_tx_throttled = false;
+    m_rx_deferred = 0;
     m_kicked.store(0);
     m_active = true;
+    m_paused = false;
 
     if (m_mode == Mode::Thread) {
         m_kick = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -140,23 +149,42 @@ Result<void> NetDevice::activate(const ActivateContext& ctx)
         ev.data.fd = m_kick;
         ::epoll_ctl(m_epoll, EPOLL_CTL_ADD, m_kick, &ev);
         m_backend_events = 0;
-        m_stop.store(false);
-        m_thread = std::thread([this] { run(); });
-        ::pthread_setname_np(m_thread.native_handle(), "virtio-net"); // for top -H, perf, gdb
+        if (auto started = start_thread(); !started.ok()) {
+            stop_thread();
+            m_active = false;
+            return started;
+        }
     }
     return {};
 }
 
+Result<void> NetDevice::start_thread()
+{
+    m_stop.store(false);
+    try {
+        m_thread = std::thread([this] { run(); });
+    } catch (const std::system_error& e) {
+        return make_error("virtio-net: cannot start the I/O thread: {}", e.what());
+    }
+    ::pthread_setname_np(m_thread.native_handle(), "virtio-net"); // for top -H, perf, gdb
+    return {};
+}
+
+void NetDevice::join_thread()
+{
+    if (!m_thread.joinable())
+        return;
+    m_stop.store(true, std::memory_order_release);
+    uint64_t one = 1;
+    // The eventfd's counter cannot overflow here (one write per stop); a failed write would
+    // only mean the thread is already awake.
+    [[maybe_unused]] ssize_t r = ::write(m_kick, &one, sizeof(one));
+    m_thread.join();
+}
+
 void NetDevice::stop_thread()
 {
-    if (m_thread.joinable()) {
-        m_stop.store(true, std::memory_order_release);
-        uint64_t one = 1;
-        // The eventfd's counter cannot overflow here (one write per stop); a failed write would
-        // only mean the thread is already awake.
-        [[maybe_unused]] ssize_t r = ::write(m_kick, &one, sizeof(one));
-        m_thread.join();
-    }
+    join_thread();
     if (m_epoll >= 0)
         ::close(m_epoll);
     if (m_kick >= 0)
@@ -173,15 +201,63 @@ void NetDevice::reset()
             m_backend->describe(), m_stats.rx_frames.load(), m_stats.rx_bytes.load(), m_stats.rx_dropped.load(),
             m_stats.tx_frames.load(), m_stats.tx_bytes.load(), m_stats.tx_dropped.load());
     m_active = false;
+    m_paused = false;
     m_ctx = {};
     m_rx_head = m_rx_count = 0;
     m_rx_capacity = 0;
+    m_rx_throttled = m_tx_throttled = false;
+    m_rx_deferred = 0; // the driver took its buffers back
+}
+
+void NetDevice::set_rate_limiters(
+    const std::optional<RateLimiterConfig>& rx, const std::optional<RateLimiterConfig>& tx)
+{
+    // A block already running is not cut short (Firecracker leaves the timer alone), so the I/O
+    // thread's deadline stays right and needs no wake-up.
+    if (rx)
+        m_rx_limiter.update(*rx);
+    if (tx)
+        m_tx_limiter.update(*tx);
+}
+
+void NetDevice::pause()
+{
+    // The thread finishes the frame it is on (each one is used and signalled within its pass)
+    // and exits; receive chains it popped but has not filled stay with the device, untouched.
+    m_paused = true;
+    join_thread();
+}
+
+void NetDevice::resume()
+{
+    if (!m_paused)
+        return;
+    m_paused = false;
+    if (!m_active || m_mode != Mode::Thread || m_failed)
+        return;
+    // The new thread starts with a pass over both queues and the backend: what the driver
+    // queued (and notified) while paused, and the frames the backend holds, go through at once.
+    if (auto started = start_thread(); !started.ok()) {
+        log_error("{}", started.error().message());
+        fail("cannot restart the I/O thread after a pause");
+    }
 }
 
 void NetDevice::notify(uint16_t queue)
 {
     if (queue > kTxQueue || !m_active)
         return;
+    // Firecracker counts a queue event that finds the direction's limiter blocked as throttled.
+    if (queue == kRxQueue) {
+        m_metrics.rx_queue_event_count.add();
+        if (m_rx_limiter.is_blocked())
+            m_metrics.rx_rate_limiter_throttled.add();
+    } else {
+        m_metrics.tx_queue_event_count.add();
+        if (m_tx_limiter.is_blocked())
+            m_metrics.tx_rate_limiter_throttled.add();
+    }
+    // While paused this only leaves the bit and the kick for the thread resume() starts.
     m_kicked.fetch_or(1u << queue, std::memory_order_acq_rel);
     if (m_kick >= 0) {
         uint64_t one = 1;
@@ -198,10 +274,12 @@ void NetDevice::fail(std::string_view why)
 
 void NetDevice::poll()
 {
-    if (!m_active || m_mode != Mode::Manual)
+    if (!m_active || m_mode != Mode::Manual || m_paused)
         return;
     m_tx_blocked = false;
     m_kicked.store(0);
+    unthrottle_tx();
+    unthrottle_rx();
     // Bounded: a peer that keeps sending cannot keep the caller here forever.
     for (int round = 0; round < 64; ++round) {
         bool more = process_tx();
@@ -213,9 +291,40 @@ void NetDevice::poll()
 
 // --- transmit ---------------------------------------------------------------------------------
 
+bool NetDevice::unthrottle_rx()
+{
+    if (!m_rx_throttled || m_rx_limiter.is_blocked())
+        return false;
+    m_rx_throttled = false;
+    m_metrics.rx_event_rate_limiter_count.add();
+    return true;
+}
+
+bool NetDevice::unthrottle_tx()
+{
+    if (!m_tx_throttled || m_tx_limiter.is_blocked())
+        return false;
+    m_tx_throttled = false;
+    m_metrics.tx_rate_limiter_event_count.add();
+    return true;
+}
+
+int NetDevice::limiter_timeout_ms() const
+{
+    int timeout = -1;
+    for (auto [throttled, limiter] :
+        { std::pair { m_rx_throttled, &m_rx_limiter }, { m_tx_throttled, &m_tx_limiter } }) {
+        if (!throttled)
+            continue;
+        int ms = std::max(limiter->poll_timeout_ms(), 0); // -1: unblocked meanwhile, look at once
+        timeout = timeout < 0 ? ms : std::min(timeout, ms);
+    }
+    return timeout;
+}
+
 bool NetDevice::process_tx()
 {
-    if (m_failed || m_tx_blocked)
+    if (m_failed || m_tx_blocked || m_tx_throttled)
         return false;
     Queue& q = m_ctx.queues[kTxQueue];
     bool used = false;
@@ -223,6 +332,12 @@ bool NetDevice::process_tx()
     unsigned budget = kBudget;
     q.disable_notifications();
     for (;;) {
+        // A pause waits for the frame in hand only (a full budget of 64 KiB frames takes
+        // milliseconds); notifications stay off, the restarted thread comes back here anyway.
+        if (m_stop.load(std::memory_order_relaxed)) {
+            more = true;
+            break;
+        }
         auto popped = q.pop(m_tx_chain);
         if (!popped.ok()) {
             fail(popped.error().message());
@@ -236,7 +351,15 @@ bool NetDevice::process_tx()
             }
             break;
         }
-        if (!transmit(m_tx_chain)) {
+        TxOutcome outcome = transmit(m_tx_chain);
+        if (outcome == TxOutcome::Throttled) {
+            // Back to the ring until the limiter unblocks (charged again then).
+            q.undo_pop();
+            m_tx_throttled = true;
+            m_metrics.tx_rate_limiter_throttled.add();
+            break;
+        }
+        if (outcome == TxOutcome::BackendFull) {
             // The backend is full: keep the chain for when it is writable again.
             q.undo_pop();
             m_tx_blocked = true;
@@ -254,18 +377,23 @@ bool NetDevice::process_tx()
     return more;
 }
 
-bool NetDevice::transmit(const Chain& chain)
+NetDevice::TxOutcome NetDevice::transmit(const Chain& chain)
 {
     auto drop = [&](std::string_view why) {
         m_stats.tx_dropped.fetch_add(1, std::memory_order_relaxed);
+        m_metrics.tx_malformed_frames.add();
         if (log_allowed(m_log_count))
             log_debug("virtio-net: dropped a transmit buffer of {} bytes: {}", chain.readable_bytes, why);
-        return true;
+        return TxOutcome::Done;
     };
-    if (chain.readable_bytes < kNetHeaderBytes)
-        return drop("shorter than the header");
+    // As Firecracker: an oversized chain is dropped before the limiter sees it; anything else is
+    // charged (header included), even if it turns out malformed.
     if (chain.readable_bytes > kNetHeaderBytes + kNetMaxFrameBytes)
         return drop("longer than the largest frame");
+    if (!m_tx_limiter.consume_request(chain.readable_bytes))
+        return TxOutcome::Throttled;
+    if (chain.readable_bytes < kNetHeaderBytes)
+        return drop("shorter than the header");
 
     // The header is copied out: the backend must see the header checked here, not whatever
     // another vCPU writes into guest memory meanwhile.
@@ -306,18 +434,28 @@ bool NetDevice::transmit(const Chain& chain)
     if (too_many)
         return drop("more than 1023 pieces");
 
+    auto started = std::chrono::steady_clock::now();
     ssize_t n = m_backend->write_frame(m_iov);
-    if (n == -EAGAIN || n == -EWOULDBLOCK || n == -ENOBUFS)
-        return false;
+    if (n == -EAGAIN || n == -EWOULDBLOCK || n == -ENOBUFS) {
+        // Kept for later (Firecracker would drop it): not sent, so not charged either.
+        m_tx_limiter.replenish_request(chain.readable_bytes);
+        return TxOutcome::BackendFull;
+    }
+    m_metrics.tap_write_agg.record(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started));
     if (n < 0) {
         m_stats.tx_dropped.fetch_add(1, std::memory_order_relaxed);
+        m_metrics.tap_write_fails.add();
         if (log_allowed(m_log_count))
             log_warn("virtio-net: {}: frame not sent: {}", m_backend->describe(), std::strerror(static_cast<int>(-n)));
-        return true;
+        return TxOutcome::Done;
     }
     m_stats.tx_frames.fetch_add(1, std::memory_order_relaxed);
     m_stats.tx_bytes.fetch_add(chain.readable_bytes - kNetHeaderBytes, std::memory_order_relaxed);
-    return true;
+    m_metrics.tx_bytes_count.add(chain.readable_bytes);
+    m_metrics.tx_packets_count.add();
+    m_metrics.tx_count.add();
+    return TxOutcome::Done;
 }
 
 // --- receive ----------------------------------------------------------------------------------
@@ -344,6 +482,7 @@ bool NetDevice::fill_rx_chains()
             }
             // Out of buffers: wait for the driver's notify (notifications stay enabled).
             m_rx_starved = true;
+            m_metrics.no_rx_avail_buffer.add();
             return false;
         }
         if (c.writable_bytes < kNetHeaderBytes) {
@@ -361,17 +500,30 @@ bool NetDevice::fill_rx_chains()
 
 bool NetDevice::process_rx()
 {
-    if (m_failed || m_backend_dead)
+    if (m_failed || m_rx_throttled || (m_backend_dead && m_rx_deferred == 0))
         return false;
     Queue& q = m_ctx.queues[kRxQueue];
     const size_t ring = m_rx_chains.size();
     bool more = false;
     for (unsigned budget = kBudget;; --budget) {
-        if (budget == 0) {
+        if (budget == 0 || m_stop.load(std::memory_order_relaxed)) { // as in process_tx()
             more = true;
             break;
         }
-        if (!fill_rx_chains())
+        // A frame the limiter refused is already in the guest's buffers: it goes first, and
+        // nothing more is read until it does.
+        if (m_rx_deferred != 0) {
+            if (!m_rx_limiter.consume_request(m_rx_deferred)) {
+                m_rx_throttled = true;
+                m_metrics.rx_rate_limiter_throttled.add();
+                break;
+            }
+            deliver_rx(std::exchange(m_rx_deferred, 0));
+            if (q.needs_interrupt())
+                m_ctx.interrupt->signal_queue(kRxQueue);
+            continue;
+        }
+        if (m_backend_dead || !fill_rx_chains())
             break;
         // The pending chains' buffers, up to what the largest frame needs.
         m_iov.clear();
@@ -390,6 +542,8 @@ bool NetDevice::process_rx()
         ssize_t n = m_backend->read_frame(m_iov);
         if (n == -EAGAIN || n == -EWOULDBLOCK)
             break;
+        if (n < 0)
+            m_metrics.tap_read_fails.add();
         if (n < 0 && backend_gone(n)) {
             log_warn("virtio-net: {}: {}; no more frames will be received", m_backend->describe(),
                 std::strerror(static_cast<int>(-n)));
@@ -405,6 +559,17 @@ bool NetDevice::process_rx()
                 break;
             }
             continue;
+        }
+        // Counted when read, before the limiter (as Firecracker).
+        m_metrics.rx_count.add();
+        m_metrics.rx_packets_count.add();
+        m_metrics.rx_bytes_count.add(static_cast<uint64_t>(n));
+        if (!m_rx_limiter.consume_request(static_cast<uint64_t>(n))) {
+            // Held in the buffers it was read into (not used yet) until the limiter unblocks.
+            m_rx_deferred = static_cast<uint32_t>(n);
+            m_rx_throttled = true;
+            m_metrics.rx_rate_limiter_throttled.add();
+            break;
         }
         deliver_rx(static_cast<size_t>(n));
         if (q.needs_interrupt())
@@ -453,7 +618,8 @@ void NetDevice::update_backend_events()
 {
     uint32_t want = 0;
     if (!m_failed && !m_backend_dead) {
-        if (!m_rx_starved)
+        // Not while the rx limiter holds a frame back: the backend keeps what comes meanwhile.
+        if (!m_rx_starved && !m_rx_throttled)
             want |= EPOLLIN;
         if (m_tx_blocked)
             want |= EPOLLOUT;
@@ -478,7 +644,7 @@ void NetDevice::run()
     epoll_event events[4];
     while (!m_stop.load(std::memory_order_acquire)) {
         update_backend_events();
-        int n = ::epoll_wait(m_epoll, events, 4, tx_more || rx_more ? 0 : -1);
+        int n = ::epoll_wait(m_epoll, events, 4, tx_more || rx_more ? 0 : limiter_timeout_ms());
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -491,6 +657,8 @@ void NetDevice::run()
                 [[maybe_unused]] ssize_t r = ::read(m_kick, &value, sizeof(value));
                 continue;
             }
+            if (events[i].events & EPOLLIN)
+                m_metrics.rx_tap_event_count.add();
             if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
                 rx_more = true;
             if (events[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
@@ -503,11 +671,36 @@ void NetDevice::run()
         uint32_t kicked = m_kicked.exchange(0, std::memory_order_acq_rel);
         tx_more |= (kicked >> kTxQueue) & 1;
         rx_more |= (kicked >> kRxQueue) & 1;
+        tx_more |= unthrottle_tx();
+        rx_more |= unthrottle_rx();
         if (tx_more)
             tx_more = process_tx();
         if (rx_more)
             rx_more = process_rx();
     }
+}
+
+void NetDevice::report_metrics(MetricsReport& out) const
+{
+    const NetMetrics& m = m_metrics;
+    out.counter("rx_bytes_count", m.rx_bytes_count.get());
+    out.counter("rx_packets_count", m.rx_packets_count.get());
+    out.counter("rx_count", m.rx_count.get());
+    out.counter("tx_bytes_count", m.tx_bytes_count.get());
+    out.counter("tx_packets_count", m.tx_packets_count.get());
+    out.counter("tx_count", m.tx_count.get());
+    out.counter("rx_queue_event_count", m.rx_queue_event_count.get());
+    out.counter("tx_queue_event_count", m.tx_queue_event_count.get());
+    out.counter("rx_tap_event_count", m.rx_tap_event_count.get());
+    out.counter("tx_malformed_frames", m.tx_malformed_frames.get());
+    out.counter("no_rx_avail_buffer", m.no_rx_avail_buffer.get());
+    out.counter("tap_read_fails", m.tap_read_fails.get());
+    out.counter("tap_write_fails", m.tap_write_fails.get());
+    out.counter("rx_rate_limiter_throttled", m.rx_rate_limiter_throttled.get());
+    out.counter("tx_rate_limiter_throttled", m.tx_rate_limiter_throttled.get());
+    out.counter("rx_event_rate_limiter_count", m.rx_event_rate_limiter_count.get());
+    out.counter("tx_rate_limiter_event_count", m.tx_rate_limiter_event_count.get());
+    out.latency("tap_write_agg", m.tap_write_agg);
 }
 
 } // namespace vessel::virtio

@@ -17,18 +17,32 @@
 //    each frame takes one chain. When the guest has posted too few buffers for the largest frame
 //    it may get, the device stops polling the backend until the guest adds buffers (a notify on
 //    the receive queue), so the backend queues (and eventually drops) frames, never the device.
+// VM pause stops the thread between frames and keeps everything else (the epoll set, receive
+// chains already popped, the queues' positions); frames the backend gets meanwhile wait in it
+// (the tap's queue, bounded by the kernel). resume() starts a thread again, which first looks at
+// both queues and the backend, so notifications that came while paused are not lost.
 // The guest can only make the device drop its own frames; a malformed ring (Queue::pop error)
 // stops the device until the driver resets it (DEVICE_NEEDS_RESET).
+//
+// Rate limiting (Firecracker's, one limiter per direction): a frame costs one op and its length
+// with the 12-byte header. A transmit chain the tx limiter refuses goes back to the ring; a
+// received frame the rx limiter refuses stays in the guest's buffers, not yet used, and the
+// backend is not read again until it is delivered (the backend queues, as when the guest gives
+// no buffers). The thread sleeps in epoll until the limiter's deadline. set_rate_limiters()
+// changes the buckets from any thread. Counters (report_metrics) use Firecracker's net names.
 #pragma once
 
 #include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <thread>
 #include <vector>
 
+#include "base/counters.h"
+#include "devices/rate_limiter.h"
 #include "devices/virtio/queue.h"
 #include "devices/virtio/tap.h"
 #include "devices/virtio/virtio.h"
@@ -83,6 +97,21 @@ struct NetStats {
     std::atomic<uint64_t> tx_frames { 0 }, tx_bytes { 0 }, tx_dropped { 0 };
 };
 
+// Firecracker's net metrics that this device can tell (totals since construction). Byte counts
+// include the 12-byte virtio-net header, as Firecracker's.
+struct NetMetrics {
+    Counter rx_bytes_count, rx_packets_count, rx_count; // frames read from the backend
+    Counter tx_bytes_count, tx_packets_count, tx_count; // frames the backend took
+    Counter rx_queue_event_count, tx_queue_event_count; // notifications from the driver
+    Counter rx_tap_event_count; // the backend became readable
+    Counter tx_malformed_frames; // transmit chains dropped: too short or long, or bad offload requests
+    Counter no_rx_avail_buffer; // a frame could not be read for want of receive buffers
+    Counter tap_read_fails, tap_write_fails; // backend errors (EAGAIN excepted)
+    Counter rx_rate_limiter_throttled, tx_rate_limiter_throttled; // deferred frames, notifications while blocked
+    Counter rx_event_rate_limiter_count, tx_rate_limiter_event_count; // a limiter unblocked
+    LatencyCounter tap_write_agg; // one frame's write to the backend, µs
+};
+
 class NetDevice final : public VirtioDevice {
 public:
     static constexpr uint16_t kRxQueue = 0;
@@ -93,7 +122,11 @@ public:
     // calls poll() to run the queues (deterministic, for the fuzz target and tests).
     enum class Mode { Thread, Manual };
 
-    NetDevice(std::unique_ptr<NetBackend> backend, std::array<uint8_t, 6> mac, Mode mode = Mode::Thread);
+    // `rx_limiter`/`tx_limiter`: the interface's rx_rate_limiter/tx_rate_limiter; `clock`: their
+    // time source (tests; default: the monotonic clock).
+    NetDevice(std::unique_ptr<NetBackend> backend, std::array<uint8_t, 6> mac, Mode mode = Mode::Thread,
+        const std::optional<RateLimiterConfig>& rx_limiter = std::nullopt,
+        const std::optional<RateLimiterConfig>& tx_limiter = std::nullopt, RateLimiterClock clock = {});
     ~NetDevice() override;
 
     // The MAC a device gets when none is configured: locally administered (52:54:00 ...),
@@ -109,8 +142,19 @@ public:
     void notify(uint16_t queue) override;
     void reset() override;
     void shutdown() override { reset(); }
+    void pause() override;
+    void resume() override;
+    void report_metrics(MetricsReport& out) const override;
 
-    // Manual mode: processes both queues until neither can make progress (never blocks).
+    // PATCH /network-interfaces: an absent limiter stays as it is; otherwise Firecracker's
+    // update rules per bucket (RateLimiter::update). Any thread.
+    void set_rate_limiters(const std::optional<RateLimiterConfig>& rx, const std::optional<RateLimiterConfig>& tx);
+    const RateLimiter& rx_rate_limiter() const { return m_rx_limiter; }
+    const RateLimiter& tx_rate_limiter() const { return m_tx_limiter; }
+    const NetMetrics& metrics() const { return m_metrics; }
+
+    // Manual mode: processes both queues until neither can make progress (never blocks); does
+    // nothing while paused.
     void poll();
 
     const NetStats& stats() const { return m_stats; }
@@ -118,13 +162,25 @@ public:
 
 private:
     // One pass over a queue. Returns true if it stopped with work left (its budget ran out).
+    enum class TxOutcome { Done, BackendFull, Throttled };
+
     bool process_tx();
     bool process_rx();
-    bool transmit(const Chain& chain);
+    TxOutcome transmit(const Chain& chain);
+    // A throttled direction whose limiter no longer blocks: counts the limiter event and clears
+    // the throttle; true if the direction should run again.
+    bool unthrottle_rx();
+    bool unthrottle_tx();
+    // epoll_wait's timeout while a direction waits for its limiter (-1: none does).
+    int limiter_timeout_ms() const;
     bool fill_rx_chains();
     void deliver_rx(size_t frame_bytes);
     void run();
     void update_backend_events();
+    Result<void> start_thread();
+    // Stops the thread (after the frame it is on); the epoll set and the kick stay for a restart.
+    void join_thread();
+    // join_thread() and the descriptors closed.
     void stop_thread();
     void fail(std::string_view why);
 
@@ -144,6 +200,10 @@ private:
     bool m_rx_starved { false }; // too few receive buffers: wait for a notify on the receive queue
     bool m_rx_returned { false }; // receive chains given back unused since the last interrupt check
     bool m_backend_dead { false }; // the backend failed for good: stop polling it
+    bool m_paused { false }; // between pause() and resume() (transport lock)
+    bool m_rx_throttled { false }; // the rx limiter refused a frame: wait for its deadline
+    bool m_tx_throttled { false }; // the tx limiter refused a chain (back in the ring)
+    uint32_t m_rx_deferred { 0 }; // a received frame (bytes, header included) held for the rx limiter
 
     // Receive chains popped from the queue but not filled yet, in ring order.
     std::vector<Chain> m_rx_chains;
@@ -160,6 +220,10 @@ private:
     uint32_t m_backend_events { 0 };
     std::atomic<uint32_t> m_kicked { 0 }; // bit n = queue n was notified
     std::atomic<bool> m_stop { false };
+
+    RateLimiter m_rx_limiter;
+    RateLimiter m_tx_limiter;
+    NetMetrics m_metrics;
 };
 
 } // namespace vessel::virtio

@@ -14,11 +14,13 @@
 #include <string_view>
 #include <vector>
 
+#include "base/counters.h"
 #include "base/result.h"
 
 namespace vessel {
 
 class GuestMemory;
+class MetricsReport;
 
 namespace virtio {
 
@@ -64,8 +66,8 @@ public:
 struct ActivateContext {
     GuestMemory* memory { nullptr };
     VirtioInterrupt* interrupt { nullptr };
-    uint64_t features { 0 };          // negotiated (driver-accepted) feature bits
-    std::span<Queue> queues;          // one per queue of the device; !ready() ones are unused
+    uint64_t features { 0 }; // negotiated (driver-accepted) feature bits
+    std::span<Queue> queues; // one per queue of the device; !ready() ones are unused
 };
 
 class VirtioDevice {
@@ -92,6 +94,16 @@ public:
     virtual void reset() = 0;
     // The VM is going away: stop any threads; no more guest-memory access after it returns.
     virtual void shutdown() { reset(); }
+    // The VM pauses (only called while activated): stop taking requests from the queues, finish
+    // the ones in flight (completions and their interrupts included) and return only when the
+    // device will touch neither its queues nor guest memory until resume(). Notifications that
+    // arrive meanwhile are remembered and acted on by resume(). Host-side input (a tap's frames,
+    // vsock connections) waits in the host (socket buffers), bounded as it is while running.
+    // Devices that only work on the notifying vCPU's thread have nothing to do.
+    virtual void pause() { }
+    virtual void resume() { }
+    // Counters under Firecracker's field names for this kind of device (any thread).
+    virtual void report_metrics(MetricsReport& /*out*/) const { }
 };
 
 } // namespace virtio

@@ -126,8 +126,22 @@ Result<void> VsockDevice::activate(const ActivateContext& ctx)
     if (m_activations++ > 0)
         muxer->queue_transport_reset_event();
     m_muxer = std::move(muxer);
+    m_interrupt = ctx.interrupt;
+    if (auto started = start_thread(); !started.ok()) {
+        m_muxer.reset();
+        return started;
+    }
+    return {};
+}
+
+Result<void> VsockDevice::start_thread()
+{
     m_stop.store(false);
-    m_thread = std::thread([this] { run(); });
+    try {
+        m_thread = std::thread([this] { run(); });
+    } catch (const std::system_error& e) {
+        return make_error("virtio-vsock: cannot start the I/O thread: {}", e.what());
+    }
     return {};
 }
 
@@ -140,21 +154,56 @@ void VsockDevice::run()
     }
 }
 
-void VsockDevice::notify(uint16_t)
+void VsockDevice::notify(uint16_t queue)
+{
+    if (queue == vsock::kRxQueue)
+        ++m_stats.rx_queue_events;
+    else if (queue == vsock::kTxQueue)
+        ++m_stats.tx_queue_events;
+    wake();
+}
+
+void VsockDevice::wake()
 {
     // Any queue: the I/O thread looks at all of them. A non-blocking eventfd write never waits.
     uint64_t one = 1;
     [[maybe_unused]] ssize_t n = ::write(m_wake, &one, sizeof(one));
 }
 
+void VsockDevice::join_thread()
+{
+    if (!m_thread.joinable())
+        return;
+    // The wake ends the thread's wait at once; a poll() round it is in is bounded (kBatch packets
+    // per queue, non-blocking sockets).
+    m_stop.store(true, std::memory_order_release);
+    wake();
+    m_thread.join();
+}
+
 void VsockDevice::stop_thread()
 {
-    if (m_thread.joinable()) {
-        m_stop.store(true, std::memory_order_release);
-        notify(0);
-        m_thread.join();
-    }
+    join_thread();
     m_muxer.reset(); // closes every connection: the host streams see EOF
+    m_interrupt = nullptr;
+}
+
+void VsockDevice::pause()
+{
+    join_thread();
+}
+
+void VsockDevice::resume()
+{
+    if (!m_muxer || m_thread.joinable() || m_muxer->broken())
+        return;
+    // The wake makes the first round run at once: the queues may hold what the driver added
+    // (and notified) while paused, and host sockets what arrived meanwhile.
+    wake();
+    if (auto started = start_thread(); !started.ok()) {
+        log_error("{}", started.error().message());
+        m_interrupt->device_error("virtio-vsock: cannot restart the I/O thread after a pause");
+    }
 }
 
 void VsockDevice::reset()
@@ -176,6 +225,20 @@ void VsockDevice::shutdown()
         ::close(m_wake);
         m_wake = -1;
     }
+}
+
+void VsockDevice::report_metrics(MetricsReport& out) const
+{
+    // Firecracker's byte counts are payload: rx = host to guest, tx = guest to host.
+    out.counter("rx_bytes_count", m_stats.bytes_to_guest.load(std::memory_order_relaxed));
+    out.counter("tx_bytes_count", m_stats.bytes_to_host.load(std::memory_order_relaxed));
+    out.counter("rx_packets_count", m_stats.rx_packets.load(std::memory_order_relaxed));
+    out.counter("tx_packets_count", m_stats.tx_packets.load(std::memory_order_relaxed));
+    out.counter("conns_added", m_stats.conns_added.load(std::memory_order_relaxed));
+    out.counter("conns_removed", m_stats.conns_removed.load(std::memory_order_relaxed));
+    out.counter("conns_killed", m_stats.conns_killed.load(std::memory_order_relaxed));
+    out.counter("rx_queue_event_count", m_stats.rx_queue_events.load(std::memory_order_relaxed));
+    out.counter("tx_queue_event_count", m_stats.tx_queue_events.load(std::memory_order_relaxed));
 }
 
 } // namespace vessel::virtio

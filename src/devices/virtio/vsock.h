@@ -8,6 +8,11 @@
 // when the driver activates the device again (a driver reload), the event queue carries
 // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET so that the guest drops whatever socket state it kept.
 //
+// VM pause stops the I/O thread after the poll() round it is in (what that round took from the
+// queues is used and signalled) and keeps the muxer: connections, data read ahead, queue positions.
+// Meanwhile host streams wait in their socket buffers and new ones in the listen backlog, as when
+// the guest gives no credit or rx buffers. resume() starts a thread again.
+//
 // The listening socket lives as long as the device (the VM): created by create() (a stale socket
 // file left by a killed VMM is replaced; anything else at PATH, or a path where no socket can be
 // made, is an error naming PATH) and removed by shutdown(). Host streams that connect while the
@@ -44,6 +49,9 @@ public:
     void notify(uint16_t queue) override;
     void reset() override;
     void shutdown() override;
+    void pause() override;
+    void resume() override;
+    void report_metrics(MetricsReport& out) const override;
 
     uint64_t guest_cid() const { return m_guest_cid; }
     const std::string& socket_path() const { return m_path; }
@@ -51,9 +59,15 @@ public:
     const VsockStats& stats() const { return m_stats; }
 
 private:
+    // Wakes the I/O thread (notify() without counting a queue event).
+    void wake();
     VsockDevice(uint64_t guest_cid, std::string path);
     Result<void> listen();
     void run();
+    Result<void> start_thread();
+    // Stops the I/O thread; the muxer stays.
+    void join_thread();
+    // join_thread() and the muxer closed (every connection).
     void stop_thread();
 
     uint64_t m_guest_cid;
@@ -64,6 +78,7 @@ private:
     int m_wake { -1 };
 
     std::unique_ptr<VsockMuxer> m_muxer;
+    VirtioInterrupt* m_interrupt { nullptr }; // of the activation (a failed restart is reported there)
     std::thread m_thread;
     std::atomic<bool> m_stop { false };
     VsockStats m_stats;

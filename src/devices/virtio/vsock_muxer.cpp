@@ -354,6 +354,7 @@ bool VsockMuxer::read_connect_line(Conn& c)
         c.need_request = true;
         c.deadline = Clock::now() + kConnectTimeout;
         m_by_ports[port_key(c.local_port, c.peer_port)] = c.id;
+        ++m_stats->conns_added;
         return true;
     }
     return true;
@@ -518,6 +519,7 @@ bool VsockMuxer::pump(Conn& c)
 void VsockMuxer::close_conn(Conn& c, bool send_rst)
 {
     if (c.state != Conn::State::AwaitLine) {
+        ++m_stats->conns_removed;
         if (send_rst)
             queue_rst(kHostCid, c.local_port, c.peer_port);
         auto it = m_by_ports.find(port_key(c.local_port, c.peer_port));
@@ -697,6 +699,7 @@ void VsockMuxer::handle_guest_request(const Header& h)
     m_conns.emplace(c.id, std::move(owned));
     m_by_ports[port_key(c.local_port, c.peer_port)] = c.id;
     ++m_stats->connections_opened;
+    ++m_stats->conns_added;
     pump(c);
 }
 
@@ -709,6 +712,7 @@ bool VsockMuxer::handle_guest_rw(Conn& c, const Header& h, ChainReader& reader)
     uint64_t unconsumed = static_cast<uint32_t>(c.rx_cnt - c.fwd_cnt);
     if (unconsumed + h.len > kBufAlloc) {
         ++m_stats->credit_violations;
+        ++m_stats->conns_killed;
         log_debug("vsock: guest port {} sent {} bytes beyond its credit; resetting", c.peer_port,
             unconsumed + h.len - kBufAlloc);
         close_conn(c, true);
@@ -903,6 +907,7 @@ void VsockMuxer::check_deadlines()
     for (uint64_t id : expired) {
         if (Conn* c = find_id(id)) {
             log_debug("vsock: guest did not answer the connection to its port {}; giving up", c->peer_port);
+            ++m_stats->conns_killed;
             close_conn(*c, true);
         }
     }

@@ -61,6 +61,14 @@ struct VsockStats {
     std::atomic<uint64_t> bytes_to_guest { 0 }; // host payload delivered to the guest
     std::atomic<uint64_t> connections_opened { 0 }; // established, either direction
     std::atomic<uint64_t> credit_violations { 0 }; // guest sent beyond its credit (connection reset)
+    // Firecracker's names: vsock connections entering and leaving the muxer's table (a host
+    // stream counts once its CONNECT line is read), and those the host reset on its own
+    // initiative (the guest never answered, or overran its credit).
+    std::atomic<uint64_t> conns_added { 0 };
+    std::atomic<uint64_t> conns_removed { 0 };
+    std::atomic<uint64_t> conns_killed { 0 };
+    std::atomic<uint64_t> rx_queue_events { 0 }; // driver notifications, by queue
+    std::atomic<uint64_t> tx_queue_events { 0 };
 };
 
 class VsockMuxer {

@@ -1,5 +1,6 @@
 #include "engine/kvm/kvm_engine.h"
 
+#include <cstring>
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -55,12 +56,11 @@ Result<std::unique_ptr<KvmEngine>> KvmEngine::create(const EngineConfig& config)
     if (version != KVM_API_VERSION)
         return make_error("/dev/kvm speaks API version {}, Vessel needs {}", version, KVM_API_VERSION);
 
-    for (auto [cap, what] : { std::pair { KVM_CAP_IRQCHIP, "in-kernel irqchip" },
-                              std::pair { KVM_CAP_USER_MEMORY, "user memory regions" },
-                              std::pair { KVM_CAP_IMMEDIATE_EXIT, "immediate_exit" },
-                              std::pair { KVM_CAP_EXT_CPUID, "KVM_GET_SUPPORTED_CPUID" },
-                              std::pair { KVM_CAP_PIT2, "in-kernel PIT" },
-                              std::pair { KVM_CAP_IRQ_ROUTING, "IRQ routing" } }) {
+    for (auto [cap, what] :
+        { std::pair { KVM_CAP_IRQCHIP, "in-kernel irqchip" }, std::pair { KVM_CAP_USER_MEMORY, "user memory regions" },
+            std::pair { KVM_CAP_IMMEDIATE_EXIT, "immediate_exit" },
+            std::pair { KVM_CAP_EXT_CPUID, "KVM_GET_SUPPORTED_CPUID" }, std::pair { KVM_CAP_PIT2, "in-kernel PIT" },
+            std::pair { KVM_CAP_IRQ_ROUTING, "IRQ routing" } }) {
         if (TRY(check_extension(fd, cap)) <= 0)
             return make_error("/dev/kvm lacks {} (KVM_CAP {})", what, cap);
     }
@@ -168,8 +168,8 @@ Result<void> KvmEngine::map_memory(const GuestMemory& memory)
         r.memory_size = region.size;
         r.userspace_addr = reinterpret_cast<uint64_t>(region.host);
         if (::ioctl(m_vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
-            return Error::from_errno(fmt::format("KVM_SET_USER_MEMORY_REGION (slot {}, {:#x}+{:#x})", r.slot,
-                                                 r.guest_phys_addr, r.memory_size));
+            return Error::from_errno(fmt::format(
+                "KVM_SET_USER_MEMORY_REGION (slot {}, {:#x}+{:#x})", r.slot, r.guest_phys_addr, r.memory_size));
     }
     return {};
 }
@@ -218,6 +218,26 @@ Result<bool> KvmEngine::add_irq_notifier(uint32_t gsi, int fd)
     if (::ioctl(m_vm_fd, KVM_IRQFD, &irqfd) < 0)
         return Error::from_errno(fmt::format("KVM_IRQFD(gsi {})", gsi));
     return true;
+}
+
+void KvmEngine::pause_clock(bool paused)
+{
+    if (paused) {
+        kvm_clock_data clock {};
+        m_clock_saved = ::ioctl(m_vm_fd, KVM_GET_CLOCK, &clock) == 0;
+        if (m_clock_saved)
+            m_saved_clock = clock;
+        else
+            log_warn("KVM_GET_CLOCK: {}; the guest's clock will count the pause", std::strerror(errno));
+        return;
+    }
+    if (!m_clock_saved)
+        return;
+    kvm_clock_data clock {};
+    clock.clock = m_saved_clock.clock;
+    if (::ioctl(m_vm_fd, KVM_SET_CLOCK, &clock) != 0)
+        log_warn("KVM_SET_CLOCK: {}; the guest's clock counts the pause", std::strerror(errno));
+    m_clock_saved = false;
 }
 
 } // namespace vessel

@@ -32,6 +32,9 @@ public:
     Result<bool> add_mmio_notifier(uint64_t gpa, uint32_t len, std::optional<uint64_t> value, int fd) override;
     Result<bool> add_irq_notifier(uint32_t gsi, int fd) override;
     uint32_t max_vcpus() const override { return m_max_vcpus; }
+    // kvmclock stands still while the VM is paused (KVM_GET_CLOCK at pause, KVM_SET_CLOCK with
+    // that value at resume, as QEMU does): guest monotonic time does not count the pause.
+    void pause_clock(bool paused) override;
 
     int vm_fd() const { return m_vm_fd; }
     int kvm_fd() const { return m_kvm_fd; }
@@ -56,6 +59,8 @@ private:
     uint32_t m_xsave_size { 4096 };
     bool m_sync_regs { false };
     KvmCpuid m_supported_cpuid;
+    bool m_clock_saved { false };
+    kvm_clock_data m_saved_clock {};
 };
 
 } // namespace vessel

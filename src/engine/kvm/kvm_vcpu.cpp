@@ -20,9 +20,14 @@ namespace vessel {
 
 namespace {
 
-int kick_signal() { return SIGRTMIN + 1; }
+int kick_signal()
+{
+    return SIGRTMIN + 1;
+}
 
-void kick_handler(int) { }
+void kick_handler(int)
+{
+}
 
 const char* exit_reason_name(uint32_t reason)
 {
@@ -55,7 +60,7 @@ void KvmVcpu::install_kick_signal()
 {
     static std::once_flag once;
     std::call_once(once, [] {
-        struct sigaction sa {};
+        struct sigaction sa { };
         sa.sa_handler = kick_handler;
         sigemptyset(&sa.sa_mask);
         sa.sa_flags = 0; // no SA_RESTART: KVM_RUN must return EINTR
@@ -162,44 +167,54 @@ Result<VcpuExit> KvmVcpu::run()
         }
         switch (m_run->exit_reason) {
         case KVM_EXIT_IO:
+            (m_run->io.direction == KVM_EXIT_IO_OUT ? m_exits_io_out : m_exits_io_in).add();
             handle_io();
             break;
         case KVM_EXIT_MMIO:
+            (m_run->mmio.is_write ? m_exits_mmio_write : m_exits_mmio_read).add();
             handle_mmio();
             break;
         case KVM_EXIT_INTR:
+            m_exits_other.add();
             __atomic_store_n(&m_run->immediate_exit, 0, __ATOMIC_SEQ_CST);
             return VcpuExit { VcpuExitKind::Kicked, {} };
-        case KVM_EXIT_HLT:
-            return VcpuExit { VcpuExitKind::Halted, {} };
+        case KVM_EXIT_HLT: return VcpuExit { VcpuExitKind::Halted, {} };
         case KVM_EXIT_SHUTDOWN:
             return VcpuExit { VcpuExitKind::Shutdown,
-                              fmt::format("vCPU {} shut down (triple fault){}", m_id, exit_location()) };
+                fmt::format("vCPU {} shut down (triple fault){}", m_id, exit_location()) };
         case KVM_EXIT_SYSTEM_EVENT:
             switch (m_run->system_event.type) {
-            case KVM_SYSTEM_EVENT_SHUTDOWN:
-                return VcpuExit { VcpuExitKind::PowerOff, {} };
-            case KVM_SYSTEM_EVENT_RESET:
-                return VcpuExit { VcpuExitKind::Reset, {} };
+            case KVM_SYSTEM_EVENT_SHUTDOWN: return VcpuExit { VcpuExitKind::PowerOff, {} };
+            case KVM_SYSTEM_EVENT_RESET: return VcpuExit { VcpuExitKind::Reset, {} };
             default:
                 return VcpuExit { VcpuExitKind::InternalError,
-                                  fmt::format("vCPU {}: system event {}", m_id, m_run->system_event.type) };
+                    fmt::format("vCPU {}: system event {}", m_id, m_run->system_event.type) };
             }
         case KVM_EXIT_FAIL_ENTRY:
             return VcpuExit { VcpuExitKind::InternalError,
-                              fmt::format("vCPU {}: VM entry failed (hardware reason {:#x}){}", m_id,
-                                          m_run->fail_entry.hardware_entry_failure_reason, exit_location()) };
+                fmt::format("vCPU {}: VM entry failed (hardware reason {:#x}){}", m_id,
+                    m_run->fail_entry.hardware_entry_failure_reason, exit_location()) };
         case KVM_EXIT_INTERNAL_ERROR:
             return VcpuExit { VcpuExitKind::InternalError,
-                              fmt::format("vCPU {}: KVM internal error, suberror {} ({}){}", m_id,
-                                          m_run->internal.suberror, internal_error_name(m_run->internal.suberror),
-                                          exit_location()) };
+                fmt::format("vCPU {}: KVM internal error, suberror {} ({}){}", m_id, m_run->internal.suberror,
+                    internal_error_name(m_run->internal.suberror), exit_location()) };
         default:
             return VcpuExit { VcpuExitKind::InternalError,
-                              fmt::format("vCPU {}: {} KVM exit (reason {})", m_id,
-                                          exit_reason_name(m_run->exit_reason), m_run->exit_reason) };
+                fmt::format("vCPU {}: {} KVM exit (reason {})", m_id, exit_reason_name(m_run->exit_reason),
+                    m_run->exit_reason) };
         }
     }
+}
+
+VcpuStats KvmVcpu::stats() const
+{
+    VcpuStats s;
+    s.exits_io_in = m_exits_io_in.get();
+    s.exits_io_out = m_exits_io_out.get();
+    s.exits_mmio_read = m_exits_mmio_read.get();
+    s.exits_mmio_write = m_exits_mmio_write.get();
+    s.exits_other = m_exits_other.get();
+    return s;
 }
 
 void KvmVcpu::handle_io()
@@ -236,7 +251,7 @@ std::string KvmVcpu::exit_location() const
     const auto& regs = m_run->s.regs.regs;
     const auto& sregs = m_run->s.regs.sregs;
     return fmt::format(" at CS:RIP {:#x}:{:#x} (CS base {:#x}), CR0 {:#x}, EFER {:#x}", sregs.cs.selector, regs.rip,
-                       sregs.cs.base, sregs.cr0, sregs.efer);
+        sregs.cs.base, sregs.cr0, sregs.efer);
 }
 
 Result<CpuState> KvmVcpu::get_state()

@@ -1,5 +1,7 @@
 #pragma once
 
+#include "base/counters.h"
+
 #include <linux/kvm.h>
 #include <pthread.h>
 
@@ -23,6 +25,7 @@ public:
     Result<CpuState> get_state() override;
     Result<void> set_state(const CpuState& state) override;
     Result<void> inject_interrupt(uint8_t vector) override;
+    VcpuStats stats() const override;
 
     // Installs the no-op signal handler used by kick(); idempotent, called by create().
     static void install_kick_signal();
@@ -43,6 +46,7 @@ private:
     std::atomic<pthread_t> m_thread {};
     std::atomic<bool> m_running { false };
     bool m_ran_once { false };
+    Counter m_exits_io_in, m_exits_io_out, m_exits_mmio_read, m_exits_mmio_write, m_exits_other;
 };
 
 } // namespace vessel

@@ -72,11 +72,11 @@ SoftVcpu::~SoftVcpu()
     for (size_t v = 0; v < m_cpu.fault_counts.size(); ++v)
         if (m_cpu.fault_counts[v])
             faults += fmt::format(" #{}:{}", v, m_cpu.fault_counts[v]);
-    log_debug("soft engine: vCPU {} executed {} instructions; exceptions delivered:{}", m_id, m_instructions,
+    log_debug("soft engine: vCPU {} executed {} instructions; exceptions delivered:{}", m_id, instructions(),
         faults.empty() ? " none" : faults);
     if (soft::g_jit_stats)
         std::fprintf(
-            stderr, "jit: vCPU %u executed %lu instructions\n", m_id, static_cast<unsigned long>(m_instructions));
+            stderr, "jit: vCPU %u executed %lu instructions\n", m_id, static_cast<unsigned long>(instructions()));
 }
 
 Result<std::unique_ptr<SoftVcpu>> SoftVcpu::create(SoftEngine& engine, uint32_t id, IoHandler& io)
@@ -254,7 +254,10 @@ Result<VcpuExit> SoftVcpu::run()
             // An event held back only by an STI / MOV SS interrupt shadow: run just the next block
             // (it ends the shadow), then come back here to deliver it.
             const uint64_t budget = c.interrupt_shadow && m_lapic->has_pending_event() ? 1 : kSlice;
-            m_instructions += execute(c, m_cache, budget);
+            m_instructions.store(m_instructions.load(std::memory_order_relaxed) + execute(c, m_cache, budget),
+                std::memory_order_relaxed);
+            if (const auto* jit = m_cache.jit())
+                m_translations.store(jit->translations(), std::memory_order_relaxed);
         }
     } catch (const TripleFault&) {
         return VcpuExit { VcpuExitKind::Shutdown,
@@ -264,6 +267,14 @@ Result<VcpuExit> SoftVcpu::run()
             fmt::format("vCPU {}: {} ({:#x}) at CS:RIP {:#x}:{:#x}", m_id, abort.what, abort.detail, c.seg[CS].selector,
                 c.insn_start) };
     }
+}
+
+VcpuStats SoftVcpu::stats() const
+{
+    VcpuStats s;
+    s.instructions = instructions();
+    s.translations = m_translations.load(std::memory_order_relaxed);
+    return s;
 }
 
 Result<CpuState> SoftVcpu::get_state()

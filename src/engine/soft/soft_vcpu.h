@@ -35,7 +35,8 @@ public:
     void lapic_sipi(uint8_t vector) override;
 
     soft::Cpu& cpu() { return m_cpu; }
-    uint64_t instructions() const { return m_instructions; }
+    uint64_t instructions() const { return m_instructions.load(std::memory_order_relaxed); }
+    VcpuStats stats() const override;
 
 private:
     SoftVcpu(SoftEngine& engine, uint32_t id, IoHandler& io);
@@ -58,7 +59,8 @@ private:
     std::mutex m_sleep_mutex;
     std::condition_variable m_sleep_cv;
     bool m_wakeup { false };
-    uint64_t m_instructions { 0 };
+    std::atomic<uint64_t> m_instructions { 0 }; // written by the vCPU thread only
+    std::atomic<uint64_t> m_translations { 0 }; // the translator's count, copied after each slice
     bool m_pvclock_stale { false }; // set_state() ran: rewrite the kvm-clock structure before running
 };
 

@@ -1,0 +1,33 @@
+// The VMM process itself (Firecracker's process model): an event loop with the API socket, the
+// console, signals and metrics, a Vmm that starts the VM when told to (InstanceStart, or at once
+// for --config-file and `vessel run`), until the VM stops or the process is told to exit.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "base/log.h"
+#include "vmm/vm_config.h"
+
+namespace vessel {
+
+struct ServeOptions {
+    std::string id; // empty: vm-<pid>
+    std::string api_sock; // empty: <run dir>/<id>.sock
+    bool no_api { false }; // no API socket at all (needs config_file or run_config)
+    std::string config_file; // Firecracker's JSON config: boot at once
+    std::optional<VmConfig> run_config; // `vessel run`: boot at once with this
+    EngineKind engine { EngineKind::Auto };
+    std::string metrics_path;
+    std::string log_path;
+    bool show_level { false };
+    bool show_log_origin { false };
+    size_t max_payload { 51200 };
+    size_t mmds_size_limit { 0 }; // 0: max_payload
+    bool detach { false }; // fork into the background once the API socket accepts
+};
+
+// Runs the VMM; returns the process's exit status.
+int serve(ServeOptions options);
+
+} // namespace vessel
