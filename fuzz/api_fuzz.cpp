@@ -6,7 +6,7 @@
 // Invariants checked (a violation aborts, which libFuzzer records): a parser error always has a
 // 400 status and a message; a complete request has a method; no request body exceeds the limit;
 // parse_json() accepts exactly what nlohmann-json accepts (our syntax check must not let through
-// what the real parser then rejects, nor reject valid JSON).
+// what the real parser then rejects, nor reject valid JSON), NUL bytes and nesting limits aside.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -65,11 +65,13 @@ void fuzz_json(std::string_view text)
 {
     auto ours = parse_json(text);
     bool theirs = !nlohmann::json::parse(text.begin(), text.end(), nullptr, false).is_discarded();
-    // Documents nested deeper than serde's limit are refused by us only.
+    // Documents nested deeper than serde's limit are refused by us only, and nlohmann-json stops
+    // at a NUL byte (taking what precedes it) where serde sees trailing characters.
     if (ours.ok())
         require(theirs);
     if (!ours.ok() && ours.error().message().find("recursion limit") == std::string::npos
-        && ours.error().message().find("invalid unicode") == std::string::npos)
+        && ours.error().message().find("invalid unicode") == std::string::npos
+        && text.find('\0') == std::string_view::npos)
         require(!theirs);
     if (!ours.ok())
         return;

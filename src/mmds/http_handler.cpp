@@ -85,12 +85,19 @@ Response serve_get(const HttpRequest& request, const DataStore& store)
     return plain(request, 501, std::string(kUnsupportedValueMessage));
 }
 
-Response get_v2(const HttpRequest& request, const DataStore& store, const TokenAuthority& tokens)
+TokenCheck check_token(const HttpRequest& request, const TokenAuthority& tokens)
 {
     const auto* token = request.find_header({ kTokenHeader, kAwsTokenHeader });
     if (!token)
+        return TokenCheck::Missing;
+    return tokens.is_valid(token->second) ? TokenCheck::Valid : TokenCheck::Invalid;
+}
+
+Response get_v2(const HttpRequest& request, const DataStore& store, TokenCheck check)
+{
+    if (check == TokenCheck::Missing)
         return plain(request, 401, std::string(kNoTokenProvided));
-    if (!tokens.is_valid(token->second))
+    if (check == TokenCheck::Invalid)
         return plain(request, 401, std::string(kInvalidToken));
     return serve_get(request, store);
 }
@@ -156,8 +163,11 @@ std::string sanitize_uri(std::string_view uri)
     return out;
 }
 
-std::string handle_request(std::string_view bytes, const DataStore& store, TokenAuthority& tokens)
+std::string handle_request(
+    std::string_view bytes, const DataStore& store, TokenAuthority& tokens, TokenCheck* token_check)
 {
+    if (token_check)
+        *token_check = TokenCheck::NotChecked;
     auto parsed = parse_http_request(bytes);
     if (auto* error = std::get_if<HttpParseError>(&parsed)) {
         // As Firecracker: HTTP/1.1 whatever the request said (it may not have been parsed).
@@ -171,11 +181,15 @@ std::string handle_request(std::string_view bytes, const DataStore& store, Token
         return serialize(plain(request, 400, std::string(kInvalidUri)));
 
     switch (request.method) {
-    case HttpMethod::Get:
+    case HttpMethod::Get: {
+        const TokenCheck check = check_token(request, tokens);
+        if (token_check)
+            *token_check = check;
         // V1 serves every GET, token or not (Firecracker only counts missing and invalid ones).
         if (store.version() == Version::V1)
             return serialize(serve_get(request, store));
-        return serialize(get_v2(request, store, tokens));
+        return serialize(get_v2(request, store, check));
+    }
     case HttpMethod::Put: return serialize(put_token(request, tokens));
     case HttpMethod::Patch:
     case HttpMethod::Delete: break;

@@ -33,8 +33,14 @@ std::optional<size_t> find_request_end(std::span<const uint8_t> bytes);
 // Collapses runs of '/' (Firecracker's sanitize_uri), making the URI a strict JSON pointer.
 std::string sanitize_uri(std::string_view uri);
 
+// What a GET's session token was, for Firecracker's mmds.rx_no_token / rx_invalid_token counters
+// (counted in both versions; V1 serves the GET anyway).
+enum class TokenCheck { NotChecked, Valid, Missing, Invalid };
+
 // Answers one request (`request` = bytes up to and including the blank line). Never fails: a
-// malformed request gets the error response micro-http would give.
-std::string handle_request(std::string_view request, const DataStore& store, TokenAuthority& tokens);
+// malformed request gets the error response micro-http would give. `token_check`, if given, says
+// what the request's token was (NotChecked for anything but a parsed GET).
+std::string handle_request(
+    std::string_view request, const DataStore& store, TokenAuthority& tokens, TokenCheck* token_check = nullptr);
 
 } // namespace vessel::mmds

@@ -73,6 +73,7 @@ void Stack::restore(const State& state)
     set_ipv4(state.ipv4);
     m_arp_replies.clear();
     m_resets.clear();
+    m_stats.connections_closed += m_connections.size();
     m_connections.clear();
     m_next_connection = 0;
 }
@@ -84,29 +85,39 @@ uint32_t Stack::next_isn()
 
 std::string Stack::respond(std::string_view request)
 {
-    return handle_request(request, *m_store, *m_tokens);
+    TokenCheck check = TokenCheck::NotChecked;
+    std::string response = handle_request(request, *m_store, *m_tokens, &check);
+    if (check == TokenCheck::Missing)
+        ++m_stats.rx_no_token;
+    else if (check == TokenCheck::Invalid)
+        ++m_stats.rx_invalid_token;
+    return response;
+}
+
+bool Stack::is_mmds_frame(std::span<const uint8_t> frame_start) const
+{
+    // Firecracker's speculative test: the frame's fixed offsets name the MMDS address. Only
+    // untagged frames count (a VLAN tag moves the EtherType out of place: not ours).
+    const Ipv4Address address = ipv4();
+    switch (ethertype(frame_start)) {
+    case kEtherTypeArp: return arp_target_ip(frame_start) == address;
+    case kEtherTypeIpv4: return ipv4_destination(frame_start) == address;
+    default: return false;
+    }
 }
 
 bool Stack::handle_tx(std::span<const uint8_t> frame)
 {
-    // Firecracker's speculative test decides: the frame's fixed offsets name the MMDS address.
-    // From then on the frame is ours, parsed or not (newest Firecracker: it never reaches the tap).
-    const Ipv4Address address = ipv4();
-    switch (ethertype(frame)) {
-    case kEtherTypeArp:
-        if (arp_target_ip(frame) != address)
-            return false;
-        ++m_stats.rx_frames;
+    // From the speculative test on the frame is ours, parsed or not (newest Firecracker: it
+    // never reaches the tap).
+    if (!is_mmds_frame(frame))
+        return false;
+    ++m_stats.rx_frames;
+    if (ethertype(frame) == kEtherTypeArp)
         handle_arp(frame);
-        return true;
-    case kEtherTypeIpv4:
-        if (ipv4_destination(frame) != address)
-            return false;
-        ++m_stats.rx_frames;
+    else
         handle_ipv4(frame);
-        return true;
-    default: return false;
-    }
+    return true;
 }
 
 void Stack::handle_arp(std::span<const uint8_t> frame)
@@ -115,6 +126,7 @@ void Stack::handle_arp(std::span<const uint8_t> frame)
     if (!request) {
         // ARP replies and malformed frames aimed at the MMDS address: nothing to say.
         ++m_stats.rx_dropped;
+        ++m_stats.rx_errors;
         return;
     }
     // One pending reply per requester (a repeated request replaces the queued one); Firecracker
@@ -130,12 +142,15 @@ void Stack::handle_arp(std::span<const uint8_t> frame)
 void Stack::handle_ipv4(std::span<const uint8_t> frame)
 {
     TcpSegmentView segment {};
-    if (parse_tcp_frame(frame, segment) != Ipv4Parse::Ok || segment.dst_port != kMmdsTcpPort) {
+    const Ipv4Parse parsed = parse_tcp_frame(frame, segment);
+    if (parsed != Ipv4Parse::Ok || segment.dst_port != kMmdsTcpPort) {
         // Not TCP (ICMP echo included), fragments, malformed headers, other ports: dropped
         // silently, as Firecracker does.
         ++m_stats.rx_dropped;
+        ++(parsed == Ipv4Parse::NotTcp ? m_stats.rx_unusual : m_stats.rx_errors);
         return;
     }
+    ++m_stats.rx_segments;
     handle_segment(segment, m_clock());
     remove_done();
 }
@@ -165,7 +180,7 @@ void Stack::handle_segment(const TcpSegmentView& segment, uint64_t now)
     case TcpConnection::Receive::Ok: break;
     case TcpConnection::Receive::RstSegment: queue_rst(rst_for_segment(segment)); break;
     case TcpConnection::Receive::Restart:
-        m_connections.erase(it);
+        erase_connection(it);
         open_connection(segment, now);
         break;
     }
@@ -184,7 +199,7 @@ void Stack::open_connection(const TcpSegmentView& syn, uint64_t now)
             return;
         }
         queue_rst((*idle)->abort());
-        m_connections.erase(idle);
+        erase_connection(idle);
     }
     auto connection = TcpConnection::accept(syn, next_isn(), now, m_config.timings);
     if (!connection) {
@@ -204,12 +219,20 @@ void Stack::queue_rst(const RstSpec& rst)
     m_resets.push_back(rst);
 }
 
+void Stack::erase_connection(std::vector<std::unique_ptr<TcpConnection>>::iterator it)
+{
+    m_connections.erase(it);
+    ++m_stats.connections_closed;
+    m_next_connection = 0;
+}
+
 void Stack::remove_done()
 {
-    const size_t before = m_connections.size();
-    std::erase_if(m_connections, [](const auto& connection) { return connection->done(); });
-    if (m_connections.size() != before)
+    const size_t removed = std::erase_if(m_connections, [](const auto& connection) { return connection->done(); });
+    if (removed != 0) {
+        m_stats.connections_closed += removed;
         m_next_connection = 0;
+    }
 }
 
 bool Stack::has_rx() const

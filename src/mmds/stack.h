@@ -2,7 +2,8 @@
 // on the device's transmit path, swallows the guest's frames meant for the MMDS and produces the
 // replies for its receive path.
 //
-//   device TX:  if (stack.handle_tx(frame)) — consumed, do not send it to the tap
+//   device TX:  if (stack.is_mmds_frame(first bytes) && stack.handle_tx(copy of the frame))
+//                 — consumed, do not send it to the tap (other frames need no copy)
 //   device RX:  while (guest posted buffers && stack.has_rx()) n = stack.pop_rx(buffer)
 //               (before reading the tap: MMDS replies go first, as in Firecracker)
 //
@@ -48,11 +49,19 @@ struct StackConfig {
     std::optional<uint64_t> isn_seed {};
 };
 
+// Totals since construction; any thread may read them. The comments name the field of
+// Firecracker's `mmds` metrics group each one feeds (NetDevice::report_mmds_metrics).
 struct StackStats {
-    std::atomic<uint64_t> rx_frames { 0 }; // guest frames consumed
+    std::atomic<uint64_t> rx_frames { 0 }; // guest frames consumed (rx_accepted)
     std::atomic<uint64_t> rx_dropped { 0 }; // consumed without effect (malformed, other port, not TCP)
-    std::atomic<uint64_t> tx_frames { 0 }; // frames handed to the guest
-    std::atomic<uint64_t> connections_opened { 0 };
+    std::atomic<uint64_t> rx_unusual { 0 }; // of those: IPv4 not carrying TCP (rx_accepted_unusual)
+    std::atomic<uint64_t> rx_errors { 0 }; // of those: everything else (rx_accepted_err)
+    std::atomic<uint64_t> rx_segments { 0 }; // TCP segments to port 80 taken in (rx_count)
+    std::atomic<uint64_t> rx_no_token { 0 }; // GETs without a session token (rx_no_token)
+    std::atomic<uint64_t> rx_invalid_token { 0 }; // GETs with an unknown or expired one (rx_invalid_token)
+    std::atomic<uint64_t> tx_frames { 0 }; // frames handed to the guest (tx_count)
+    std::atomic<uint64_t> connections_opened { 0 }; // (connections_created)
+    std::atomic<uint64_t> connections_closed { 0 }; // done, reset, evicted or replaced (connections_destroyed)
     std::atomic<uint64_t> connections_refused { 0 }; // table full: the SYN got a RST
     std::atomic<uint64_t> resets_dropped { 0 }; // RST queue full
 };
@@ -71,6 +80,16 @@ public:
     Stack(const Stack&) = delete;
     Stack& operator=(const Stack&) = delete;
 
+    // How many bytes of a frame's start decide whether it is for the MMDS (the ARP target
+    // address ends there; the IPv4 destination ends earlier).
+    static constexpr size_t kClassifyBytes = kArpFrameBytes;
+
+    // Firecracker's speculative test: true if the frame (or its first kClassifyBytes bytes, all
+    // of them if it is shorter) is an ARP frame for the MMDS address or an IPv4 frame to it.
+    // handle_tx() consumes exactly these frames. A device can thus decide from a peek, without
+    // copying frames that are not for the MMDS.
+    bool is_mmds_frame(std::span<const uint8_t> frame_start) const;
+
     // A frame the guest transmits (Ethernet header first, no virtio header). True if it was
     // addressed to the MMDS and consumed; false if the device should send it on.
     bool handle_tx(std::span<const uint8_t> frame);
@@ -86,6 +105,8 @@ public:
     // wants retransmissions without guest activity polls has_rx() then. Firecracker has no such
     // timer and only retransmits when the guest next sends or posts buffers.
     std::optional<uint64_t> next_deadline() const;
+    // The stack's clock now (milliseconds), against which next_deadline() is measured.
+    uint64_t now() const { return m_clock(); }
 
     Ipv4Address ipv4() const;
     void set_ipv4(const Ipv4Address& address);
@@ -109,6 +130,7 @@ private:
     void queue_rst(const RstSpec& rst);
     std::vector<std::unique_ptr<TcpConnection>>::iterator find_connection(const TcpSegmentView& segment);
     void remove_done();
+    void erase_connection(std::vector<std::unique_ptr<TcpConnection>>::iterator it);
     uint32_t next_isn();
     std::string respond(std::string_view request);
 

@@ -383,20 +383,11 @@ ojson Metrics::totals()
             "vsock_count", "vsock_fails" });
     out["seccomp"] = { { "num_faults", 0 } };
     {
-        VcpuStats sum;
-        if (m_vm) {
-            for (auto& v : m_vm->vcpus()) {
-                auto s = v->stats();
-                sum.exits_io_in += s.exits_io_in;
-                sum.exits_io_out += s.exits_io_out;
-                sum.exits_mmio_read += s.exits_mmio_read;
-                sum.exits_mmio_write += s.exits_mmio_write;
-            }
-        }
-        out["vcpu"] = { { "exit_io_in", sum.exits_io_in }, { "exit_io_out", sum.exits_io_out },
-            { "exit_mmio_read", sum.exits_mmio_read }, { "exit_mmio_write", sum.exits_mmio_write }, { "failures", 0 },
-            { "exit_io_in_agg", latency_json(0, 0, 0) }, { "exit_io_out_agg", latency_json(0, 0, 0) },
-            { "exit_mmio_read_agg", latency_json(0, 0, 0) }, { "exit_mmio_write_agg", latency_json(0, 0, 0) } };
+        GroupReport vcpu;
+        if (m_vm)
+            m_vm->report_vcpu_metrics(vcpu);
+        out["vcpu"] = vcpu.group({ "exit_io_in", "exit_io_out", "exit_mmio_read", "exit_mmio_write", "failures",
+            "@exit_io_in_agg", "@exit_io_out_agg", "@exit_mmio_read_agg", "@exit_mmio_write_agg" });
     }
     out["vmm"] = { { "panic_count", 0 } };
     out["signals"] = { { "sigbus", 0 }, { "sigsegv", 0 }, { "sigxfsz", 0 }, { "sigxcpu", 0 },

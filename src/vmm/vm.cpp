@@ -23,6 +23,7 @@
 #include "devices/rtc.h"
 #include "devices/serial.h"
 #include "devices/virtio/mmio.h"
+#include "devices/virtio/net.h"
 #include "loader/boot.h"
 #include "vmm/console.h"
 #include "vmm/console_mux.h"
@@ -238,8 +239,14 @@ void Vm::report_legacy_metrics(MetricsReport& i8042, MetricsReport& uart) const
     m_serial->report_metrics(uart);
 }
 
-void Vm::report_mmds_metrics(MetricsReport& /*out*/) const
+void Vm::report_mmds_metrics(MetricsReport& out) const
 {
+    // Firecracker keeps one `mmds` group for the VM: every interface's stack adds to it (a report
+    // sums what is reported under one name).
+    for (const auto& transport : m_virtio) {
+        if (transport->device().type() == virtio::DeviceType::Net)
+            static_cast<const virtio::NetDevice&>(transport->device()).report_mmds_metrics(out);
+    }
 }
 
 Result<void> Vm::send_ctrl_alt_del()
@@ -387,26 +394,65 @@ void Vm::log_unclaimed(const char* kind, uint64_t addr, size_t len, bool write)
         log_debug("unclaimed {} {} of {} bytes at {:#x}", kind, write ? "write" : "read", len, addr);
 }
 
+namespace {
+
+// Times one device access for the vcpu metrics (Firecracker's exit_*_agg).
+class AccessTimer {
+public:
+    explicit AccessTimer(LatencyCounter& counter)
+        : m_counter(counter)
+        , m_start(std::chrono::steady_clock::now())
+    {
+    }
+    ~AccessTimer()
+    {
+        m_counter.record(
+            std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - m_start));
+    }
+
+private:
+    LatencyCounter& m_counter;
+    std::chrono::steady_clock::time_point m_start;
+};
+
+} // namespace
+
+void Vm::report_vcpu_metrics(MetricsReport& out) const
+{
+    out.counter("exit_io_in", m_io_in.count());
+    out.counter("exit_io_out", m_io_out.count());
+    out.counter("exit_mmio_read", m_mmio_read.count());
+    out.counter("exit_mmio_write", m_mmio_write.count());
+    out.latency("exit_io_in_agg", m_io_in);
+    out.latency("exit_io_out_agg", m_io_out);
+    out.latency("exit_mmio_read_agg", m_mmio_read);
+    out.latency("exit_mmio_write_agg", m_mmio_write);
+}
+
 void Vm::pio_read(uint16_t port, std::span<uint8_t> data)
 {
+    AccessTimer timer(m_io_in);
     if (!m_pio_bus.read(port, data))
         log_unclaimed("port", port, data.size(), false);
 }
 
 void Vm::pio_write(uint16_t port, std::span<const uint8_t> data)
 {
+    AccessTimer timer(m_io_out);
     if (!m_pio_bus.write(port, data))
         log_unclaimed("port", port, data.size(), true);
 }
 
 void Vm::mmio_read(uint64_t gpa, std::span<uint8_t> data)
 {
+    AccessTimer timer(m_mmio_read);
     if (!m_mmio_bus.read(gpa, data))
         log_unclaimed("MMIO", gpa, data.size(), false);
 }
 
 void Vm::mmio_write(uint64_t gpa, std::span<const uint8_t> data)
 {
+    AccessTimer timer(m_mmio_write);
     if (!m_mmio_bus.write(gpa, data))
         log_unclaimed("MMIO", gpa, data.size(), true);
 }

@@ -97,6 +97,9 @@ public:
     // Counters of the legacy devices (Firecracker's i8042 and uart groups) and of MMDS.
     void report_legacy_metrics(MetricsReport& i8042, MetricsReport& uart) const;
     void report_mmds_metrics(MetricsReport& out) const;
+    // Firecracker's vcpu group: port and MMIO accesses that reached the VMM's devices (KVM exits,
+    // or the soft engine's emulated accesses), and their handling time.
+    void report_vcpu_metrics(MetricsReport& out) const;
 
     GuestMemory& memory() { return m_memory; }
     Engine& engine() { return *m_engine; }
@@ -159,6 +162,7 @@ private:
     bool m_paused_vm { false }; // pause() completed (event loop thread)
 
     std::atomic<uint64_t> m_unclaimed_logged { 0 };
+    LatencyCounter m_io_in, m_io_out, m_mmio_read, m_mmio_write;
     std::atomic<std::chrono::steady_clock::duration::rep> m_first_run { 0 };
 };
 

@@ -1,9 +1,12 @@
 // The VM's virtio devices: one virtio-mmio window each (layout::kVirtioMmioBase + i * 4 KiB),
 // an IOAPIC pin each, and a DSDT entry each (built here, emitted by load_guest()).
+#include <arpa/inet.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cstring>
 
 #include "arch/x86/acpi.h"
 #include "arch/x86/layout.h"
@@ -15,6 +18,7 @@
 #include "devices/virtio/net.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/vsock.h"
+#include "mmds/stack.h"
 #include "vmm/console.h"
 #include "vmm/vm.h"
 
@@ -26,6 +30,21 @@ namespace {
 // legacy device of this machine uses (0-2 timer/cascade, 1 keyboard, 4 COM1, 8 RTC are taken;
 // 3 is left for a COM2).
 constexpr std::array<uint32_t, 17> kVirtioGsis { 16, 17, 18, 19, 20, 21, 22, 23, 5, 6, 7, 9, 10, 11, 12, 14, 15 };
+
+// The MMDS stack of one interface, on the VMM's data store and tokens (shared by every interface
+// and the API, which may change them while the VM runs).
+Result<std::unique_ptr<mmds::Stack>> make_mmds_stack(const MmdsConfig& config, const Vm::Services& services)
+{
+    if (!services.mmds || !services.mmds_tokens)
+        return make_error("MMDS is configured but the VMM provides no data store");
+    // Validated by PUT /mmds/config (a link-local IPv4 address); parsed again here, not trusted.
+    in_addr address {};
+    if (::inet_pton(AF_INET, config.ipv4_address.c_str(), &address) != 1)
+        return make_error("MMDS: {} is not an IPv4 address", config.ipv4_address);
+    mmds::StackConfig stack_config;
+    std::memcpy(stack_config.ipv4.data(), &address.s_addr, 4); // network order, as on the wire
+    return std::make_unique<mmds::Stack>(services.mmds, services.mmds_tokens, stack_config);
+}
 
 } // namespace
 
@@ -52,8 +71,14 @@ Result<void> Vm::build_virtio_devices()
                      "Vessel exits)",
                 tap->ifname());
         auto mac = net.mac.value_or(virtio::NetDevice::default_mac(tap->ifname(), i));
-        devices.push_back(std::make_shared<virtio::NetDevice>(
-            std::move(tap), mac, virtio::NetDevice::Mode::Thread, net.rx_rate_limiter, net.tx_rate_limiter));
+        auto device = std::make_shared<virtio::NetDevice>(
+            std::move(tap), mac, virtio::NetDevice::Mode::Thread, net.rx_rate_limiter, net.tx_rate_limiter);
+        // PUT /mmds/config names the interfaces that answer the metadata service; the others
+        // send frames for its address to the tap like any other.
+        if (m_config.mmds
+            && std::ranges::find(m_config.mmds->network_interfaces, net.id) != m_config.mmds->network_interfaces.end())
+            device->set_mmds(TRY(make_mmds_stack(*m_config.mmds, m_services)));
+        devices.push_back(std::move(device));
     }
     if (m_config.rng)
         devices.push_back(std::make_shared<virtio::RngDevice>(m_config.rng_rate_limiter));

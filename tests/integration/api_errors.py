@@ -81,6 +81,13 @@ try:
     r = c.read_reply()
     c.close()
     va.check(r.status == 400 and r.fault(), f"malformed HTTP request line: {r}")
+    # A second VMM on the same socket is refused (and the first keeps serving).
+    second = va.Vmm(["--api-sock", sock, "--id", f"errors-second-{os.getpid()}"], sock,
+                    workdir=tempfile.mkdtemp(prefix="vessel-api-second-"))
+    rc = second.wait(10)
+    va.check(rc == 1 and "already served by a running VMM" in second.stderr(),
+             f"a socket a live VMM serves is refused: {rc} {second.stderr()!r}")
+    va.check(va.api(sock, "GET", "/").status == 200, "the first VMM still serves its socket")
 
     # --- a running guest -----------------------------------------------------------------------
     kernel, initrd, base_cmdline, mem = va.guest_files("amd64")

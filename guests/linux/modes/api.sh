@@ -111,11 +111,12 @@ mmds_net() {
   ip route add 169.254.169.254 dev eth0
 }
 
-# mmds_get label path [extra wget args...]: one GET, reported on one line.
+# mmds_get label path [extra wget args...]: one GET, reported on one line. Bounded with timeout(1),
+# not wget -T: Debian 12's busybox-static (1.35.0) wget crashes (SIGSEGV) whenever -T is given.
 mmds_get() {
   label=$1 path=$2
   shift 2
-  if body=$(wget -q -T 10 -O - "$@" "http://169.254.169.254$path" 2>/tmp/wget.err); then
+  if body=$(timeout 10 wget -q -O - "$@" "http://169.254.169.254$path" 2>/tmp/wget.err); then
     echo "vessel-guest: mmds $label $path status=ok body=$(printf '%s' "$body" | tr '\n' '|')"
   else
     echo "vessel-guest: mmds $label $path status=FAILED body=$(tr '\n' '|' </tmp/wget.err)"
@@ -133,7 +134,7 @@ api_mmds() {
   mmds_get get /latest/meta-data/ami-id --header "$hdr"
   mmds_get get /latest/meta-data/instance/name --header "$hdr"
   mmds_get notoken /latest/meta-data/ami-id
-  if body=$(wget -q -T 10 -O - --header "$hdr" --header "Accept: application/json" http://169.254.169.254/latest 2>/dev/null); then
+  if body=$(timeout 10 wget -q -O - --header "$hdr" --header "Accept: application/json" http://169.254.169.254/latest 2>/dev/null); then
     echo "vessel-guest: mmds json body=$body"
   else
     echo "vessel-guest: mmds json body=FAILED"

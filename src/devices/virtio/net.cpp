@@ -14,6 +14,7 @@
 
 #include "base/log.h"
 #include "base/log_limit.h"
+#include "mmds/stack.h"
 
 namespace vessel::virtio {
 
@@ -207,6 +208,11 @@ void NetDevice::reset()
     m_rx_capacity = 0;
     m_rx_throttled = m_tx_throttled = false;
     m_rx_deferred = 0; // the driver took its buffers back
+    m_mmds_consumed = m_mmds_stalled = false;
+    // What the stack had for the old driver (ARP replies, connections) means nothing to the
+    // next one; the guest's TCP learns of it with a RST, as after a snapshot restore.
+    if (m_mmds)
+        m_mmds->restore(m_mmds->save());
 }
 
 void NetDevice::set_rate_limiters(
@@ -277,7 +283,8 @@ void NetDevice::poll()
     if (!m_active || m_mode != Mode::Manual || m_paused)
         return;
     m_tx_blocked = false;
-    m_kicked.store(0);
+    if ((m_kicked.exchange(0) >> kRxQueue) & 1)
+        m_mmds_stalled = false; // new buffers: a reply that did not fit may now
     unthrottle_tx();
     unthrottle_rx();
     // Bounded: a peer that keeps sending cannot keep the caller here forever.
@@ -287,6 +294,7 @@ void NetDevice::poll()
         if (!more)
             break;
     }
+    m_mmds_consumed = false; // process_rx() ran after every process_tx()
 }
 
 // --- transmit ---------------------------------------------------------------------------------
@@ -307,6 +315,15 @@ bool NetDevice::unthrottle_tx()
     m_tx_throttled = false;
     m_metrics.tx_rate_limiter_event_count.add();
     return true;
+}
+
+int NetDevice::wait_timeout_ms() const
+{
+    int limiter = limiter_timeout_ms();
+    int mmds = mmds_timeout_ms();
+    if (limiter < 0 || mmds < 0)
+        return std::max(limiter, mmds);
+    return std::min(limiter, mmds);
 }
 
 int NetDevice::limiter_timeout_ms() const
@@ -420,6 +437,14 @@ NetDevice::TxOutcome NetDevice::transmit(const Chain& chain)
     hdr.flags &= kNetHdrFNeedsCsum; // DATA_VALID / RSC_INFO are receive-only (5.1.6.2)
     hdr.num_buffers = 0;
 
+    if (m_mmds && divert_to_mmds(reader)) {
+        // Firecracker gives the tx limiter back what the MMDS consumed: only frames that leave
+        // the VM are limited.
+        m_tx_limiter.replenish_request(chain.readable_bytes);
+        m_mmds_consumed = true;
+        return TxOutcome::Done;
+    }
+
     m_iov.clear();
     m_iov.push_back({ &hdr, sizeof(hdr) });
     bool too_many = false;
@@ -500,7 +525,7 @@ bool NetDevice::fill_rx_chains()
 
 bool NetDevice::process_rx()
 {
-    if (m_failed || m_rx_throttled || (m_backend_dead && m_rx_deferred == 0))
+    if (m_failed || m_rx_throttled || (m_backend_dead && m_rx_deferred == 0 && !mmds_has_reply()))
         return false;
     Queue& q = m_ctx.queues[kRxQueue];
     const size_t ring = m_rx_chains.size();
@@ -522,6 +547,18 @@ bool NetDevice::process_rx()
             if (q.needs_interrupt())
                 m_ctx.interrupt->signal_queue(kRxQueue);
             continue;
+        }
+        // MMDS replies go before the backend's frames (Firecracker's order), into the buffers
+        // there are: the stack sizes its segments to them.
+        if (mmds_has_reply()) {
+            const bool filled = fill_rx_chains();
+            if (m_failed || (!filled && m_rx_count == 0))
+                break; // no buffers: the reply waits in the stack for the guest's
+            if (size_t n = write_mmds_reply()) {
+                if (!account_rx(n))
+                    break;
+                continue;
+            }
         }
         if (m_backend_dead || !fill_rx_chains())
             break;
@@ -560,20 +597,8 @@ bool NetDevice::process_rx()
             }
             continue;
         }
-        // Counted when read, before the limiter (as Firecracker).
-        m_metrics.rx_count.add();
-        m_metrics.rx_packets_count.add();
-        m_metrics.rx_bytes_count.add(static_cast<uint64_t>(n));
-        if (!m_rx_limiter.consume_request(static_cast<uint64_t>(n))) {
-            // Held in the buffers it was read into (not used yet) until the limiter unblocks.
-            m_rx_deferred = static_cast<uint32_t>(n);
-            m_rx_throttled = true;
-            m_metrics.rx_rate_limiter_throttled.add();
+        if (!account_rx(static_cast<size_t>(n)))
             break;
-        }
-        deliver_rx(static_cast<size_t>(n));
-        if (q.needs_interrupt())
-            m_ctx.interrupt->signal_queue(kRxQueue);
     }
     if (m_rx_returned) {
         m_rx_returned = false;
@@ -581,6 +606,25 @@ bool NetDevice::process_rx()
             m_ctx.interrupt->signal_queue(kRxQueue);
     }
     return more && !m_failed;
+}
+
+bool NetDevice::account_rx(size_t frame_bytes)
+{
+    // Counted when read, before the limiter (as Firecracker).
+    m_metrics.rx_count.add();
+    m_metrics.rx_packets_count.add();
+    m_metrics.rx_bytes_count.add(frame_bytes);
+    if (!m_rx_limiter.consume_request(frame_bytes)) {
+        // Held in the buffers it was written into (not used yet) until the limiter unblocks.
+        m_rx_deferred = static_cast<uint32_t>(frame_bytes);
+        m_rx_throttled = true;
+        m_metrics.rx_rate_limiter_throttled.add();
+        return false;
+    }
+    deliver_rx(frame_bytes);
+    if (m_ctx.queues[kRxQueue].needs_interrupt())
+        m_ctx.interrupt->signal_queue(kRxQueue);
+    return true;
 }
 
 void NetDevice::deliver_rx(size_t frame_bytes)
@@ -610,6 +654,7 @@ void NetDevice::deliver_rx(size_t frame_bytes)
     }
     m_stats.rx_frames.fetch_add(1, std::memory_order_relaxed);
     m_stats.rx_bytes.fetch_add(frame_bytes - kNetHeaderBytes, std::memory_order_relaxed);
+    m_mmds_stalled = false; // other chains lead now: a waiting MMDS reply may fit them
 }
 
 // --- the I/O thread ---------------------------------------------------------------------------
@@ -644,7 +689,7 @@ void NetDevice::run()
     epoll_event events[4];
     while (!m_stop.load(std::memory_order_acquire)) {
         update_backend_events();
-        int n = ::epoll_wait(m_epoll, events, 4, tx_more || rx_more ? 0 : limiter_timeout_ms());
+        int n = ::epoll_wait(m_epoll, events, 4, tx_more || rx_more ? 0 : wait_timeout_ms());
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -671,10 +716,16 @@ void NetDevice::run()
         uint32_t kicked = m_kicked.exchange(0, std::memory_order_acq_rel);
         tx_more |= (kicked >> kTxQueue) & 1;
         rx_more |= (kicked >> kRxQueue) & 1;
+        if ((kicked >> kRxQueue) & 1)
+            m_mmds_stalled = false; // new buffers: a reply that did not fit may now
         tx_more |= unthrottle_tx();
         rx_more |= unthrottle_rx();
         if (tx_more)
             tx_more = process_tx();
+        // Replies to what the MMDS just took, and retransmissions whose timer fired, go out in
+        // this pass.
+        rx_more |= std::exchange(m_mmds_consumed, false);
+        rx_more |= mmds_wants_rx();
         if (rx_more)
             rx_more = process_rx();
     }

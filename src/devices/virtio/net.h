@@ -30,6 +30,18 @@
 // backend is not read again until it is delivered (the backend queues, as when the guest gives
 // no buffers). The thread sleeps in epoll until the limiter's deadline. set_rate_limiters()
 // changes the buckets from any thread. Counters (report_metrics) use Firecracker's net names.
+//
+// MMDS (set_mmds(); the glue is in net_mmds.cpp): the metadata service's network stack sits on
+// this interface, as Firecracker's MmdsNetworkStack. Transmit: the first bytes of each frame are
+// peeked from the chain (EtherType, ARP target, IPv4 destination); only a frame that may be for
+// the MMDS is copied out (bounded by the largest frame) and handed to the stack, others keep the
+// zero-copy writev. A frame the stack consumes completes its chain, never reaches the backend and
+// gets its tx limiter charge back (as Firecracker). Receive: the stack's replies go to the guest
+// before the backend's frames, with a plain header (no offloads), charged to the rx limiter and
+// counted as received frames like the backend's. The stack builds replies only when there are
+// buffers to put them in, so a guest without receive buffers loses nothing. Its retransmission
+// timers bound the thread's epoll wait. Everything runs on the I/O thread: nothing happens
+// while paused.
 #pragma once
 
 #include <array>
@@ -46,6 +58,10 @@
 #include "devices/virtio/queue.h"
 #include "devices/virtio/tap.h"
 #include "devices/virtio/virtio.h"
+
+namespace vessel::mmds {
+class Stack;
+}
 
 namespace vessel::virtio {
 
@@ -112,6 +128,13 @@ struct NetMetrics {
     LatencyCounter tap_write_agg; // one frame's write to the backend, µs
 };
 
+// The MMDS counters the device keeps itself (the stack keeps the rest, mmds::StackStats).
+struct NetMmdsMetrics {
+    Counter tx_frames, tx_bytes; // replies written into the guest's buffers (bytes without the header)
+    Counter tx_errors; // a reply did not fit the receive buffers the guest offered (it waits)
+    Counter frames_copied; // transmitted frames copied out for the stack: only possible MMDS frames
+};
+
 class NetDevice final : public VirtioDevice {
 public:
     static constexpr uint16_t kRxQueue = 0;
@@ -153,6 +176,16 @@ public:
     const RateLimiter& tx_rate_limiter() const { return m_tx_limiter; }
     const NetMetrics& metrics() const { return m_metrics; }
 
+    // Puts the MMDS network stack on this interface (null: none). Before activate() only: from
+    // then on the I/O thread owns it.
+    void set_mmds(std::unique_ptr<mmds::Stack> stack);
+    // The stack, for its address and statistics (set_ipv4() and stats() may be used from any
+    // thread; the rest belongs to the I/O thread while the device is active).
+    mmds::Stack* mmds_stack() const { return m_mmds.get(); }
+    const NetMmdsMetrics& mmds_metrics() const { return m_mmds_metrics; }
+    // Firecracker's `mmds` group for this interface (nothing without a stack). Any thread.
+    void report_mmds_metrics(MetricsReport& out) const;
+
     // Manual mode: processes both queues until neither can make progress (never blocks); does
     // nothing while paused.
     void poll();
@@ -174,7 +207,23 @@ private:
     // epoll_wait's timeout while a direction waits for its limiter (-1: none does).
     int limiter_timeout_ms() const;
     bool fill_rx_chains();
+    // A frame of `frame_bytes` (header included) is in the pending chains: counts it and gives
+    // it to the guest, or holds it there for the rx limiter (false: stop receiving).
+    bool account_rx(size_t frame_bytes);
     void deliver_rx(size_t frame_bytes);
+    // epoll_wait's timeout: the limiters' and the MMDS retransmission timer's (-1: none).
+    int wait_timeout_ms() const;
+
+    // net_mmds.cpp. A transmitted frame (`frame` just past the header): true if the MMDS took it.
+    bool divert_to_mmds(const ChainReader& frame);
+    // Writes the stack's next reply into the pending receive chains; returns its bytes with the
+    // header, 0 if there is none or it does not fit.
+    size_t write_mmds_reply();
+    // The stack has a reply (that did not fail to fit the buffers there are).
+    bool mmds_has_reply() const;
+    // ... and the receive side could take it now: the I/O thread should run it.
+    bool mmds_wants_rx() const;
+    int mmds_timeout_ms() const;
     void run();
     void update_backend_events();
     Result<void> start_thread();
@@ -224,6 +273,13 @@ private:
     RateLimiter m_rx_limiter;
     RateLimiter m_tx_limiter;
     NetMetrics m_metrics;
+
+    std::unique_ptr<mmds::Stack> m_mmds;
+    std::vector<uint8_t> m_mmds_frame; // a transmitted frame copied for the stack (kNetMaxFrameBytes)
+    std::vector<uint8_t> m_mmds_reply; // the stack writes a reply here, then it goes to the guest
+    bool m_mmds_consumed { false }; // the stack took frames: look at the receive side at once
+    bool m_mmds_stalled { false }; // a reply did not fit the buffers: wait for the guest to add some
+    NetMmdsMetrics m_mmds_metrics;
 };
 
 } // namespace vessel::virtio
