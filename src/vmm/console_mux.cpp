@@ -42,6 +42,9 @@ ConsoleMux::~ConsoleMux()
         m_loop.remove_fd(m_stdin_token);
     if (m_stdin_timer)
         m_loop.cancel_timer(m_stdin_timer);
+    // The guest's last words (a power-off message) may still wait for the attached client:
+    // give them to it before closing (best effort: the socket is non-blocking).
+    flush_client();
     detach_client();
     int fd = m_file_fd.exchange(-1);
     if (fd >= 0)

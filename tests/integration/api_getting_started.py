@@ -52,7 +52,8 @@ va.make_ext4(ROOTFS, 32, {"known": "from-the-rootfs\n"})
 open(LOGFILE, "w").close()
 KERNEL_BOOT_ARGS = f"{base_cmdline} reboot=k panic=1 pci=off vessel.mode=api vessel.api=boot"
 
-vmm = va.Vmm(["--api-sock", API_SOCKET, "--id", "getting-started"], API_SOCKET, netns=ns.name, workdir=work)
+VM_ID = f"getting-started-{os.getpid()}"
+vmm = va.Vmm(["--api-sock", API_SOCKET, "--id", VM_ID], API_SOCKET, netns=ns.name, workdir=work)
 ok = False
 try:
     va.check(vmm.ready(), "the API socket accepts connections")
@@ -125,7 +126,7 @@ try:
     va.check("vessel-guest: api net eth0 addr=172.16.0.2 ping=ok" in out,
              "the guest pings the host over the tap (address from its MAC)")
     log = open(LOGFILE).read()
-    va.check("[getting-started:" in log and ":INFO:" in log, "the log file has Firecracker-format lines with levels")
+    va.check(f"[{VM_ID}:" in log and ":INFO:" in log, "the log file has Firecracker-format lines with levels")
     va.check(".cpp:" in log, "show_log_origin puts source locations in the log")
     va.check(not os.path.exists(API_SOCKET), "the API socket is removed when the VMM exits")
     ok = True

@@ -62,11 +62,25 @@ class Pty:
     def write(self, data):
         os.write(self.fd, data)
 
+    def drain(self):
+        while True:
+            try:
+                r, _, _ = select.select([self.fd], [], [], 0.1)
+                if not r:
+                    return
+                data = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.out += data
+
     def wait(self, timeout):
         deadline = time.time() + timeout
         while time.time() < deadline:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
+                self.drain()  # what it wrote just before exiting
                 return os.waitstatus_to_exitcode(status)
             try:
                 r, _, _ = select.select([self.fd], [], [], 0.1)
@@ -81,6 +95,15 @@ def start_detached(vm_id, mode):
     rc, out, err = run(["run", "--detach", "--id", vm_id, "--engine", "soft", "--kernel", kernel, "--initrd", initrd,
                         "--cmdline", f"{base_cmdline} {mode}", "--mem", f"{mem}M", "--cpus", "2"])
     va.check(rc == 0 and out.strip() == vm_id, f"vessel run --detach prints the id and returns: rc={rc} {out!r} {err!r}")
+
+
+def run_until_running(vm, timeout=600):
+    """Waits until the detached VM's console shows its guest's idle line (through the history)."""
+    con = Pty(["console", vm, "--history", "65536"])
+    ok = con.read_until(rb"vessel-guest: api idle", timeout)
+    con.write(b"\x01d")
+    con.wait(10)
+    return ok
 
 
 vm_id = f"cli-{os.getpid()}"
@@ -124,15 +147,23 @@ try:
     va.check(any(re.search(r"\d+(\.\d+)?[KMG]?\s", row.split()[5] + " ") for row in rows[1:]) if len(rows) > 1 else False,
              f"vessel top shows guest instructions per second: {rows[-1:]}")
 
+    # `vessel stop` on a guest whose init powers off on Ctrl+Alt+Del (the busybox shell's init only
+    # does once its shell exits), `vessel kill` on the shell one.
     start_detached(other, "vessel.mode=api vessel.api=idle")
-    rc, _, err = run(["stop", vm_id, "--timeout", "120"], timeout=180)
+    va.check(run_until_running(other), "the second VM's guest is up")
+    watch = Pty(["console", other])  # sees the guest's last words
+    va.check(watch.read_until(rb"Connected to ", 10), "a console watches the second VM")
+    rc, _, err = run(["stop", other, "--timeout", "120"], timeout=180)
     va.check(rc == 0, f"vessel stop returns once the guest has shut down: {err}")
+    va.check(watch.wait(10) == 0, "the watching console ends with the VM")
+    va.check(b"ctrl-alt-del: powering off" in watch.out and b"the VM has exited" in watch.out,
+             f"the guest shut down because of Ctrl+Alt+Del: {watch.out[-300:]!r}")
     rc, out, _ = run(["ls"])
-    va.check(vm_id not in out, f"the stopped VM is gone from vessel ls:\n{out}")
-    rc, _, err = run(["kill", other])
+    va.check(other not in out, f"the stopped VM is gone from vessel ls:\n{out}")
+    rc, _, err = run(["kill", vm_id])
     va.check(rc == 0, f"vessel kill: {err}")
     rc, out, _ = run(["ls"])
-    va.check(other not in out, "the killed VM is gone from vessel ls")
+    va.check(vm_id not in out, "the killed VM is gone from vessel ls")
     rc, _, err = run(["info", "no-such-vm"])
     va.check(rc == 1 and "no VM 'no-such-vm'" in err, f"an unknown id is a clear error: {err}")
 finally:

@@ -48,7 +48,10 @@ RoundTripResult run_with_round_trips(const std::string& guest, uint32_t cpus, st
         std::this_thread::sleep_for(period);
         if (done.load())
             break;
-        machine.pause();
+        auto paused = machine.pause();
+        EXPECT_TRUE(paused.ok() || machine.stopping()) << paused.error().message();
+        if (!paused.ok())
+            break;
         for (auto& vcpu : machine.vcpus()) {
             auto state = vcpu->get_state();
             EXPECT_TRUE(state.ok()) << state.error().message();
@@ -62,7 +65,8 @@ RoundTripResult run_with_round_trips(const std::string& guest, uint32_t cpus, st
             EXPECT_TRUE(set.ok()) << set.error().message();
         }
         ++out.round_trips;
-        machine.resume();
+        auto resumed = machine.resume();
+        EXPECT_TRUE(resumed.ok()) << resumed.error().message();
     }
     runner.join();
     return out;
