@@ -36,3 +36,24 @@ for engine in "${engines[@]}"; do
   echo "(exit status $status; 33 = the guest reported PASS through the debug-exit port)"
   echo
 done
+
+# The control plane: a VM in the background, driven through its API socket (Firecracker's API)
+# and the verbs that use it.
+echo "== vessel run --detach --id demo ... (a guest that idles), then the verbs and the API"
+build/vessel run --detach --id demo --engine auto --cpus 2 --mem 256M --kernel "$kernel" --initrd "$initramfs" \
+  --cmdline "$LINUX_GUEST_CMDLINE vessel.mode=api vessel.api=idle"
+# Wait until the guest is up: its console's history (attached for a moment, without a terminal)
+# shows the idle line.
+for _ in $(seq 150); do
+  timeout 2 build/vessel console demo --history 65536 </dev/null 2>/dev/null | grep -q "vessel-guest: api idle" && break
+done
+build/vessel ls
+sock=$(build/vessel info demo --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["api_socket"])')
+echo "-- curl --unix-socket $sock http://localhost/"
+curl -s --unix-socket "$sock" http://localhost/; echo
+echo "-- curl --unix-socket $sock -X PATCH http://localhost/vm -d '{\"state\": \"Paused\"}'"
+curl -s --unix-socket "$sock" -X PATCH http://localhost/vm -d '{"state": "Paused"}'
+build/vessel ls
+build/vessel resume demo
+echo "-- vessel stop demo (Ctrl+Alt+Del; the guest powers off)"
+build/vessel stop demo --timeout 120 && echo "(stopped)"
