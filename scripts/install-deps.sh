@@ -14,7 +14,7 @@ PKGS=(
   # test guests, benchmarks, guest images
   python3 qemu-system-x86 acpica-tools busybox-static cpio e2fsprogs iproute2 xz-utils gzip zstd lz4 bzip2 curl gdb
   # API tests: a Python client and the OpenAPI validation
-  python3-requests-unixsocket python3-jsonschema python3-yaml
+  python3-requests-unixsocket python3-jsonschema python3-yaml python3-prometheus-client
 )
 
 SUDO=""

@@ -10,6 +10,7 @@
 #include "cli/serve.h"
 #include "cli/verbs.h"
 #include "engine/probe.h"
+#include "vmm/metrics.h"
 
 using namespace vessel;
 
@@ -52,6 +53,7 @@ void ensure_standard_fds()
 
 int main(int argc, char** argv)
 {
+    Metrics::note_process_start();
     ensure_standard_fds();
     auto options = parse_command_line(argc, argv);
     if (!options.ok())

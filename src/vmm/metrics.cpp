@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <set>
 
+#include "base/log.h"
 #include "devices/virtio/balloon.h"
 #include "devices/virtio/blk.h"
 #include "devices/virtio/mmio.h"
@@ -104,40 +105,9 @@ uint64_t now_us(clockid_t clock)
     return static_cast<uint64_t>(ts.tv_sec) * 1000000 + static_cast<uint64_t>(ts.tv_nsec) / 1000;
 }
 
-// The process's start (wall) from /proc/self/stat field 22 (clock ticks since boot).
-uint64_t process_age_us()
-{
-    char buf[1024];
-    int fd = ::open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
-    ::close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
-    const char* p = std::strrchr(buf, ')'); // comm may contain spaces
-    if (!p)
-        return 0;
-    unsigned long long start_ticks = 0;
-    // After ")": state is field 3; starttime is field 22.
-    int field = 2;
-    for (const char* q = p + 1; *q; ++q) {
-        if (*q == ' ') {
-            ++field;
-            if (field == 22) {
-                start_ticks = std::strtoull(q + 1, nullptr, 10);
-                break;
-            }
-        }
-    }
-    long hz = ::sysconf(_SC_CLK_TCK);
-    if (hz <= 0)
-        return 0;
-    uint64_t start_us = start_ticks * 1000000ULL / static_cast<uint64_t>(hz);
-    uint64_t since_boot = now_us(CLOCK_BOOTTIME);
-    return since_boot > start_us ? since_boot - start_us : 0;
-}
+// When main() began (CLOCK_MONOTONIC, µs); set by the CLI edge. /proc/self/stat's start time
+// would also count exec and the dynamic loader, but only in 10 ms clock ticks.
+std::atomic<uint64_t> g_process_start_us { 0 };
 
 // Prometheus metric name from a Firecracker group and field.
 std::string prom_name(const std::string& group, const std::string& field)
@@ -237,9 +207,15 @@ void Metrics::record_resume(std::chrono::microseconds duration)
     m_resumes.record(duration);
 }
 
+void Metrics::note_process_start()
+{
+    g_process_start_us.store(now_us(CLOCK_MONOTONIC));
+}
+
 void Metrics::record_startup()
 {
-    m_startup_us = process_age_us();
+    uint64_t start = g_process_start_us.load();
+    m_startup_us = start ? now_us(CLOCK_MONOTONIC) - start : 0;
     m_startup_cpu_us = now_us(CLOCK_PROCESS_CPUTIME_ID);
 }
 
@@ -363,7 +339,7 @@ ojson Metrics::totals()
         { "vmm_diff_create_snapshot", 0 }, { "vmm_load_snapshot", 0 }, { "vmm_pause_vm", m_pause_us },
         { "vmm_resume_vm", m_resume_us } };
     out["logger"] = { { "missed_metrics_count", m_missed_metrics.get() }, { "metrics_fails", m_metrics_fails.get() },
-        { "missed_log_count", m_missed_log.get() } };
+        { "missed_log_count", m_missed_log.get() + log_missed_count() } };
     {
         GroupReport mmds;
         if (m_vm)
@@ -429,7 +405,16 @@ std::string Metrics::fc_line()
 std::string Metrics::prometheus()
 {
     ojson t = totals();
-    std::string out;
+    // Prometheus wants each metric family's samples together, after one "# TYPE" line: collect
+    // them by family (in the order families first appear), then write them out.
+    std::vector<std::string> order;
+    std::map<std::string, std::pair<const char*, std::string>> families;
+    auto sample = [&](const std::string& family, const char* kind, const std::string& labels, auto value) {
+        auto [it, fresh] = families.try_emplace(family, kind, std::string());
+        if (fresh)
+            order.push_back(family);
+        it->second.second += fmt::format("{}{} {}\n", family, labels, value);
+    };
     for (auto& [group, fields] : t.items()) {
         if (!fields.is_object())
             continue;
@@ -441,18 +426,18 @@ std::string Metrics::prometheus()
             device = group.substr(u + 1);
         }
         std::string labels = device.empty() ? "" : fmt::format("{{device=\"{}\"}}", prom_escape(device));
+        // The all-devices sums get names of their own, so a family never mixes them with per-device samples.
+        std::string family_group = device.empty() && (group == "block" || group == "net") ? group + "_all" : base_group;
         for (auto& [field, value] : fields.items()) {
-            std::string key = group + "." + field;
-            std::string name = prom_name(
-                device.empty() && (group == "block" || group == "net") ? group + "_all" : base_group, field);
+            std::string name = prom_name(family_group, field);
             if (value.is_object()) {
-                out += fmt::format("{}_sum_us{} {}\n", name, labels, value["sum_us"].get<uint64_t>());
-                out += fmt::format("{}_max_us{} {}\n", name, labels, value["max_us"].get<uint64_t>());
-                out += fmt::format("{}_min_us{} {}\n", name, labels, value["min_us"].get<uint64_t>());
-            } else if (kStoreFields.count(key)) {
-                out += fmt::format("{}{} {}\n", name, labels, value.dump());
+                sample(name + "_sum_us", "counter", labels, value["sum_us"].get<uint64_t>());
+                sample(name + "_max_us", "gauge", labels, value["max_us"].get<uint64_t>());
+                sample(name + "_min_us", "gauge", labels, value["min_us"].get<uint64_t>());
+            } else if (kStoreFields.count(group + "." + field)) {
+                sample(name, "gauge", labels, value.dump());
             } else {
-                out += fmt::format("{}_total{} {}\n", name, labels, value.dump());
+                sample(name + "_total", "counter", labels, value.dump());
             }
         }
     }
@@ -461,31 +446,35 @@ std::string Metrics::prometheus()
         if (m_vm) {
             for (auto& v : m_vm->vcpus()) {
                 auto s = v->stats();
-                uint32_t id = v->id();
-                out += fmt::format("vessel_vcpu_instructions_total{{vcpu=\"{}\"}} {}\n", id, s.instructions);
-                out += fmt::format("vessel_vcpu_translations_total{{vcpu=\"{}\"}} {}\n", id, s.translations);
-                out += fmt::format("vessel_vcpu_exits_total{{vcpu=\"{}\",kind=\"io_in\"}} {}\n", id, s.exits_io_in);
-                out += fmt::format("vessel_vcpu_exits_total{{vcpu=\"{}\",kind=\"io_out\"}} {}\n", id, s.exits_io_out);
-                out += fmt::format(
-                    "vessel_vcpu_exits_total{{vcpu=\"{}\",kind=\"mmio_read\"}} {}\n", id, s.exits_mmio_read);
-                out += fmt::format(
-                    "vessel_vcpu_exits_total{{vcpu=\"{}\",kind=\"mmio_write\"}} {}\n", id, s.exits_mmio_write);
-                out += fmt::format("vessel_vcpu_exits_total{{vcpu=\"{}\",kind=\"other\"}} {}\n", id, s.exits_other);
+                std::string vcpu = fmt::format("vcpu=\"{}\"", v->id());
+                sample("vessel_vcpu_instructions_total", "counter", "{" + vcpu + "}", s.instructions);
+                sample("vessel_vcpu_translations_total", "counter", "{" + vcpu + "}", s.translations);
+                const std::pair<const char*, uint64_t> exits[]
+                    = { { "io_in", s.exits_io_in }, { "io_out", s.exits_io_out }, { "mmio_read", s.exits_mmio_read },
+                          { "mmio_write", s.exits_mmio_write }, { "other", s.exits_other } };
+                for (auto& [kind, n] : exits)
+                    sample("vessel_vcpu_exits_total", "counter", fmt::format("{{{},kind=\"{}\"}}", vcpu, kind), n);
             }
         }
     }
     for (auto& [key, p] : m_paths) {
-        std::string labels = fmt::format("method=\"{}\",path=\"{}\"", key.first, prom_escape(key.second));
-        out += fmt::format("vessel_api_requests_total{{{}}} {}\n", labels, p.count);
-        out += fmt::format("vessel_api_request_errors_total{{{}}} {}\n", labels, p.errors);
-        out += fmt::format("vessel_api_request_duration_us_sum{{{}}} {}\n", labels, p.sum_us);
+        std::string labels = fmt::format("{{method=\"{}\",path=\"{}\"}}", key.first, prom_escape(key.second));
+        sample("vessel_api_requests_total", "counter", labels, p.count);
+        sample("vessel_api_request_errors_total", "counter", labels, p.errors);
+        sample("vessel_api_request_duration_us_sum", "counter", labels, p.sum_us);
     }
-    out += fmt::format(
-        "vessel_vm_pauses_total {}\nvessel_vm_pause_duration_us_sum {}\nvessel_vm_pause_duration_us_max {}\n",
-        m_pauses.count(), m_pauses.sum_us(), m_pauses.max_us());
-    out += fmt::format(
-        "vessel_vm_resumes_total {}\nvessel_vm_resume_duration_us_sum {}\nvessel_vm_resume_duration_us_max {}\n",
-        m_resumes.count(), m_resumes.sum_us(), m_resumes.max_us());
+    sample("vessel_vm_pauses_total", "counter", "", m_pauses.count());
+    sample("vessel_vm_pause_duration_us_sum", "counter", "", m_pauses.sum_us());
+    sample("vessel_vm_pause_duration_us_max", "gauge", "", m_pauses.max_us());
+    sample("vessel_vm_resumes_total", "counter", "", m_resumes.count());
+    sample("vessel_vm_resume_duration_us_sum", "counter", "", m_resumes.sum_us());
+    sample("vessel_vm_resume_duration_us_max", "gauge", "", m_resumes.max_us());
+    std::string out;
+    for (auto& family : order) {
+        auto& [kind, lines] = families[family];
+        out += fmt::format("# TYPE {} {}\n", family, kind);
+        out += lines;
+    }
     return out;
 }
 

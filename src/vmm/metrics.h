@@ -46,6 +46,8 @@ public:
     void vm_started();
     void record_pause(std::chrono::microseconds duration);
     void record_resume(std::chrono::microseconds duration);
+    // main() began (call first thing): the start of api_server.process_startup_time_us.
+    static void note_process_start();
     // The API socket accepts connections: process start-up time (wall and CPU).
     void record_startup();
     void set_mmds(const mmds::DataStore* store) { m_mmds = store; }
