@@ -44,12 +44,12 @@ try:
         ("PUT", "/actions", {"action_type": "InstanceStart"}),
     ]
     for method, path, body in steps:
-        r = va.api(sock, method, path, body)
+        r = va.api_checked(sock, method, path, body)
         va.check(r.status == 204, f"{method} {path}: {r}")
         if path == "/mmds/config":
             va.check(r.headers.get("deprecation") == ("true" if args.version == "V1" else None),
                      "V1 is answered with Firecracker's Deprecation header, V2 without")
-    r = va.api(sock, "GET", "/mmds")
+    r = va.api_checked(sock, "GET", "/mmds")
     va.check(r.status == 200 and r.json() == store, f"GET /mmds returns the store: {r}")
 
     va.check(vmm.wait_output("vessel-guest: mmds waiting", 600), "the guest made its requests")
@@ -69,7 +69,7 @@ try:
     va.check('mmds json body={"meta-data":{"ami-id":"ami-12345678","instance":{"name":"vessel-mmds","zone":"here"}}}'
              in out, "Accept: application/json gets JSON")
 
-    r = va.api(sock, "PATCH", "/mmds", {"latest": {"meta-data": {"ami-id": "ami-87654321"}}})
+    r = va.api_checked(sock, "PATCH", "/mmds", {"latest": {"meta-data": {"ami-id": "ami-87654321"}}})
     va.check(r.status == 204, f"PATCH /mmds while the guest runs: {r}")
     vmm.proc.stdin.write(b"go\n")
     vmm.proc.stdin.flush()

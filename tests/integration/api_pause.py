@@ -42,7 +42,7 @@ try:
     va.check(vmm.ready(), "the API socket accepts connections")
     va.check(vmm.wait_output("vessel-guest: tick 20 ", 600), "the guest ticks")
     t0 = time.monotonic()
-    r = va.api(sock, "PATCH", "/vm", {"state": "Paused"})
+    r = va.api_checked(sock, "PATCH", "/vm", {"state": "Paused"})
     pause_ms = (time.monotonic() - t0) * 1000
     va.check(r.status == 204, f"PATCH /vm Paused: {r}")
     paused_at = time.time()
@@ -60,14 +60,14 @@ try:
             break
     va.check(silent, f"no console output while paused for {pause_s:.0f} s")
     t0 = time.monotonic()
-    r = va.api(sock, "PATCH", "/vm", {"state": "Resumed"})
+    r = va.api_checked(sock, "PATCH", "/vm", {"state": "Resumed"})
     resume_ms = (time.monotonic() - t0) * 1000
     va.check(r.status == 204, f"PATCH /vm Resumed: {r}")
     va.check(va.api(sock, "GET", "/").json()["state"] == "Running", "GET / says Running")
     n_before = int(last_before[0])
     va.check(vmm.wait_output(f"vessel-guest: tick {n_before + 5} ", 120), "the ticks continue after resuming")
     print(f"pause took {pause_ms:.2f} ms, resume {resume_ms:.2f} ms (round trips through the API socket)")
-    info = va.api(sock, "GET", "/vm/info").json()
+    info = va.api_checked(sock, "GET", "/vm/info").json()
     print(f"inside the VMM: pause {info['last_pause_us']} us, resume {info['last_resume_us']} us")
 
     rc = vmm.wait(900)

@@ -151,6 +151,28 @@ def api(path, method, target, body=None, headers=None):
         c.close()
 
 
+_schema = None
+
+
+def schema():
+    """The OpenAPI description (src/api/openapi.yaml) through api_schema.py, loaded once."""
+    global _schema
+    if _schema is None:
+        from api_schema import ApiSchema
+        _schema = ApiSchema()
+    return _schema
+
+
+def api_checked(path, method, target, body=None):
+    """api(), with the answer validated against the OpenAPI description (a failed check if not)."""
+    r = api(path, method, target, body)
+    try:
+        schema().validate(method, target.split("?")[0], r.status, r.body, r.headers.get("content-type", ""))
+    except AssertionError as e:
+        check(False, f"OpenAPI: {method} {target}: {e}")
+    return r
+
+
 def wait_for_socket(path, proc, timeout=10.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
