@@ -29,7 +29,7 @@ public:
     using Handler = std::function<HttpResponse(const HttpRequest&)>;
 
     static constexpr size_t kMaxConnections = 256;
-    static constexpr size_t kMaxPendingOutput = 256 * 1024;
+    static constexpr size_t kMaxPendingOutput = 64 * 1024;
     static constexpr std::chrono::seconds kRequestTimeout { 30 };
     static constexpr std::chrono::seconds kIdleTimeout { 300 };
 

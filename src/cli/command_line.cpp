@@ -195,6 +195,15 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
     app.add_option("--http-api-max-payload-size", s.max_payload, "Largest API request body in bytes (default 51200)");
     app.add_option(
         "--mmds-size-limit", s.mmds_size_limit, "Largest MMDS data store in bytes (default: the payload limit)");
+    app.add_option("--metadata", s.metadata, "A JSON file put into the MMDS data store at start");
+    // What Firecracker's jailer passes on: when the process was started and its CPU time so far.
+    app.add_option("--start-time-us", s.start_time_us, "Process start time (CLOCK_MONOTONIC, us), from the jailer");
+    app.add_option("--start-time-cpu-us", s.start_time_cpu_us, "Process CPU time at start (us), from the jailer");
+    app.add_option("--parent-cpu-time-us", s.parent_cpu_time_us, "The jailer's own CPU time (us)");
+    bool no_seccomp = false;
+    std::string seccomp_filter;
+    app.add_flag("--no-seccomp", no_seccomp, "Install no seccomp filters (Vessel installs none yet)");
+    app.add_option("--seccomp-filter", seccomp_filter, "Not supported yet: Vessel has no seccomp filters");
 
     CLI::App* run = app.add_subcommand("run", "Boot a VM from flags and run it until the guest powers off");
     run->fallthrough(); // --log-level may follow the subcommand
@@ -253,6 +262,9 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
         static const char* names[] = { "trace", "debug", "info", "warn", "error", "off" };
         out.log_level = names[static_cast<int>(level.value())];
     }
+    if (!seccomp_filter.empty())
+        return make_error("--seccomp-filter: Vessel does not install seccomp filters yet (its sandbox comes later); "
+                          "refusing rather than running unfiltered");
     auto engine_kind = parse_engine(engine);
     if (!engine_kind.ok())
         return make_error("--engine: {}", engine_kind.error().message());

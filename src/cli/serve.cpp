@@ -15,6 +15,7 @@
 #include "api/api_server.h"
 #include "api/config_file.h"
 #include "api/router.h"
+#include "base/file.h"
 #include "cli/run_dir.h"
 #include "mmds/data_store.h"
 #include "mmds/token_authority.h"
@@ -145,7 +146,16 @@ int serve_here(const ServeOptions& o, int ready_fd)
             log_warn("cannot register {} as {}: {}", socket_path, registration, std::strerror(errno));
         log_info("API socket {} (VM id {})", socket_path, o.id);
     }
-    metrics.record_startup();
+    metrics.record_startup(o.start_time_us, o.start_time_cpu_us, o.parent_cpu_time_us);
+    if (!o.metadata.empty()) {
+        auto bytes = read_file(o.metadata, 16 << 20);
+        if (!bytes.ok())
+            return fail(ready, fmt::format("--metadata: {}", bytes.error().message()));
+        if (auto r
+            = mmds_store->put_json(std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()));
+            !r.ok())
+            return fail(ready, fmt::format("--metadata {}: {}", o.metadata, r.error().message()));
+    }
 
     int sfd = ::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0)

@@ -25,6 +25,11 @@ struct ServeOptions {
     size_t max_payload { 51200 };
     size_t mmds_size_limit { 0 }; // 0: max_payload
     bool detach { false }; // fork into the background once the API socket accepts
+    std::string metadata; // --metadata: a JSON file put into the MMDS store at start
+    // The jailer's (Firecracker's) start time and CPU time, for api_server.process_startup_time_us.
+    std::optional<uint64_t> start_time_us;
+    std::optional<uint64_t> start_time_cpu_us;
+    std::optional<uint64_t> parent_cpu_time_us;
 };
 
 // Runs the VMM; returns the process's exit status.

@@ -212,11 +212,17 @@ void Metrics::note_process_start()
     g_process_start_us.store(now_us(CLOCK_MONOTONIC));
 }
 
-void Metrics::record_startup()
+void Metrics::record_startup(
+    std::optional<uint64_t> start_time_us, std::optional<uint64_t> start_cpu_us, std::optional<uint64_t> parent_cpu_us)
 {
-    uint64_t start = g_process_start_us.load();
-    m_startup_us = start ? now_us(CLOCK_MONOTONIC) - start : 0;
-    m_startup_cpu_us = now_us(CLOCK_PROCESS_CPUTIME_ID);
+    uint64_t now = now_us(CLOCK_MONOTONIC);
+    uint64_t start = start_time_us.value_or(g_process_start_us.load());
+    m_startup_us = start && now > start ? now - start : 0;
+    // As Firecracker: the process's CPU time, less what it had used when the jailer noted the
+    // start, plus the jailer's own.
+    uint64_t cpu = now_us(CLOCK_PROCESS_CPUTIME_ID);
+    uint64_t before = start_cpu_us.value_or(0);
+    m_startup_cpu_us = (cpu > before ? cpu - before : 0) + parent_cpu_us.value_or(0);
 }
 
 void Metrics::api_request(const std::string& method, const std::string& resource, const std::string& path, int status,

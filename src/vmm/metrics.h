@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -48,8 +49,10 @@ public:
     void record_resume(std::chrono::microseconds duration);
     // main() began (call first thing): the start of api_server.process_startup_time_us.
     static void note_process_start();
-    // The API socket accepts connections: process start-up time (wall and CPU).
-    void record_startup();
+    // The API socket accepts connections: process start-up time (wall and CPU). With the jailer's
+    // --start-time-us / --start-time-cpu-us / --parent-cpu-time-us, counted from those.
+    void record_startup(std::optional<uint64_t> start_time_us = {}, std::optional<uint64_t> start_cpu_us = {},
+        std::optional<uint64_t> parent_cpu_us = {});
     void set_mmds(const mmds::DataStore* store) { m_mmds = store; }
 
     // One API request: `group` is get|put|patch, `resource` Firecracker's counter stem

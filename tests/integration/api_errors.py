@@ -55,10 +55,18 @@ def expect_fault(sock, method, path, body, want, what, raw_body=None, documented
 
 work = tempfile.mkdtemp(prefix="vessel-api-errors-")
 sock = os.path.join(work, "api.sock")
-vmm = va.Vmm(["--api-sock", sock, "--id", f"errors-{os.getpid()}"], sock, workdir=work)
+metadata = os.path.join(work, "metadata.json")
+with open(metadata, "w") as f:
+    f.write('{"latest": {"meta-data": {"from": "--metadata"}}}')
+# Firecracker's jailer passes --start-time-us and friends, and --no-seccomp is a no-op here.
+vmm = va.Vmm(["--api-sock", sock, "--id", f"errors-{os.getpid()}", "--metadata", metadata, "--no-seccomp",
+              "--start-time-us", "0"], sock, workdir=work)
 vm = None
 try:
     va.check(vmm.ready(), "the API socket accepts connections")
+    r = va.api_checked(sock, "GET", "/mmds")
+    va.check(r.status == 200 and r.json() == {"latest": {"meta-data": {"from": "--metadata"}}},
+             f"--metadata fills the MMDS store: {r}")
     # --- every error class, before boot --------------------------------------------------------
     expect_fault(sock, "GET", "/no/such/path", None, "Invalid request method and/or path: GET no.", "unknown path",
                  documented=False)

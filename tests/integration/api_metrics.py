@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Metrics and logs as a Firecracker user meets them, plus the Prometheus endpoint. A VMM started
+"""Metrics and logs as a Firecracker user meets them (and PUT /serial), plus the Prometheus endpoint. A VMM started
 with --metrics-path and --log-path (Firecracker's flags) gets a VM through the API (a Multiboot
 test guest on the soft engine that keeps the serial port busy, then waits): the metrics file gets
 a line when the VM starts and one per FlushMetrics, each one compact JSON with Firecracker's groups
@@ -47,7 +47,9 @@ try:
              f"metrics cannot be configured twice: {r}")
     for _ in range(3):
         va.api(sock, "GET", "/machine-config")
+    serial_out = os.path.join(work, "serial.out")
     for path, body in [("/boot-source", {"kernel_image_path": os.path.join(args.guests, "echo.elf")}),
+                       ("/serial", {"serial_out_path": serial_out}),
                        ("/actions", {"action_type": "InstanceStart"})]:
         r = va.api(sock, "PUT", path, body)
         va.check(r.status == 204, f"PUT {path}: {r}")
@@ -72,6 +74,8 @@ try:
         va.check(sum(uart_writes) > 0, f"the UART's bytes are counted: {uart_writes}")
         va.check(lines[1]["put_api_requests"]["actions_count"] == 1 and lines[2]["put_api_requests"]["actions_count"] == 1,
                  "each FlushMetrics counts in the next line")
+    va.check(os.path.exists(serial_out) and "echo: ready" in open(serial_out, errors="replace").read(),
+             "PUT /serial: the guest's serial output also goes to serial_out_path")
     prom = va.api(sock, "GET", "/metrics")
     va.check(prom.status == 200 and prom.headers.get("content-type", "").startswith("text/plain"), "GET /metrics")
     try:
