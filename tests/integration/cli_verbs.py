@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The virsh-like verbs, as a user types them in a terminal (each through a pseudo-terminal):
+"""The virsh-like verbs, as a user types them in a terminal (each through a pseudo-terminal; a\nscript's view through pipes for `run --detach` and `info --json`):
 `vessel run --detach` starts Debian's kernel with the busybox shell on the soft engine in the
 background; `vessel ls` lists it; `vessel console` attaches from another terminal, runs a command
 in the guest's shell and detaches with Ctrl-A d (the VM runs on); `vessel pause`/`resume` change
@@ -28,7 +28,16 @@ env = dict(os.environ, VESSEL_RUN_DIR=run_dir)
 
 
 def run(args, timeout=60):
-    """A verb with its output captured (ls, info, pause, ...)."""
+    """A verb on a pseudo-terminal, as typed in a terminal: (status, what it printed, the same).
+    stdout and stderr are the terminal both; the text is returned twice for the callers' sake."""
+    term = Pty(args)
+    status = term.wait(timeout)
+    text = term.out.decode("utf-8", "replace").replace("\r\n", "\n")
+    return status, text, text
+
+
+def run_piped(args, timeout=60):
+    """A verb with its output in pipes (a script's view): (status, stdout, stderr)."""
     p = subprocess.run([VESSEL] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=timeout)
     return p.returncode, p.stdout.decode(), p.stderr.decode()
 
@@ -92,7 +101,7 @@ class Pty:
 
 
 def start_detached(vm_id, mode):
-    rc, out, err = run(["run", "--detach", "--id", vm_id, "--engine", "soft", "--kernel", kernel, "--initrd", initrd,
+    rc, out, err = run_piped(["run", "--detach", "--id", vm_id, "--engine", "soft", "--kernel", kernel, "--initrd", initrd,
                         "--cmdline", f"{base_cmdline} {mode}", "--mem", f"{mem}M", "--cpus", "2"])
     va.check(rc == 0 and out.strip() == vm_id, f"vessel run --detach prints the id and returns: rc={rc} {out!r} {err!r}")
 
@@ -132,7 +141,7 @@ try:
     va.check(rc == 0, f"vessel pause: {err}")
     rc, out, _ = run(["ls"])
     va.check(re.search(rf"^{vm_id}\s+Paused", out, re.M) is not None, f"vessel ls shows Paused:\n{out}")
-    rc, out, _ = run(["info", vm_id, "--json"])
+    rc, out, _ = run_piped(["info", vm_id, "--json"])
     va.check(rc == 0 and '"state": "Paused"' in out, "vessel info --json shows Paused")
     rc, _, err = run(["resume", vm_id])
     va.check(rc == 0, f"vessel resume: {err}")
@@ -168,7 +177,7 @@ try:
     va.check(rc == 1 and "no VM 'no-such-vm'" in err, f"an unknown id is a clear error: {err}")
 finally:
     for name in (vm_id, other):
-        run(["kill", name])
+        run_piped(["kill", name])
     if va._failures:
         for f in os.listdir(run_dir):
             if f.endswith(".log"):
