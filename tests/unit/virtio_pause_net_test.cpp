@@ -139,12 +139,7 @@ public:
         guest.tx.configure(queues[1]);
         for (auto& q : queues)
             EXPECT_TRUE(q.activate(memory, kFVersion1).ok());
-        ActivateContext ctx;
-        ctx.memory = &memory;
-        ctx.interrupt = &irq;
-        ctx.features = kFVersion1;
-        ctx.queues = std::span<Queue>(queues);
-        auto activated = device->activate(ctx);
+        auto activated = virtio_test::activate_device(*device, memory, irq, queues, kFVersion1);
         EXPECT_TRUE(activated.ok()) << activated.error().message();
     }
     ~NetRig()

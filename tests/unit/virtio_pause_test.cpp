@@ -47,12 +47,7 @@ void activate(VirtioDevice& device, GuestMemory& memory, std::vector<Ring*> ring
         rings[i]->configure(queues[i]);
         ASSERT_TRUE(queues[i].activate(memory, kFVersion1 | features).ok());
     }
-    ActivateContext ctx;
-    ctx.memory = &memory;
-    ctx.interrupt = &irq;
-    ctx.features = kFVersion1 | features;
-    ctx.queues = std::span<Queue>(queues);
-    auto r = device.activate(ctx);
+    auto r = virtio_test::activate_device(device, memory, irq, queues, kFVersion1 | features);
     ASSERT_TRUE(r.ok()) << r.error().message();
 }
 

@@ -128,12 +128,7 @@ public:
         ev.configure(queues[2]);
         for (auto& q : queues)
             EXPECT_TRUE(q.activate(memory, kFVersion1).ok());
-        ActivateContext ctx;
-        ctx.memory = &memory;
-        ctx.interrupt = &irq;
-        ctx.features = kFVersion1;
-        ctx.queues = std::span<Queue>(queues);
-        EXPECT_TRUE(device->activate(ctx).ok());
+        EXPECT_TRUE(virtio_test::activate_device(*device, memory, irq, queues, kFVersion1).ok());
     }
     ~VsockRig()
     {

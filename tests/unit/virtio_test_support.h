@@ -25,6 +25,19 @@ using virtio::kDescIndirect;
 using virtio::kDescNext;
 using virtio::kDescWrite;
 
+// Activates `device` on `queues` (already set up by the test's rings) as the transport does at
+// DRIVER_OK: the context every device test builds.
+inline Result<void> activate_device(virtio::VirtioDevice& device, GuestMemory& memory, virtio::VirtioInterrupt& irq,
+                                    std::vector<virtio::Queue>& queues, uint64_t features)
+{
+    virtio::ActivateContext ctx;
+    ctx.memory = &memory;
+    ctx.interrupt = &irq;
+    ctx.features = features;
+    ctx.queues = std::span<virtio::Queue>(queues);
+    return device.activate(ctx);
+}
+
 // One buffer of a chain, as the driver describes it.
 struct Buf {
     uint64_t gpa;
