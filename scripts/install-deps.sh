@@ -9,7 +9,7 @@ PKGS=(
   binutils
   # libraries (see README "Dependencies")
   libzydis-dev libxbyak-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
-  zlib1g-dev liblzma-dev libzstd-dev liblz4-dev libbz2-dev liburing-dev libseccomp-dev libhttp-parser-dev
+  zlib1g-dev liblzma-dev libzstd-dev liblz4-dev libbz2-dev liburing-dev libseccomp-dev libhttp-parser-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # test guests, benchmarks, guest images
   python3 qemu-system-x86 acpica-tools busybox-static cpio e2fsprogs iproute2 xz-utils gzip zstd lz4 bzip2 curl gdb

@@ -68,9 +68,14 @@ int main(int argc, char** argv)
     case Command::Serve: return serve(options->serve);
     case Command::Run: {
         ServeOptions serve_options = options->serve;
-        serve_options.run_config = options->vm;
+        if (!serve_options.restore)
+            serve_options.run_config = options->vm;
         return serve(serve_options);
     }
+    case Command::Restore: return serve(options->serve);
+    case Command::Snapshot: return command_snapshot(*options, false);
+    case Command::Suspend: return command_snapshot(*options, true);
+    case Command::SnapshotMerge: return command_snapshot_merge(*options);
     case Command::Ls: return command_ls(*options);
     case Command::Info: return command_info(*options);
     case Command::Pause: return command_pause_resume(*options, true);
@@ -79,6 +84,7 @@ int main(int argc, char** argv)
     case Command::Kill: return command_stop(*options, true);
     case Command::Console: return command_console(*options);
     case Command::Top: return command_top(*options);
+    case Command::UffdHandler: return command_uffd_handler(*options);
     }
     return kExitError;
 }

@@ -24,6 +24,11 @@ struct RunFlags {
     std::string vsock, console, balloon_target;
     std::string api_sock, id;
     bool no_api = false, detach = false;
+    // --restore DIR and what goes with it.
+    std::string restore;
+    std::vector<std::string> net_overrides;
+    std::string vsock_override;
+    bool paused = false, track_dirty_pages = false;
 };
 
 void add_run_flags(CLI::App* run, RunFlags& f)
@@ -66,9 +71,43 @@ void add_run_flags(CLI::App* run, RunFlags& f)
     run->add_flag("--no-api", f.no_api, "Serve no API socket (the VM cannot be found or steered)");
     run->add_flag("--detach,-d", f.detach,
         "Run in the background (its console on the API socket: `vessel console ID`); print the id");
+    run->add_option("--restore", f.restore,
+        "Resume the VM saved in this snapshot directory (vm.state, vm.mem; see `vessel snapshot`) instead of "
+        "booting: its configuration comes from the snapshot");
+    run->add_option("--net-override", f.net_overrides,
+        "With --restore: give interface IFACE a new tap: IFACE=TAP (repeatable; a clone's own network)");
+    run->add_option("--vsock-override", f.vsock_override, "With --restore: the vsock device's new host socket path");
+    run->add_flag("--paused", f.paused, "With --restore: leave the VM paused (`vessel resume ID` starts it)");
+    run->add_flag("--track-dirty-pages", f.track_dirty_pages,
+        "Record the pages the guest writes, for diff snapshots (`vessel snapshot --diff`)");
     run->footer("Exit status: 0 after a clean power-off, (v << 1) | 1 after the guest writes v to the debug-exit "
                 "port 0xf4, 2 after a triple fault, 1 on any error, 128+N on signal N.\n"
                 "Console: the guest's COM1 is on stdin/stdout; with a terminal, Ctrl-A x quits.");
+}
+
+// --restore: the snapshot decides the VM; only the clone's identity and the engine may change.
+Result<RestoreSpec> restore_spec(const RunFlags& f, CLI::App* run)
+{
+    for (const char* flag : { "--kernel", "--initrd", "--cmdline", "--mem", "--cpus", "--boot", "--config", "--disk",
+             "--net", "--vsock", "--rng", "--balloon", "--balloon-target", "--console", "--hugepages" }) {
+        if (const CLI::Option* opt = run->get_option_no_throw(flag); opt && opt->count())
+            return make_error("{} cannot go with --restore: the snapshot holds the VM's configuration", flag);
+    }
+    RestoreSpec spec;
+    spec.dir = std::filesystem::absolute(f.restore).string();
+    spec.resume = !f.paused;
+    spec.track_dirty_pages = f.track_dirty_pages;
+    for (const auto& o : f.net_overrides) {
+        auto eq = o.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == o.size())
+            return make_error("--net-override {}: expected IFACE=TAP", o);
+        spec.net_overrides.emplace_back(o.substr(0, eq), o.substr(eq + 1));
+    }
+    if (!f.vsock_override.empty())
+        spec.vsock_uds_path = std::filesystem::absolute(f.vsock_override).string();
+    if (run->count("--engine"))
+        spec.engine = TRY(parse_engine(f.engine));
+    return spec;
 }
 
 Result<void> apply_run_flags(const RunFlags& f, CLI::App* run, VmConfig& vm)
@@ -150,6 +189,8 @@ Result<void> apply_run_flags(const RunFlags& f, CLI::App* run, VmConfig& vm)
     }
     if (f.no_reboot)
         vm.on_reset = ResetAction::Exit;
+    if (f.track_dirty_pages)
+        vm.track_dirty_pages = true;
     if (f.hugepages)
         vm.hugepages = true;
     // API ids for the devices (GET /vm/config, PATCH, metrics): drive0.., net0..
@@ -230,6 +271,45 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
     verb("kill", "Stop a VM at once (like pulling the plug)", true);
     CLI::App* console = verb("console", "Attach to a VM's serial console (detach with Ctrl-A d)", true);
     console->add_option("--history", out.history, "Show this many bytes of past output first (at most 65536)");
+    CLI::App* snap = verb("snapshot",
+        "Save a VM to a directory (vm.state, vm.mem); a running VM is paused for it and resumed after", true);
+    snap->add_option("DIR", out.snapshot_dir, "The snapshot directory (created if needed)")->required();
+    snap->add_flag("--diff", out.diff,
+        "Only the pages written since the previous snapshot (the VM must track dirty pages); "
+        "`vessel snapshot-merge` folds diffs into their base");
+    CLI::App* suspend = verb("suspend", "Save a VM to a directory, then stop it (`vessel restore DIR` resumes it)", true);
+    suspend->add_option("DIR", out.snapshot_dir, "The snapshot directory (created if needed)")->required();
+    CLI::App* restore = app.add_subcommand("restore",
+        "Resume a saved VM in the background (as `vessel run --restore DIR --detach`); prints its id");
+    restore->fallthrough();
+    RunFlags restore_flags;
+    restore->add_option("DIR", restore_flags.restore, "The snapshot directory")->required();
+    restore->add_option("--id", restore_flags.id, "The restored VM's name (default vm-<pid>)");
+    restore->add_option("--api-sock", restore_flags.api_sock, "Its API socket (default: <run dir>/<id>.sock)");
+    restore->add_option("--engine", restore_flags.engine, "CPU engine to resume on: kvm, soft (default: the snapshot's)");
+    restore->add_option("--net-override", restore_flags.net_overrides, "IFACE=TAP: a new tap for an interface");
+    restore->add_option("--vsock-override", restore_flags.vsock_override, "The vsock device's new host socket");
+    restore->add_flag("--paused", restore_flags.paused, "Leave the VM paused");
+    restore->add_flag("--track-dirty-pages", restore_flags.track_dirty_pages, "Record written pages (diff snapshots)");
+    CLI::App* merge = app.add_subcommand("snapshot-merge",
+        "Fold diff snapshots into their base, oldest first: BASE then each DIFF (directories or vm.mem files); "
+        "BASE becomes the latest state");
+    merge->add_option("BASE DIFF", out.merge_inputs, "The base snapshot, then its diffs in order")->required()->expected(2, -1);
+    CLI::App* uffd = app.add_subcommand("uffd-handler",
+        "Serve the guest memory of ONE VMM restoring a snapshot with the Uffd backend (Firecracker's "
+        "page-fault-handler protocol), then exit when it does");
+    uffd->fallthrough();
+    uffd->add_option("--socket", out.uffd.socket, "The Unix socket to listen on: the load's mem_backend.backend_path")
+        ->required();
+    uffd->add_option("--mem-file", out.uffd.mem_file, "The snapshot's memory file (vm.mem)")->required();
+    uffd->add_option("--record", out.uffd.record,
+        "Write the memory-file offsets of the pages faulted, in order, to this trace file at exit");
+    uffd->add_option("--record-seconds", out.uffd.record_seconds,
+        "With --record: only the faults of the first N seconds after the VMM connected (default: all)");
+    uffd->add_option("--prefetch", out.uffd.prefetch,
+        "Copy the pages of this trace (from --record) first, in its order, while serving faults");
+    uffd->add_flag("--eager", out.uffd.eager,
+        "Copy every page of the memory file that holds data at once (holes fault as zero pages)");
     CLI::App* top = verb("top",
         "A live table of every running VM (CPU, guest instructions or exits, disk and "
         "network rates); q quits",
@@ -270,15 +350,24 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
         return make_error("--engine: {}", engine_kind.error().message());
     s.engine = engine_kind.value();
 
-    static const std::pair<const char*, Command> kVerbs[]
-        = { { "probe", Command::Probe }, { "ls", Command::Ls }, { "info", Command::Info }, { "pause", Command::Pause },
-              { "resume", Command::Resume }, { "stop", Command::Stop }, { "kill", Command::Kill },
-              { "console", Command::Console }, { "top", Command::Top } };
+    static const std::pair<const char*, Command> kVerbs[] = { { "probe", Command::Probe }, { "ls", Command::Ls },
+        { "info", Command::Info }, { "pause", Command::Pause }, { "resume", Command::Resume },
+        { "stop", Command::Stop }, { "kill", Command::Kill }, { "console", Command::Console }, { "top", Command::Top },
+        { "snapshot", Command::Snapshot }, { "suspend", Command::Suspend },
+        { "snapshot-merge", Command::SnapshotMerge }, { "uffd-handler", Command::UffdHandler } };
     for (auto& [name, command] : kVerbs) {
         if (app.got_subcommand(name)) {
             out.command = command;
             return out;
         }
+    }
+    if (restore->parsed()) {
+        out.command = Command::Restore;
+        s.restore = TRY(restore_spec(restore_flags, restore));
+        s.api_sock = restore_flags.api_sock;
+        s.id = restore_flags.id;
+        s.detach = true;
+        return out;
     }
     if (!run->parsed()) {
         // No verb: the VMM process (Firecracker's model) — or help, when nothing at all was given.
@@ -293,12 +382,15 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
         return out;
     }
     out.command = Command::Run;
-    TRY(apply_run_flags(flags, run, out.vm));
+    if (!flags.restore.empty())
+        s.restore = TRY(restore_spec(flags, run));
+    else
+        TRY(apply_run_flags(flags, run, out.vm));
     s.api_sock = flags.api_sock;
     s.id = flags.id;
     s.no_api = flags.no_api;
     s.detach = flags.detach;
-    s.engine = out.vm.engine;
+    s.engine = s.restore ? s.restore->engine.value_or(EngineKind::Auto) : out.vm.engine;
     if (flags.detach && flags.no_api)
         return make_error("--detach needs the API socket (its console is reached through it): drop --no-api");
     return out;

@@ -18,6 +18,10 @@ enum class Command {
     Version,
     Help,
     Ls,
+    Snapshot, // vessel snapshot ID DIR [--diff]
+    Suspend, // vessel suspend ID DIR
+    Restore, // vessel restore DIR (a detached run --restore)
+    SnapshotMerge, // vessel snapshot-merge BASE DIFF...
     Info,
     Pause,
     Resume,
@@ -25,6 +29,7 @@ enum class Command {
     Kill,
     Console,
     Top,
+    UffdHandler, // vessel uffd-handler --socket SOCK --mem-file FILE [...]
 };
 
 struct CliOptions {
@@ -40,6 +45,16 @@ struct CliOptions {
     uint64_t history { 0 }; // console: bytes of past output to show first
     int iterations { 0 }; // top: refreshes before exiting (0: until Ctrl-C / q)
     double interval_s { 1 }; // top: seconds between refreshes
+    // snapshot, suspend: the directory to write; snapshot-merge: the base and its diffs.
+    std::string snapshot_dir;
+    bool diff { false };
+    std::vector<std::string> merge_inputs;
+    // uffd-handler: the page-fault handler for the Uffd restore backend.
+    struct {
+        std::string socket, mem_file, record, prefetch;
+        double record_seconds { 0 };
+        bool eager { false };
+    } uffd;
 };
 
 // Parses argv (without running anything). `--help` yields Command::Help with the text.

@@ -14,6 +14,7 @@
 
 #include "api/api_server.h"
 #include "api/config_file.h"
+#include "snapshot/format.h"
 #include "api/router.h"
 #include "base/file.h"
 #include "cli/run_dir.h"
@@ -180,6 +181,16 @@ int serve_here(const ServeOptions& o, int ready_fd)
     } else if (o.run_config) {
         if (auto r = vmm.start_with(*o.run_config); !r.ok())
             return fail(ready, r.error().message());
+    } else if (o.restore) {
+        Vm::RestoreOptions restore;
+        restore.state_path = (std::filesystem::path(o.restore->dir) / snapshot::kStateFileName).string();
+        restore.mem_path = (std::filesystem::path(o.restore->dir) / snapshot::kMemFileName).string();
+        restore.track_dirty_pages = o.restore->track_dirty_pages;
+        restore.net_overrides = o.restore->net_overrides;
+        restore.vsock_uds_path = o.restore->vsock_uds_path;
+        restore.engine = o.restore->engine;
+        if (auto r = vmm.load_snapshot(restore, o.restore->resume); !r.ok())
+            return fail(ready, r.error().message());
     }
     ready.report("ready " + socket_path);
 
@@ -279,7 +290,7 @@ int serve(ServeOptions options)
         std::fprintf(stderr, "vessel: error: %s\n", r.error().message().c_str());
         return 1;
     }
-    if (options.no_api && options.config_file.empty() && !options.run_config) {
+    if (options.no_api && options.config_file.empty() && !options.run_config && !options.restore) {
         std::fprintf(stderr, "vessel: error: --no-api needs --config-file (nothing could start the VM)\n");
         return 1;
     }

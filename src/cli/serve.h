@@ -5,11 +5,23 @@
 
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "base/log.h"
 #include "vmm/vm_config.h"
 
 namespace vessel {
+
+// vessel run --restore DIR / vessel restore DIR: what to load instead of booting.
+struct RestoreSpec {
+    std::string dir; // holds vm.state and vm.mem
+    bool resume { true };
+    bool track_dirty_pages { false };
+    std::vector<std::pair<std::string, std::string>> net_overrides; // iface id → tap
+    std::optional<std::string> vsock_uds_path;
+    std::optional<EngineKind> engine; // default: the snapshot's
+};
 
 struct ServeOptions {
     std::string id; // empty: vm-<pid>
@@ -17,6 +29,7 @@ struct ServeOptions {
     bool no_api { false }; // no API socket at all (needs config_file or run_config)
     std::string config_file; // Firecracker's JSON config: boot at once
     std::optional<VmConfig> run_config; // `vessel run`: boot at once with this
+    std::optional<RestoreSpec> restore; // `vessel run --restore`: load a snapshot at once
     EngineKind engine { EngineKind::Auto };
     std::string metrics_path;
     std::string log_path;

@@ -11,11 +11,14 @@
 #include <string_view>
 
 #include "arch/x86/cpu_state.h"
+#include "arch/x86/cpuid_entry.h"
+#include "arch/x86/machine_state.h"
 #include "base/result.h"
 
 namespace vessel {
 
 class Bus;
+class DirtyBitmap;
 class GuestMemory;
 
 // The VM side of the engine contract (Cloud Hypervisor's VmOps): called on vCPU threads.
@@ -72,6 +75,9 @@ public:
 
 struct EngineConfig {
     uint32_t vcpus { 1 };
+    // The TSC frequency shown to the guest; 0: the engine's default (soft: 1 GHz; KVM: the
+    // host's). A restore passes the snapshot's, so the guest's clocks keep their calibration.
+    uint64_t tsc_khz { 0 };
 };
 
 class Engine {
@@ -106,6 +112,38 @@ public:
     }
     // A write to eventfd `fd` raises an edge on GSI `gsi` inside the engine (KVM irqfd).
     virtual Result<bool> add_irq_notifier(uint32_t /*gsi*/, int /*fd*/) { return false; }
+
+    // --- Snapshots, clones, migration (call with every vCPU stopped) -----------------------------
+    // The interrupt controllers, timers and guest clock in engine-neutral form (vCPU state is
+    // each Vcpu's get_state()). A state saved on one engine restores on the other.
+    virtual Result<MachineState> save_machine() { return make_error("the {} engine cannot save its state", name()); }
+    virtual Result<void> restore_machine(const MachineState& /*state*/)
+    {
+        return make_error("the {} engine cannot restore a saved state", name());
+    }
+    // Where restore_machine() goes in a restore: the soft engine's clock must be set before its
+    // vCPUs take their TSCs (first); KVM's interrupt controllers must not deliver into local APICs
+    // that set_state() then overwrites (after the vCPUs).
+    virtual bool restore_machine_after_vcpus() const { return false; }
+    // Makes vCPU `vcpu` (created, not yet run) present `table` — the CPU a restored guest saw —
+    // instead of the engine's own model. false: this engine presents only its own model (a
+    // restore then checks it offers every feature the table has).
+    virtual Result<bool> present_cpuid(uint32_t /*vcpu*/, const CpuidTable& /*table*/) { return false; }
+    // The CPUID leaves vCPU `vcpu` presents to the guest.
+    virtual Result<CpuidTable> cpuid_table(uint32_t /*vcpu*/)
+    {
+        return make_error("the {} engine cannot report its CPUID", name());
+    }
+    // Pages the guest writes are recorded in `bitmap` (one bit per 4 KiB guest-physical page) from
+    // now on, until stop_dirty_tracking(); collect_dirty() adds what the engine saw since the last
+    // call to `bitmap` (KVM: its dirty log; the soft engine marks directly). Writes the VMM makes
+    // through GuestMemory are recorded by the VMM itself.
+    virtual Result<void> start_dirty_tracking(DirtyBitmap& /*bitmap*/)
+    {
+        return make_error("the {} engine cannot track dirty pages", name());
+    }
+    virtual Result<void> collect_dirty(DirtyBitmap& /*bitmap*/) { return {}; }
+    virtual void stop_dirty_tracking() { }
 };
 
 } // namespace vessel

@@ -1,5 +1,6 @@
 #include "engine/probe.h"
 
+
 #include <cpuid.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -7,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -73,6 +75,32 @@ HostProbe probe_host()
         p.reason = "/dev/kvm is usable and the CPU has hardware virtualization";
     }
     return p;
+}
+
+} // namespace vessel
+
+namespace vessel {
+
+uint64_t host_tsc_khz()
+{
+    static const uint64_t khz = [] {
+        FILE* f = std::fopen("/proc/cpuinfo", "r");
+        if (!f)
+            return uint64_t(0);
+        char line[256];
+        uint64_t result = 0;
+        while (std::fgets(line, sizeof(line), f)) {
+            double bogomips = 0;
+            if (std::sscanf(line, "bogomips : %lf", &bogomips) == 1) {
+                if (bogomips > 1000 && bogomips < 20000) // 0.5 .. 10 GHz
+                    result = static_cast<uint64_t>(bogomips * 500 + 0.5);
+                break;
+            }
+        }
+        std::fclose(f);
+        return result;
+    }();
+    return khz;
 }
 
 } // namespace vessel

@@ -20,6 +20,11 @@ struct HostProbe {
 
 HostProbe probe_host();
 
+// The host's TSC rate in kHz as Linux calibrated it (x86 /proc/cpuinfo "bogomips" is tsc_khz /
+// 500), or 0 if it cannot be read. The soft engine shows guests this rate, so that a snapshot
+// taken on it resumes under KVM on the same kind of host (KVM can rarely present another rate).
+uint64_t host_tsc_khz();
+
 const char* engine_name(EngineKind kind);
 
 } // namespace vessel

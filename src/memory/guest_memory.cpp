@@ -1,6 +1,9 @@
 #include "memory/guest_memory.h"
 
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,11 +44,93 @@ Result<GuestMemory> GuestMemory::create(uint64_t size, HugePages huge)
     // Guest RAM is not worth dumping with the VMM; keep core files small.
     ::madvise(base, size, MADV_DONTDUMP);
 
-    uint64_t low = std::min(size, layout::kMmioHoleStart);
-    mem.m_regions.push_back(MemoryRegion { 0, low, mem.m_base, 0 });
-    if (size > low)
-        mem.m_regions.push_back(MemoryRegion { layout::k4GiB, size - low, mem.m_base + low, low });
+    lay_out(mem);
     return mem;
+}
+
+void GuestMemory::lay_out(GuestMemory& mem)
+{
+    uint64_t low = std::min(mem.m_size, layout::kMmioHoleStart);
+    mem.m_regions.push_back(MemoryRegion { 0, low, mem.m_base, 0 });
+    if (mem.m_size > low)
+        mem.m_regions.push_back(MemoryRegion { layout::k4GiB, mem.m_size - low, mem.m_base + low, low });
+}
+
+Result<GuestMemory> GuestMemory::map_file(const std::string& path, uint64_t size)
+{
+    if (size < layout::kMinRam || size % 4096 != 0)
+        return make_error("memory file '{}': a guest of {} bytes is not a valid size", path, size);
+    GuestMemory mem;
+    mem.m_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (mem.m_fd < 0)
+        return Error::from_errno(fmt::format("memory file '{}': cannot open", path));
+    struct stat st {};
+    if (::fstat(mem.m_fd, &st) != 0)
+        return Error::from_errno(fmt::format("memory file '{}': fstat", path));
+    if (!S_ISREG(st.st_mode))
+        return make_error("memory file '{}': not a regular file", path);
+    if (static_cast<uint64_t>(st.st_size) != size)
+        return make_error("memory file '{}' holds {} bytes, but the snapshot's guest has {} bytes of RAM", path,
+            st.st_size, size);
+    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, mem.m_fd, 0);
+    if (base == MAP_FAILED)
+        return Error::from_errno(fmt::format("memory file '{}': cannot map {} bytes", path, size));
+    mem.m_base = static_cast<uint8_t*>(base);
+    mem.m_size = size;
+    mem.m_backing = Backing::PrivateFile;
+    ::madvise(base, size, MADV_DONTDUMP);
+    lay_out(mem);
+    return mem;
+}
+
+Result<GuestMemory> GuestMemory::create_anonymous(uint64_t size)
+{
+    if (size < layout::kMinRam || size % 4096 != 0)
+        return make_error("guest memory of {} bytes is not a valid size", size);
+    GuestMemory mem;
+    // Private and unreserved: a page exists once something touches it (or a userfaultfd handler
+    // fills it).
+    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED)
+        return Error::from_errno(fmt::format("cannot map {} bytes of guest RAM", size));
+    mem.m_base = static_cast<uint8_t*>(base);
+    mem.m_size = size;
+    mem.m_backing = Backing::Anonymous;
+    ::madvise(base, size, MADV_DONTDUMP);
+    // A child process (a helper the VMM runs) has no use for guest RAM: no copy-on-write sharing.
+    ::madvise(base, size, MADV_DONTFORK);
+    lay_out(mem);
+    return mem;
+}
+
+Result<void> GuestMemory::discard(uint64_t gpa, uint64_t len)
+{
+    for (const MemoryRegion& r : m_regions) {
+        if (gpa < r.guest_base || gpa - r.guest_base >= r.size)
+            continue;
+        if (len > r.size - (gpa - r.guest_base))
+            return make_error("discard of {} bytes at {:#x} crosses the end of guest RAM", len, gpa);
+        uint64_t offset = r.file_offset + (gpa - r.guest_base);
+        if (m_backing == Backing::Memfd) {
+            if (::fallocate(m_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                    static_cast<off_t>(len))
+                != 0)
+                return Error::from_errno("punching a hole in guest RAM");
+        } else if (::madvise(r.host + (gpa - r.guest_base), len, MADV_DONTNEED) != 0) {
+            return Error::from_errno("dropping guest pages");
+        }
+        note_written(gpa, len);
+        return {};
+    }
+    return make_error("discard of {} bytes at {:#x} is outside guest RAM", len, gpa);
+}
+
+uint64_t GuestMemory::gpa_of_offset(uint64_t offset) const
+{
+    for (const MemoryRegion& r : m_regions)
+        if (offset >= r.file_offset && offset - r.file_offset < r.size)
+            return r.guest_base + (offset - r.file_offset);
+    return UINT64_MAX;
 }
 
 GuestMemory::GuestMemory(GuestMemory&& other) noexcept { *this = std::move(other); }
@@ -55,16 +140,22 @@ GuestMemory& GuestMemory::operator=(GuestMemory&& other) noexcept
     if (this != &other) {
         release();
         m_fd = std::exchange(other.m_fd, -1);
+        m_backing = other.m_backing;
         m_base = std::exchange(other.m_base, nullptr);
         m_size = std::exchange(other.m_size, 0);
         m_regions = std::move(other.m_regions);
         other.m_regions.clear();
+        m_kept_fds = std::move(other.m_kept_fds);
+        other.m_kept_fds.clear();
         m_write_observer = std::move(other.m_write_observer);
     }
     return *this;
 }
 
-GuestMemory::~GuestMemory() { release(); }
+GuestMemory::~GuestMemory()
+{
+    release();
+}
 
 void GuestMemory::release()
 {
@@ -72,6 +163,9 @@ void GuestMemory::release()
         ::munmap(m_base, m_size);
     if (m_fd >= 0)
         ::close(m_fd);
+    for (int fd : m_kept_fds)
+        ::close(fd);
+    m_kept_fds.clear();
     m_base = nullptr;
     m_fd = -1;
 }

@@ -28,6 +28,22 @@ class GuestMemory {
 public:
     // Creates guest RAM of `size` bytes (laid out around the MMIO hole).
     static Result<GuestMemory> create(uint64_t size, HugePages huge = HugePages::No);
+    // Guest RAM of `size` bytes backed by a snapshot's memory file, mapped MAP_PRIVATE: pages are
+    // read from the file on first touch, writes are copy-on-write and never reach the file. The
+    // file must hold exactly `size` bytes (the same layout as the memfd: RAM below the MMIO hole,
+    // then the rest).
+    static Result<GuestMemory> map_file(const std::string& path, uint64_t size);
+    // Guest RAM of `size` bytes as anonymous private memory (the memfd's layout, no file behind
+    // it), for the Uffd restore backend: memory/uffd_memory.h registers it with a userfaultfd and
+    // a page-fault handler fills the pages the guest touches.
+    static Result<GuestMemory> create_anonymous(uint64_t size);
+
+    enum class Backing { Memfd, PrivateFile, Anonymous };
+    Backing backing() const { return m_backing; }
+
+    // An fd that must live as long as the mapping (the Uffd backend's userfaultfd and its socket
+    // to the handler); closed after the memory is unmapped.
+    void keep_fd(int fd) { m_kept_fds.push_back(fd); }
 
     GuestMemory(GuestMemory&&) noexcept;
     GuestMemory& operator=(GuestMemory&&) noexcept;
@@ -63,6 +79,17 @@ public:
         return write(gpa, std::span(reinterpret_cast<const uint8_t*>(&value), sizeof(T)));
     }
 
+    // Gives the host the memory behind [gpa, gpa+len) back (the balloon): a hole in the memfd,
+    // which then reads as zeros; with a private file mapping, the private copies are dropped and
+    // the pages read the file's contents again (the guest made no promise about their contents);
+    // anonymous memory is dropped with MADV_DONTNEED, which a userfaultfd reports to its handler
+    // (UFFD_EVENT_REMOVE) so that it serves those pages as zeros when they fault again.
+    Result<void> discard(uint64_t gpa, uint64_t len);
+
+    // The guest-physical address whose byte sits at `offset` of the backing file (the memory
+    // file's layout), and the other way round.
+    uint64_t gpa_of_offset(uint64_t offset) const;
+
     // Highest guest-physical address + 1 of RAM.
     uint64_t end_address() const;
 
@@ -81,10 +108,14 @@ private:
     GuestMemory() = default;
     void release();
 
+    static void lay_out(GuestMemory& mem);
+
     int m_fd { -1 };
+    Backing m_backing { Backing::Memfd };
     uint8_t* m_base { nullptr };
     uint64_t m_size { 0 };
     std::vector<MemoryRegion> m_regions;
+    std::vector<int> m_kept_fds;
     WriteObserver m_write_observer;
 };
 

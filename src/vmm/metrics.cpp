@@ -201,6 +201,16 @@ void Metrics::record_pause(std::chrono::microseconds duration)
     m_pauses.record(duration);
 }
 
+void Metrics::record_snapshot(std::chrono::microseconds duration, bool diff)
+{
+    (diff ? m_diff_snapshot_us : m_full_snapshot_us) = static_cast<uint64_t>(duration.count());
+}
+
+void Metrics::record_restore(std::chrono::microseconds duration)
+{
+    m_load_snapshot_us = static_cast<uint64_t>(duration.count());
+}
+
 void Metrics::record_resume(std::chrono::microseconds duration)
 {
     m_resume_us = static_cast<uint64_t>(duration.count());
@@ -340,10 +350,10 @@ ojson Metrics::totals()
         out["uart"] = uart.group(
             { "error_count", "flush_count", "missed_read_count", "missed_write_count", "read_count", "write_count" });
     }
-    out["latencies_us"] = { { "full_create_snapshot", 0 }, { "diff_create_snapshot", 0 }, { "load_snapshot", 0 },
-        { "pause_vm", m_pause_us }, { "resume_vm", m_resume_us }, { "vmm_full_create_snapshot", 0 },
-        { "vmm_diff_create_snapshot", 0 }, { "vmm_load_snapshot", 0 }, { "vmm_pause_vm", m_pause_us },
-        { "vmm_resume_vm", m_resume_us } };
+    out["latencies_us"] = { { "full_create_snapshot", m_full_snapshot_us }, { "diff_create_snapshot", m_diff_snapshot_us },
+        { "load_snapshot", m_load_snapshot_us }, { "pause_vm", m_pause_us }, { "resume_vm", m_resume_us },
+        { "vmm_full_create_snapshot", m_full_snapshot_us }, { "vmm_diff_create_snapshot", m_diff_snapshot_us },
+        { "vmm_load_snapshot", m_load_snapshot_us }, { "vmm_pause_vm", m_pause_us }, { "vmm_resume_vm", m_resume_us } };
     out["logger"] = { { "missed_metrics_count", m_missed_metrics.get() }, { "metrics_fails", m_metrics_fails.get() },
         { "missed_log_count", m_missed_log.get() + log_missed_count() } };
     {

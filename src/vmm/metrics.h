@@ -47,6 +47,8 @@ public:
     void vm_started();
     void record_pause(std::chrono::microseconds duration);
     void record_resume(std::chrono::microseconds duration);
+    void record_snapshot(std::chrono::microseconds duration, bool diff);
+    void record_restore(std::chrono::microseconds duration);
     // main() began (call first thing): the start of api_server.process_startup_time_us.
     static void note_process_start();
     // The API socket accepts connections: process start-up time (wall and CPU). With the jailer's
@@ -98,6 +100,9 @@ private:
     uint64_t m_sighup { 0 };
     uint64_t m_pause_us { 0 };
     uint64_t m_resume_us { 0 };
+    uint64_t m_full_snapshot_us { 0 };
+    uint64_t m_diff_snapshot_us { 0 };
+    uint64_t m_load_snapshot_us { 0 };
     LatencyCounter m_pauses;
     LatencyCounter m_resumes;
 };

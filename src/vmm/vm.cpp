@@ -22,18 +22,23 @@
 #include "devices/post_port.h"
 #include "devices/rtc.h"
 #include "devices/serial.h"
+#include "devices/vmgenid.h"
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/net.h"
 #include "loader/boot.h"
+#include "memory/dirty_bitmap.h"
 #include "vmm/console.h"
 #include "vmm/console_mux.h"
 #include "vmm/signals.h"
 
 namespace vessel {
 
-Vm::Vm(const VmConfig& config, GuestMemory memory)
+Vm::Vm(const VmConfig& config, GuestMemory memory, Services services)
     : m_config(config)
     , m_memory(std::move(memory))
+    , m_console_sink(services.console ? services.console
+                                      : ConsoleSink([](std::span<const uint8_t> bytes) { Console::write_output(bytes); }))
+    , m_services(std::move(services))
 {
 }
 
@@ -50,6 +55,8 @@ Vm::~Vm()
     for (auto& transport : m_virtio)
         transport->shutdown();
     m_memory.set_write_observer(nullptr);
+    if (m_engine && m_dirty)
+        m_engine->stop_dirty_tracking();
     for (auto& n : m_queue_notifiers)
         ::close(n.fd);
     for (auto& [gsi, fd] : m_irq_notifiers)
@@ -59,27 +66,16 @@ Vm::~Vm()
 Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFactory& make_engine, Services services)
 {
     auto memory = TRY(GuestMemory::create(config.mem_bytes, config.hugepages ? HugePages::Yes : HugePages::No));
-    std::unique_ptr<Vm> vm(new Vm(config, std::move(memory)));
-    vm->m_console_sink = services.console
-        ? services.console
-        : ConsoleSink([](std::span<const uint8_t> bytes) { Console::write_output(bytes); });
-    vm->m_services = std::move(services);
+    std::unique_ptr<Vm> vm(new Vm(config, std::move(memory), std::move(services)));
 
     TRY(vm->build_devices());
-    TRY(vm->load_guest());
-    vm->m_engine = TRY(make_engine());
-    TRY_CTX(vm->m_engine->register_devices(vm->m_pio_bus, vm->m_mmio_bus), "engine devices");
-    // Map RAM only after every boot structure is written: some KVM implementations (PVM) do not
-    // see page-table writes made from outside the guest after the slot is registered.
-    TRY(vm->m_engine->map_memory(vm->m_memory));
-    vm->m_memory.set_write_observer(
-        [engine = vm->m_engine.get()](uint64_t gpa, uint64_t len) { engine->memory_written(gpa, len); });
-    TRY_CTX(vm->wire_virtio_fast_paths(), "virtio fast paths");
-
-    for (uint32_t i = 0; i < config.cpus; ++i) {
-        auto vcpu = TRY(vm->m_engine->create_vcpu(i, *vm));
-        vm->m_vcpus.push_back(std::move(vcpu));
+    if (config.track_dirty_pages) {
+        // From the start: what the loaders write is in the first diff too.
+        vm->m_dirty = std::make_unique<DirtyBitmap>(vm->m_memory.end_address());
+        vm->m_memory.set_write_observer([dirty = vm->m_dirty.get()](uint64_t gpa, uint64_t len) { dirty->mark(gpa, len); });
     }
+    TRY(vm->load_guest());
+    TRY(vm->attach_engine(TRY(make_engine())));
     // The BSP starts at the loader's entry point; APs wait for INIT/SIPI from the guest. The boot
     // state sets registers only: the vCPU keeps its own reset-state local APIC.
     CpuState boot = vm->m_boot_state;
@@ -92,6 +88,28 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config, const EngineFacto
     return vm;
 }
 
+Result<void> Vm::attach_engine(std::unique_ptr<Engine> engine)
+{
+    m_engine = std::move(engine);
+    TRY_CTX(m_engine->register_devices(m_pio_bus, m_mmio_bus), "engine devices");
+    // Map RAM only after every boot structure is written: some KVM implementations (PVM) do not
+    // see page-table writes made from outside the guest after the slot is registered.
+    TRY(m_engine->map_memory(m_memory));
+    m_memory.set_write_observer([this](uint64_t gpa, uint64_t len) {
+        m_engine->memory_written(gpa, len);
+        if (m_dirty)
+            m_dirty->mark(gpa, len);
+    });
+    TRY_CTX(wire_virtio_fast_paths(), "virtio fast paths");
+    if (m_dirty)
+        TRY_CTX(m_engine->start_dirty_tracking(*m_dirty), "dirty page tracking");
+    for (uint32_t i = 0; i < m_config.cpus; ++i) {
+        auto vcpu = TRY(m_engine->create_vcpu(i, *this));
+        m_vcpus.push_back(std::move(vcpu));
+    }
+    return {};
+}
+
 Result<void> Vm::load_guest()
 {
     auto e820 = build_e820(m_memory);
@@ -100,7 +118,9 @@ Result<void> Vm::load_guest()
     acpi.vcpus = m_config.cpus;
     acpi.devices = legacy_acpi_devices();
     acpi.devices.insert(acpi.devices.end(), m_virtio_acpi.begin(), m_virtio_acpi.end());
+    acpi.vmgenid = AcpiVmGenId { m_vmgenid->address(), m_vmgenid->gsi() };
     uint64_t rsdp = TRY_CTX(build_acpi_tables(m_memory, acpi), "building ACPI tables");
+    TRY(m_vmgenid->write_new_id(m_memory));
     // Linux's default reboot on this machine ends in a jump to F000:FFF0 (see reset_stub.h).
     TRY(write_reset_stub(m_memory));
 
@@ -185,11 +205,22 @@ Result<void> Vm::build_devices()
     m_i8042 = std::make_shared<I8042>(irq(1), stop);
     TRY(m_pio_bus.insert(m_i8042, layout::kI8042Port, 1));
     TRY(m_pio_bus.insert(std::make_shared<I8042CommandPort>(m_i8042), layout::kI8042Port + 4, 1));
-    TRY(m_pio_bus.insert(std::make_shared<Rtc>(m_config.mem_bytes), layout::kRtcPort, 2));
+    m_rtc = std::make_shared<Rtc>(m_config.mem_bytes);
+    TRY(m_pio_bus.insert(m_rtc, layout::kRtcPort, 2));
     TRY(m_pio_bus.insert(std::make_shared<DebugExit>(stop), layout::kDebugExitPort, 4));
-    TRY(m_pio_bus.insert(std::make_shared<AcpiPm>(stop), layout::kAcpiSleepControlPort, 3));
-    TRY(m_pio_bus.insert(std::make_shared<PostPort>(), 0x80, 1));
+    m_acpi_pm = std::make_shared<AcpiPm>(stop);
+    TRY(m_pio_bus.insert(m_acpi_pm, layout::kAcpiSleepControlPort, 3));
+    m_post = std::make_shared<PostPort>();
+    TRY(m_pio_bus.insert(m_post, 0x80, 1));
+    m_vmgenid = std::make_shared<VmGenId>(irq(layout::kGedGsi));
     TRY_CTX(build_virtio_devices(), "virtio devices");
+    return {};
+}
+
+Result<void> Vm::new_generation()
+{
+    TRY(m_vmgenid->write_new_id(m_memory));
+    m_vmgenid->notify();
     return {};
 }
 

@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "arch/x86/acpi.h"
 #include "base/counters.h"
 #include "bus/bus.h"
@@ -26,7 +28,12 @@ namespace vessel {
 
 class Serial;
 class ConsoleInput;
+class DirtyBitmap;
 class I8042;
+class Rtc;
+class AcpiPm;
+class PostPort;
+class VmGenId;
 namespace mmds {
 class DataStore;
 class TokenAuthority;
@@ -58,6 +65,43 @@ public:
     // bad kernel is reported before any engine is touched); nothing runs yet.
     static Result<std::unique_ptr<Vm>> create(
         const VmConfig& config, const EngineFactory& make_engine, Services services = {});
+
+    // --- Snapshots (vm_snapshot.cpp) ------------------------------------------------------------
+    struct SnapshotOptions {
+        std::string state_path;
+        std::string mem_path;
+        bool diff { false }; // only the pages written since the previous snapshot (or the start)
+        std::function<void(uint64_t done, uint64_t total)> progress;
+    };
+    struct SnapshotInfo {
+        uint64_t mem_pages { 0 };      // pages in the memory file
+        uint64_t mem_disk_bytes { 0 }; // its allocated size
+        uint64_t state_bytes { 0 };
+        std::chrono::microseconds elapsed { 0 };
+    };
+    // Writes the paused VM's state and memory files.
+    Result<SnapshotInfo> snapshot(const SnapshotOptions& options);
+
+    // The engine for a restored VM: its kind and vCPU count come from the (overridden) config,
+    // `tsc_khz` from the snapshot.
+    using RestoreEngineFactory = std::function<Result<std::unique_ptr<Engine>>(const VmConfig&, uint64_t tsc_khz)>;
+    // Where a restored guest's RAM comes from: the memory file mapped MAP_PRIVATE, or anonymous
+    // memory filled by a page-fault handler over a userfaultfd (Firecracker's protocol).
+    enum class MemBackend { File, Uffd };
+    struct RestoreOptions {
+        std::string state_path;
+        std::string mem_path; // File: the memory file; Uffd: the page-fault handler's socket
+        MemBackend mem_backend { MemBackend::File };
+        bool track_dirty_pages { false };
+        std::vector<std::pair<std::string, std::string>> net_overrides; // iface id → tap name
+        std::optional<std::string> vsock_uds_path;
+        std::optional<EngineKind> engine; // default: the snapshot's
+    };
+    // Builds a VM from a snapshot, paused: start() parks its vCPUs until resume().
+    static Result<std::unique_ptr<Vm>> restore(
+        const RestoreOptions& options, const RestoreEngineFactory& make_engine, Services services = {});
+    // The snapshot's config after overrides (what restore() built), for a quick look before it.
+    static Result<VmConfig> snapshot_config(const std::string& state_path);
     ~Vm() override;
 
     // Starts the vCPU threads; the virtio fast paths (ioeventfds) are served by `loop`.
@@ -110,11 +154,16 @@ public:
     const std::vector<std::shared_ptr<virtio::MmioTransport>>& virtio_transports() const { return m_virtio; }
 
 private:
-    Vm(const VmConfig& config, GuestMemory memory);
+    Vm(const VmConfig& config, GuestMemory memory, Services services);
     Result<void> build_devices();
     Result<void> build_virtio_devices(); // vm_virtio.cpp
     Result<void> wire_virtio_fast_paths(); // vm_virtio.cpp: ioeventfd/irqfd where the engine has them
     Result<void> load_guest();
+    // A new VM generation ID in guest memory, then the GED interrupt that tells the guest (a
+    // restored snapshot or clone). Call once the guest's interrupt controllers are in place.
+    Result<void> new_generation();
+    Result<void> attach_engine(std::unique_ptr<Engine> engine); // buses, RAM, fast paths, vCPUs
+    Result<void> restore_state(const nlohmann::json& state); // vm_snapshot.cpp
     void vcpu_thread(uint32_t index);
     void stop_vcpus();
 
@@ -136,6 +185,11 @@ private:
     std::vector<std::thread> m_threads;
     std::shared_ptr<Serial> m_serial;
     std::shared_ptr<I8042> m_i8042;
+    std::shared_ptr<Rtc> m_rtc;
+    std::shared_ptr<AcpiPm> m_acpi_pm;
+    std::shared_ptr<PostPort> m_post;
+    std::shared_ptr<VmGenId> m_vmgenid; // ACPI VM Generation ID, notified through the GED
+    std::unique_ptr<DirtyBitmap> m_dirty; // track_dirty_pages
     ConsoleInput* m_console_input { nullptr }; // where host console input goes
     std::vector<std::shared_ptr<virtio::MmioTransport>> m_virtio;
     std::vector<AcpiDevice> m_virtio_acpi;

@@ -77,6 +77,8 @@ struct VmConfig {
     uint32_t balloon_stats_interval_s { 0 }; // 0: the host asks for statistics only when told to
     ConsoleKind console { ConsoleKind::Serial };
     std::optional<MmdsConfig> mmds;
+    // Record the pages the guest writes from the start (diff snapshots, migration).
+    bool track_dirty_pages { false };
 };
 
 } // namespace vessel

@@ -57,14 +57,16 @@ Result<EngineKind> resolve_engine(EngineKind requested)
     return EngineKind::Kvm;
 }
 
-Result<std::unique_ptr<Engine>> make_engine(const VmConfig& config)
+Result<std::unique_ptr<Engine>> make_engine(const VmConfig& config, uint64_t tsc_khz)
 {
     EngineKind kind = TRY(resolve_engine(config.engine));
     if (kind == EngineKind::Soft) {
-        auto engine = TRY_CTX(SoftEngine::create(EngineConfig { config.cpus }), "soft engine");
+        // A new VM sees the host's TSC rate (as under TCG or KVM); a restored one its snapshot's.
+        uint64_t khz = tsc_khz ? tsc_khz : host_tsc_khz();
+        auto engine = TRY_CTX(SoftEngine::create(EngineConfig { config.cpus, khz }), "soft engine");
         return std::unique_ptr<Engine>(std::move(engine));
     }
-    auto engine = TRY_CTX(KvmEngine::create(EngineConfig { config.cpus }), "KVM engine");
+    auto engine = TRY_CTX(KvmEngine::create(EngineConfig { config.cpus, tsc_khz }), "KVM engine");
     return std::unique_ptr<Engine>(std::move(engine));
 }
 
@@ -139,15 +141,26 @@ Result<void> Vmm::launch(const VmConfig& config, const char* kPrefix)
 {
     if (auto valid = validate_for_engine(config); !valid.ok())
         return make_error("{}{}", kPrefix, valid.error().message());
+    auto vm = Vm::create(
+        config, [&] { return make_engine(config); }, vm_services());
+    if (!vm.ok())
+        return make_error("{}{}", kPrefix, vm.error().message());
+    return adopt(std::move(vm.value()), kPrefix);
+}
+
+Vm::Services Vmm::vm_services()
+{
     Vm::Services services;
     services.console = [this](std::span<const uint8_t> bytes) { m_console.output(bytes); };
     services.mmds = m_options.mmds;
     services.mmds_tokens = m_options.mmds_tokens;
-    auto vm = Vm::create(
-        config, [&] { return make_engine(config); }, std::move(services));
-    if (!vm.ok())
-        return make_error("{}{}", kPrefix, vm.error().message());
-    m_vm = std::move(vm.value());
+    return services;
+}
+
+Result<void> Vmm::adopt(std::unique_ptr<Vm> vm, const char* kPrefix)
+{
+    m_vm = std::move(vm);
+    const VmConfig& config = m_vm->config();
     if (!m_resources.serial_out_path().empty()) {
         if (auto r = m_console.set_output_file(m_resources.serial_out_path()); !r.ok())
             log_warn("serial_out_path: {}", r.error().message());
@@ -160,14 +173,60 @@ Result<void> Vmm::launch(const VmConfig& config, const char* kPrefix)
         m_vm.reset();
         return make_error("{}{}", kPrefix, r.error().message());
     }
-    m_console.set_target(m_vm->console_input());
-    schedule_balloon_stats();
     if (m_state == VmState::NotStarted)
         m_started_at = std::chrono::steady_clock::now();
+    if (m_vm->paused()) { // restored from a snapshot
+        m_state = VmState::Paused;
+        return {};
+    }
+    m_console.set_target(m_vm->console_input());
+    schedule_balloon_stats();
     m_state = VmState::Running;
     m_metrics.vm_started();
     log_info("VM {} started on the {} engine ({} vCPUs, {} MiB)", m_options.id, m_engine_name, config.cpus,
         config.mem_bytes >> 20);
+    return {};
+}
+
+Result<Vm::SnapshotInfo> Vmm::create_snapshot(const Vm::SnapshotOptions& options)
+{
+    if (!started() || !m_vm)
+        return make_error("{}", kNotBeforeStart);
+    if (m_state != VmState::Paused)
+        return make_error("Create snapshot error: the microVM must be paused before a snapshot is taken.");
+    auto info = m_vm->snapshot(options);
+    if (!info.ok())
+        return make_error("Create snapshot error: {}", info.error().message());
+    log_info("VM {}: {} snapshot in {} us: state '{}' ({} bytes), memory '{}' ({} pages, {} KiB on disk)", m_options.id,
+        options.diff ? "Diff" : "Full", info->elapsed.count(), options.state_path, info->state_bytes, options.mem_path,
+        info->mem_pages, info->mem_disk_bytes >> 10);
+    m_metrics.record_snapshot(info->elapsed, options.diff);
+    return info;
+}
+
+Result<void> Vmm::load_snapshot(const Vm::RestoreOptions& options, bool resume_vm)
+{
+    if (started())
+        return make_error("Load snapshot error: the microVM is already running: a snapshot loads into a fresh "
+                          "Vessel process only.");
+    auto t0 = std::chrono::steady_clock::now();
+    m_start_request = t0;
+    Vm::RestoreOptions restore = options;
+    // `vessel --engine kvm|soft` (the process's flag) picks the engine a snapshot resumes on.
+    if (!restore.engine && m_options.engine != EngineKind::Auto)
+        restore.engine = m_options.engine;
+    auto vm = Vm::restore(restore, make_engine, vm_services());
+    if (!vm.ok())
+        return make_error("Load snapshot error: {}", vm.error().message());
+    TRY(adopt(std::move(vm.value()), "Load snapshot error: "));
+    auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+    m_metrics.record_restore(elapsed);
+    log_info("VM {} restored from '{}' in {} us on the {} engine", m_options.id, options.state_path, elapsed.count(),
+        m_engine_name);
+    if (resume_vm) {
+        m_metrics.vm_started();
+        TRY(resume());
+    }
     return {};
 }
 

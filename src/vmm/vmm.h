@@ -71,6 +71,11 @@ public:
     Result<void> start_with(const VmConfig& config);
     Result<void> pause();
     Result<void> resume();
+    // PUT /snapshot/create: the paused VM's state and memory files.
+    Result<Vm::SnapshotInfo> create_snapshot(const Vm::SnapshotOptions& options);
+    // PUT /snapshot/load: only into a VMM that has not started a VM; the VM stays paused unless
+    // `resume_vm`.
+    Result<void> load_snapshot(const Vm::RestoreOptions& options, bool resume_vm);
     // The last pause/resume, for metrics and `vessel info`.
     std::chrono::microseconds last_pause_duration() const { return m_last_pause; }
     std::chrono::microseconds last_resume_duration() const { return m_last_resume; }
@@ -101,6 +106,9 @@ public:
 
 private:
     Result<void> launch(const VmConfig& config, const char* error_prefix);
+    // Runs a built VM (created or restored) as this VMM's.
+    Result<void> adopt(std::unique_ptr<Vm> vm, const char* error_prefix);
+    Vm::Services vm_services();
     void vm_stopped();
     int exit_status(const VmExitInfo& exit);
     void exit_process(int status);
@@ -128,8 +136,9 @@ private:
 
 // Picks the engine: auto takes KVM only where it runs guest kernel code natively.
 Result<EngineKind> resolve_engine(EngineKind requested);
-// Creates the engine for `config` (its vCPU count) after resolving `config.engine`.
-Result<std::unique_ptr<Engine>> make_engine(const VmConfig& config);
+// Creates the engine for `config` (its vCPU count) after resolving `config.engine`; `tsc_khz`
+// (0: the engine's default) is the TSC rate a restored guest was calibrated against.
+Result<std::unique_ptr<Engine>> make_engine(const VmConfig& config, uint64_t tsc_khz = 0);
 // Range checks that need the engine (KVM's vCPU limit) on top of validate_config().
 Result<void> validate_for_engine(const VmConfig& config);
 

@@ -221,3 +221,61 @@ TEST(Aml, ResourceTemplateEndsWithEndTag)
     Bytes rt = aml::resource_template(io).value();
     EXPECT_EQ(rt, cat({ { 0x11, 0x0d, 0x0a, 0x0a }, io, { 0x79, 0x00 } }));
 }
+
+TEST(Aml, ArgsAndLocals)
+{
+    EXPECT_EQ(aml::arg(0).value(), (Bytes { 0x68 }));
+    EXPECT_EQ(aml::arg(6).value(), (Bytes { 0x6e }));
+    EXPECT_FALSE(aml::arg(7).ok());
+    EXPECT_EQ(aml::local(0).value(), (Bytes { 0x60 }));
+    EXPECT_EQ(aml::local(7).value(), (Bytes { 0x67 }));
+    EXPECT_FALSE(aml::local(8).ok());
+}
+
+TEST(Aml, MethodFlagsAndLength)
+{
+    // Method(_EVT, 1, NotSerialized) {}: MethodOp, PkgLength 6, "_EVT", flags 0x01.
+    EXPECT_EQ(aml::method("_EVT", 1, aml::MethodSerialize::NotSerialized, {}).value(),
+        cat({ { 0x14, 0x06 }, seg("_EVT"), { 0x01 } }));
+    // Serialized sets bit 3; SyncLevel stays 0.
+    EXPECT_EQ(aml::method("M", 7, aml::MethodSerialize::Serialized, {}).value(),
+        cat({ { 0x14, 0x06 }, seg("M___"), { 0x0f } }));
+    EXPECT_FALSE(aml::method("M", 8, aml::MethodSerialize::NotSerialized, {}).ok());
+    EXPECT_FALSE(aml::method("bad", 0, aml::MethodSerialize::NotSerialized, {}).ok());
+    // A long body takes a two-byte PkgLength.
+    Bytes body(100, 0xa3);
+    Bytes m = aml::method("LONG", 0, aml::MethodSerialize::NotSerialized, body).value();
+    auto [len, used] = decode_pkg_length(std::span(m).subspan(1));
+    EXPECT_EQ(used, 2u);
+    EXPECT_EQ(len, m.size() - 1);
+}
+
+TEST(Aml, ReturnPackage)
+{
+    // Method(ADDR) { Return (Package() { 0xfe000, Zero }) }, as the VM generation ID's ADDR.
+    Bytes pkg = aml::package({ aml::integer(0xfe000), aml::integer(0) }).value();
+    EXPECT_EQ(pkg, (Bytes { 0x12, 0x08, 0x02, 0x0c, 0x00, 0xe0, 0x0f, 0x00, 0x00 }));
+    Bytes ret = aml::return_(pkg);
+    EXPECT_EQ(ret, cat({ { 0xa4 }, pkg }));
+    EXPECT_EQ(aml::method("ADDR", 0, aml::MethodSerialize::NotSerialized, ret).value(),
+        cat({ { 0x14, 0x10 }, seg("ADDR"), { 0x00 }, ret }));
+    EXPECT_EQ(aml::return_(aml::arg(1).value()), (Bytes { 0xa4, 0x69 }));
+}
+
+TEST(Aml, IfLEqualNotify)
+{
+    Bytes eq = aml::lequal(aml::arg(0).value(), aml::integer(13));
+    EXPECT_EQ(eq, (Bytes { 0x93, 0x68, 0x0a, 0x0d }));
+    // Notify(\_SB_.VGEN, 0x80): NotifyOp, '\' DualNamePrefix _SB_ VGEN, BytePrefix 0x80.
+    Bytes n = aml::notify("\\_SB_.VGEN", aml::integer(0x80)).value();
+    EXPECT_EQ(n, cat({ { 0x86, 0x5c, 0x2e }, seg("_SB_"), seg("VGEN"), { 0x0a, 0x80 } }));
+    EXPECT_EQ(aml::notify("VGEN", aml::integer(1)).value(), cat({ { 0x86 }, seg("VGEN"), { 0x01 } }));
+    EXPECT_FALSE(aml::notify("\\_SB_.", aml::integer(1)).ok());
+    // If (Arg0 == 13) { Notify(...) }: IfOp, PkgLength (1 + 4 + 13 = 18), predicate, terms.
+    Bytes i = aml::if_(eq, n).value();
+    EXPECT_EQ(i, cat({ { 0xa0, 0x12 }, eq, n }));
+    EXPECT_EQ(aml::if_(aml::integer(1), {}).value(), (Bytes { 0xa0, 0x02, 0x01 }));
+    Bytes long_terms(70, 0xa3);
+    Bytes li = aml::if_(aml::integer(0), long_terms).value();
+    EXPECT_EQ(decode_pkg_length(std::span(li).subspan(1)), std::make_pair(uint32_t(li.size() - 1), size_t { 2 }));
+}

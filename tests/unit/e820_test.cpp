@@ -116,3 +116,27 @@ TEST(E820, EveryRamEntryIsBackedByGuestMemory)
         }
     }
 }
+
+TEST(E820, VmGenIdIsReservedNeverRam)
+{
+    // The VM generation ID lies inside a Reserved entry for every RAM size, never in RAM.
+    for (uint64_t size : { layout::kMinRam, 64 * layout::MiB, 5 * layout::GiB }) {
+        auto mem = GuestMemory::create(size).release_value();
+        auto map = build_e820(mem);
+        EXPECT_FALSE(ram_overlaps(map, layout::kVmGenIdPage, layout::kResetStubPage));
+        bool reserved = false;
+        for (const auto& e : map) {
+            if (e.type == E820Type::Reserved && e.addr <= layout::kVmGenId
+                && layout::kVmGenId + layout::kVmGenIdSize <= end_of(e))
+                reserved = true;
+        }
+        EXPECT_TRUE(reserved) << size;
+        // Backed by guest memory (the guest reads it as ordinary RAM it must not allocate).
+        EXPECT_TRUE(mem.contains(layout::kVmGenId, layout::kVmGenIdSize));
+    }
+    EXPECT_EQ(layout::kVmGenId % 8, 0u);
+    // Clear of the boot structures, the command line, the EBDA's MP table and the ACPI tables.
+    EXPECT_GE(layout::kVmGenId, layout::kAcpiEnd);
+    EXPECT_GE(layout::kVmGenId, layout::kLowRamEnd);
+    EXPECT_LE(layout::kVmGenId + layout::kVmGenIdSize, layout::kResetStubPage);
+}

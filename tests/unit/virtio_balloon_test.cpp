@@ -235,12 +235,17 @@ TEST(VirtioBalloon, InflatePunchesHolesInGuestRam)
     EXPECT_EQ(c.released_bytes, 5 * kPage);
     EXPECT_EQ(c.bad_pfns, 0u);
     EXPECT_EQ(c.release_failures, 0u);
-    // The engine hears that the contents changed: the run as one range, the others alone.
-    ASSERT_EQ(h.written.size(), 3u);
-    EXPECT_EQ(h.written[0].gpa, kPayload + 2 * kPage);
-    EXPECT_EQ(h.written[0].len, 3 * kPage);
-    EXPECT_EQ(h.written[1].gpa, kPayload + 7 * kPage);
-    EXPECT_EQ(h.written[2].gpa, kPayload + 10 * kPage);
+    // The engine hears that the contents changed: the run as one range, the others alone (the
+    // rest of what it hears is the queue's used ring).
+    std::vector<decltype(h.written)::value_type> payload;
+    for (const auto& w : h.written)
+        if (w.gpa >= kPayload)
+            payload.push_back(w);
+    ASSERT_EQ(payload.size(), 3u);
+    EXPECT_EQ(payload[0].gpa, kPayload + 2 * kPage);
+    EXPECT_EQ(payload[0].len, 3 * kPage);
+    EXPECT_EQ(payload[1].gpa, kPayload + 7 * kPage);
+    EXPECT_EQ(payload[2].gpa, kPayload + 10 * kPage);
 }
 
 TEST(VirtioBalloon, BadPfnsAreIgnoredAndCounted)

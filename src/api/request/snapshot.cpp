@@ -1,5 +1,6 @@
-// PUT /snapshot/create and /snapshot/load: parsed as Firecracker's, answered with a 400 until
-// Vessel has snapshots (its snapshot work implements them behind these same requests).
+// PUT /snapshot/create and /snapshot/load, with Firecracker's bodies and rules: create needs a
+// paused VM; load only goes into a VMM that has neither started a VM nor been given boot-specific
+// resources.
 #include "api/request/common.h"
 #include "api/router.h"
 #include "vmm/vmm.h"
@@ -16,19 +17,20 @@ HttpResponse put_snapshot(ApiContext& ctx, const HttpRequest& req, const PathTok
             req.body, "CreateSnapshotParams", { "snapshot_type", "snapshot_path", "mem_file_path" });
         if (!body.ok())
             return body_error(body.error());
+        Vm::SnapshotOptions options;
         auto read = [&]() -> Result<void> {
-            TRY(body->opt_variant("snapshot_type", { "Full", "Diff" }));
-            TRY(body->string("snapshot_path"));
-            TRY(body->string("mem_file_path"));
+            options.diff = TRY(body->opt_variant("snapshot_type", { "Full", "Diff" })).value_or("Full") == "Diff";
+            options.state_path = TRY(body->string("snapshot_path"));
+            options.mem_path = TRY(body->string("mem_file_path"));
             return {};
         };
         if (auto r = read(); !r.ok())
             return body_error(r.error());
         if (auto r = require_started(ctx.vmm); !r.ok())
             return bad_request(r.error());
-        return HttpResponse::fault(400,
-            "Create snapshot error: snapshots are not implemented in this version of "
-            "Vessel yet.");
+        if (auto r = ctx.vmm.create_snapshot(options); !r.ok())
+            return bad_request(r.error());
+        return HttpResponse::no_content();
     }
     if (op == "load") {
         auto body = JsonObject::parse(req.body, "LoadSnapshotConfig",
@@ -51,9 +53,43 @@ HttpResponse put_snapshot(ApiContext& ctx, const HttpRequest& req, const PathTok
             return HttpResponse::fault(400,
                 "Load snapshot error: Loading a microVM snapshot not allowed after configuring "
                 "boot-specific resources.");
-        return HttpResponse::fault(400,
-            "Load snapshot error: snapshots are not implemented in this version of Vessel "
-            "yet.");
+        Vm::RestoreOptions options;
+        bool resume_vm = false;
+        auto read = [&]() -> Result<void> {
+            options.state_path = *path;
+            if (file) {
+                options.mem_path = TRY(body->string("mem_file_path"));
+            } else {
+                auto mem = TRY(body->opt_object("mem_backend", "MemBackendConfig", { "backend_type", "backend_path" }));
+                auto type = TRY(mem->variant("backend_type", { "File", "Uffd" }));
+                options.mem_path = TRY(mem->string("backend_path"));
+                // Uffd: backend_path is the page-fault handler's socket (memory/uffd_memory.h).
+                if (type == "Uffd")
+                    options.mem_backend = Vm::MemBackend::Uffd;
+            }
+            bool diff = TRY(body->opt_bool("enable_diff_snapshots")).value_or(false);
+            options.track_dirty_pages = TRY(body->opt_bool("track_dirty_pages")).value_or(diff);
+            resume_vm = TRY(body->opt_bool("resume_vm")).value_or(false);
+            if (TRY(body->opt_bool("clock_realtime")).value_or(false))
+                return make_error("Load snapshot error: clock_realtime is not supported by Vessel (the guest's "
+                                  "clock continues from the moment of the snapshot).");
+            if (const auto* overrides = body->raw("network_overrides")) {
+                if (!overrides->is_array())
+                    return make_error("invalid type: {}, expected a sequence", describe_json_value(*overrides));
+                for (const auto& o : *overrides) {
+                    auto item = TRY(JsonObject::read(o, "NetworkOverride", { "iface_id", "host_dev_name" }));
+                    options.net_overrides.emplace_back(TRY(item.string("iface_id")), TRY(item.string("host_dev_name")));
+                }
+            }
+            if (auto vsock = TRY(body->opt_object("vsock_override", "VsockOverride", { "uds_path" })))
+                options.vsock_uds_path = TRY(vsock->string("uds_path"));
+            return {};
+        };
+        if (auto r = read(); !r.ok())
+            return r.error().message().starts_with("Load snapshot error") ? bad_request(r.error()) : body_error(r.error());
+        if (auto r = ctx.vmm.load_snapshot(options, resume_vm); !r.ok())
+            return bad_request(r.error());
+        return HttpResponse::no_content();
     }
     return HttpResponse::fault(400, fmt::format("Invalid request method and/or path: PUT /snapshot/{}.", op));
 }

@@ -270,6 +270,36 @@ Result<Bytes> device_aml(const AcpiDevice& dev)
     return aml::device(dev.name, body);
 }
 
+// Device(VGEN) and Device(GED0) (see AcpiVmGenId).
+Result<Bytes> vmgenid_aml(const AcpiVmGenId& gen)
+{
+    if (gen.address % 8 != 0)
+        return make_error("the VM generation ID address {:#x} is not 8-byte aligned", gen.address);
+    if (gen.gsi >= layout::kIoapicPins)
+        return make_error("GSI {} is beyond the I/O APIC's {} pins", gen.gsi, layout::kIoapicPins);
+
+    constexpr std::string_view kCompatibleId = "VM_GEN_COUNTER";
+    Bytes vgen = TRY(aml::name("_HID", TRY(aml::string("VMGENCTR"))));
+    aml::append(vgen, TRY(aml::name("_CID", TRY(aml::string(kCompatibleId)))));
+    aml::append(vgen, TRY(aml::name("_DDN", TRY(aml::string(kCompatibleId)))));
+    std::vector<Bytes> address { aml::integer(gen.address & 0xffffffff), aml::integer(gen.address >> 32) };
+    aml::append(vgen,
+        TRY(aml::method("ADDR", 0, aml::MethodSerialize::NotSerialized, aml::return_(TRY(aml::package(address))))));
+    Bytes out = TRY(aml::device("VGEN", vgen));
+
+    Bytes ged = TRY(aml::name("_HID", TRY(aml::string("ACPI0013"))));
+    const uint32_t gsis[] = { gen.gsi };
+    Bytes interrupt
+        = TRY(aml::extended_interrupt(gsis, aml::InterruptTrigger::Edge, aml::InterruptPolarity::ActiveHigh));
+    aml::append(ged, TRY(aml::name("_CRS", TRY(aml::resource_template(interrupt)))));
+    // 0x80: a device-specific notification, which Linux hands to the vmgenid driver.
+    Bytes notify = TRY(aml::notify("\\_SB_.VGEN", aml::integer(0x80)));
+    Bytes on_gsi = TRY(aml::if_(aml::lequal(TRY(aml::arg(0)), aml::integer(gen.gsi)), notify));
+    aml::append(ged, TRY(aml::method("_EVT", 1, aml::MethodSerialize::NotSerialized, on_gsi)));
+    aml::append(out, TRY(aml::device("GED0", ged)));
+    return out;
+}
+
 Result<void> check_vcpus(uint32_t vcpus)
 {
     if (vcpus == 0 || vcpus > kAcpiMaxVcpus)
@@ -417,6 +447,19 @@ Result<std::vector<uint8_t>> build_dsdt(const AcpiConfig& cfg)
         if (!names.insert(seg.value()).second)
             return make_error("two ACPI devices are named {:?}", dev.name);
         aml::append(devices, TRY_CTX(device_aml(dev), fmt::format("ACPI device {}", dev.name)));
+    }
+    if (cfg.vmgenid) {
+        for (const char* reserved : { "VGEN", "GED0" }) {
+            if (names.contains(TRY(aml::name_seg(reserved))))
+                return make_error("ACPI device name {} is taken by the VM generation ID devices", reserved);
+        }
+        for (const auto& dev : cfg.devices) {
+            for (const auto& irq : dev.interrupts) {
+                if (irq.gsi == cfg.vmgenid->gsi)
+                    return make_error("ACPI device {} uses GSI {}, the Generic Event Device's", dev.name, irq.gsi);
+            }
+        }
+        aml::append(devices, TRY_CTX(vmgenid_aml(*cfg.vmgenid), "the VM generation ID devices"));
     }
 
     Bytes table;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,9 +49,22 @@ struct AcpiDevice {
     std::vector<AcpiInterrupt> interrupts;
 };
 
+// The VM Generation ID device and the Generic Event Device that announces a new ID:
+//   Device(VGEN) { _HID "VMGENCTR", _CID "VM_GEN_COUNTER", _DDN "VM_GEN_COUNTER",
+//                  Method(ADDR) { Return(Package() { low 32 bits, high 32 bits of `address` }) } }
+//   Device(GED0) { _HID "ACPI0013", _CRS { Interrupt(Edge, ActiveHigh, Exclusive) { gsi } },
+//                  Method(_EVT, 1) { If (Arg0 == gsi) { Notify(\_SB.VGEN, 0x80) } } }
+// (Linux: drivers/virt/vmgenid.c matches VMGENCTR and re-reads the ID on the notification;
+// drivers/acpi/evged.c runs _EVT with the GSI when the interrupt fires.)
+struct AcpiVmGenId {
+    uint64_t address { 0 }; // guest-physical, 8-byte aligned, 16 bytes
+    uint32_t gsi { 0 }; // edge-triggered, active high, used by no other device
+};
+
 struct AcpiConfig {
     uint32_t vcpus { 1 };
     std::vector<AcpiDevice> devices;
+    std::optional<AcpiVmGenId> vmgenid {};
 };
 
 // Largest vCPU count the MADT describes: xAPIC ids 0..vcpus-1 and the I/O APIC id (= vcpus)
@@ -69,7 +83,8 @@ std::vector<AcpiDevice> legacy_acpi_devices();
 AcpiDevice virtio_mmio_acpi_device(uint32_t index, uint64_t base, uint64_t size, uint32_t gsi,
                                    AcpiIrqTrigger trigger = AcpiIrqTrigger::Level);
 
-// The DSDT (header + AML) for `cfg`: \_SB.<devices> and \_S5_. Exposed for tests and tools.
+// The DSDT (header + AML) for `cfg`: \_SB.<devices> (then VGEN and GED0 with `cfg.vmgenid`) and
+// \_S5_. Exposed for tests and tools.
 Result<std::vector<uint8_t>> build_dsdt(const AcpiConfig& cfg);
 
 // Writes RSDP (at layout::kAcpiStart), XSDT, FADT, MADT and DSDT into

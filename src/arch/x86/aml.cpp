@@ -24,7 +24,7 @@ void put_le(Bytes& out, uint64_t value, unsigned bytes)
         out.push_back(static_cast<uint8_t>(value >> (8 * i)));
 }
 
-// opcode(s) PkgLength body: the shape of Scope, Device, Package and Buffer.
+// opcode(s) PkgLength body: the shape of Scope, Device, Method, If, Package and Buffer.
 Result<Bytes> wrap_package(std::span<const uint8_t> opcode, std::span<const uint8_t> body)
 {
     Bytes out(opcode.begin(), opcode.end());
@@ -246,6 +246,66 @@ Result<Bytes> buffer(std::span<const uint8_t> data)
     append(body, data);
     const uint8_t op[] = { kBufferOp };
     return wrap_package(op, body);
+}
+
+Result<Bytes> method(
+    std::string_view path, uint8_t arg_count, MethodSerialize serialize, std::span<const uint8_t> terms)
+{
+    if (arg_count > 7)
+        return make_error("AML Method {:?} takes at most 7 arguments, not {}", std::string(path), arg_count);
+    Bytes body = TRY(name_string(path));
+    uint8_t flags = arg_count;
+    if (serialize == MethodSerialize::Serialized)
+        flags |= 0x08;
+    body.push_back(flags); // SyncLevel 0
+    append(body, terms);
+    const uint8_t op[] = { kMethodOp };
+    return wrap_package(op, body);
+}
+
+Bytes return_(std::span<const uint8_t> value)
+{
+    Bytes out { kReturnOp };
+    append(out, value);
+    return out;
+}
+
+Result<Bytes> if_(std::span<const uint8_t> predicate, std::span<const uint8_t> terms)
+{
+    Bytes body(predicate.begin(), predicate.end());
+    append(body, terms);
+    const uint8_t op[] = { kIfOp };
+    return wrap_package(op, body);
+}
+
+Bytes lequal(std::span<const uint8_t> a, std::span<const uint8_t> b)
+{
+    Bytes out { kLEqualOp };
+    append(out, a);
+    append(out, b);
+    return out;
+}
+
+Result<Bytes> notify(std::string_view path, std::span<const uint8_t> value)
+{
+    Bytes out { kNotifyOp };
+    append(out, TRY(name_string(path)));
+    append(out, value);
+    return out;
+}
+
+Result<Bytes> arg(uint8_t n)
+{
+    if (n > 6)
+        return make_error("AML has Arg0 to Arg6, not Arg{}", n);
+    return Bytes { static_cast<uint8_t>(kArg0Op + n) };
+}
+
+Result<Bytes> local(uint8_t n)
+{
+    if (n > 7)
+        return make_error("AML has Local0 to Local7, not Local{}", n);
+    return Bytes { static_cast<uint8_t>(kLocal0Op + n) };
 }
 
 Bytes io_decode16(uint16_t min, uint16_t max, uint8_t alignment, uint8_t length)

@@ -1,5 +1,6 @@
 // A small AML (ACPI Machine Language) byte-code builder: just enough of ACPI 6.x chapter 20 to
-// emit a DSDT with scopes, devices, named integers/strings/packages and resource templates.
+// emit a DSDT with scopes, devices, named integers/strings/packages, resource templates and
+// small control methods (Method, If, LEqual, Notify, Return).
 // Every builder returns the encoded bytes of one term; callers concatenate them.
 #pragma once
 
@@ -26,10 +27,17 @@ constexpr uint8_t kQWordPrefix = 0x0e;
 constexpr uint8_t kScopeOp = 0x10;
 constexpr uint8_t kBufferOp = 0x11;
 constexpr uint8_t kPackageOp = 0x12;
+constexpr uint8_t kMethodOp = 0x14;
 constexpr uint8_t kDualNamePrefix = 0x2e;
 constexpr uint8_t kMultiNamePrefix = 0x2f;
 constexpr uint8_t kExtOpPrefix = 0x5b;
 constexpr uint8_t kDeviceOp = 0x82; // after kExtOpPrefix
+constexpr uint8_t kLocal0Op = 0x60; // Local0..Local7: 0x60..0x67
+constexpr uint8_t kArg0Op = 0x68; // Arg0..Arg6: 0x68..0x6e
+constexpr uint8_t kNotifyOp = 0x86;
+constexpr uint8_t kLEqualOp = 0x93;
+constexpr uint8_t kIfOp = 0xa0;
+constexpr uint8_t kReturnOp = 0xa4;
 constexpr uint8_t kRootChar = 0x5c;   // '\'
 constexpr uint8_t kParentPrefix = 0x5e; // '^'
 constexpr uint8_t kNullName = 0x00;
@@ -77,6 +85,24 @@ Result<Bytes> device(std::string_view path, std::span<const uint8_t> terms);
 Result<Bytes> package(const std::vector<Bytes>& elements);
 // Buffer() { data }: BufferOp PkgLength BufferSize ByteList.
 Result<Bytes> buffer(std::span<const uint8_t> data);
+
+// Control methods (ACPI 6.x, 20.2.5 "Term Objects Encoding").
+enum class MethodSerialize : uint8_t { NotSerialized, Serialized };
+// Method(path, args, NotSerialized/Serialized) { terms }: MethodOp PkgLength NameString
+// MethodFlags (bits 0-2 argument count 0-7, bit 3 serialized, bits 4-7 SyncLevel 0) TermList.
+Result<Bytes> method(
+    std::string_view path, uint8_t arg_count, MethodSerialize serialize, std::span<const uint8_t> terms);
+// Return(value): ReturnOp ArgObject (any TermArg: a data object, ArgN, LocalN, an expression).
+Bytes return_(std::span<const uint8_t> value);
+// If(predicate) { terms }: IfOp PkgLength Predicate TermList.
+Result<Bytes> if_(std::span<const uint8_t> predicate, std::span<const uint8_t> terms);
+// LEqual(a, b), ASL2.0 "a == b": LEqualOp Operand Operand.
+Bytes lequal(std::span<const uint8_t> a, std::span<const uint8_t> b);
+// Notify(object, value): NotifyOp NotifyObject (the NameString of `path`) NotifyValue (TermArg).
+Result<Bytes> notify(std::string_view path, std::span<const uint8_t> value);
+// ArgN (0-6) and LocalN (0-7), the method's arguments and locals.
+Result<Bytes> arg(uint8_t n);
+Result<Bytes> local(uint8_t n);
 
 // Resource descriptors (ACPI 6.x, 6.4 "Resource Data Types for ACPI").
 enum class InterruptTrigger : uint8_t { Level, Edge };

@@ -4,6 +4,13 @@
 
 namespace vessel {
 
+// The VM generation ID must stay out of the kernel's RAM: it lies in the reserved BIOS area, in a
+// page of its own between the ACPI tables and the reset stub.
+static_assert(layout::kVmGenId % 8 == 0);
+static_assert(
+    layout::kAcpiEnd <= layout::kVmGenIdPage && layout::kVmGenId + layout::kVmGenIdSize <= layout::kResetStubPage);
+static_assert(layout::kBiosStart <= layout::kVmGenId && layout::kVmGenId + layout::kVmGenIdSize <= layout::kBiosEnd);
+
 std::vector<E820Entry> build_e820(const GuestMemory& mem)
 {
     std::vector<E820Entry> map;

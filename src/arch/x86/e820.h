@@ -22,7 +22,8 @@ struct E820Entry {
 };
 
 // The e820 map for guest RAM laid out by GuestMemory: low RAM up to the EBDA, the EBDA and the
-// BIOS area reserved (MP table, ACPI tables), RAM from 1 MiB up to the MMIO hole, RAM above 4 GiB.
+// BIOS area reserved (MP table; ACPI tables, VM generation ID, reset stub), RAM from 1 MiB up to
+// the MMIO hole, RAM above 4 GiB.
 std::vector<E820Entry> build_e820(const GuestMemory& mem);
 
 } // namespace vessel

@@ -27,7 +27,10 @@ constexpr uint64_t kMpTable = kEbdaStart;
 constexpr uint64_t kLowRamEnd = 0xa0000;        // 640 KiB
 constexpr uint64_t kBiosStart = 0xe0000;        // reserved: ACPI RSDP and tables,
 constexpr uint64_t kAcpiStart = kBiosStart;
-constexpr uint64_t kAcpiEnd = 0xff000;
+constexpr uint64_t kAcpiEnd = 0xfe000;
+constexpr uint64_t kVmGenIdPage = 0xfe000;      //   then a page for the VM Generation ID (16 bytes
+constexpr uint64_t kVmGenId = kVmGenIdPage;     //   at its start; the DSDT's \_SB.VGEN.ADDR),
+constexpr uint64_t kVmGenIdSize = 16;
 constexpr uint64_t kResetStubPage = 0xff000;    //   then the firmware stub page with
 constexpr uint64_t kResetVector = 0xffff0;      //   the legacy reset vector F000:FFF0
 constexpr uint64_t kBiosEnd = 0x100000;
@@ -52,6 +55,9 @@ constexpr uint8_t kCom1Irq = 4;
 constexpr uint16_t kI8042Port = 0x60;           // data 0x60, command/status 0x64
 constexpr uint16_t kRtcPort = 0x70;             // index 0x70, data 0x71
 constexpr uint8_t kRtcIrq = 8;
+// The ACPI Generic Event Device's interrupt (\_SB.GED0), which announces a new VM Generation ID:
+// the x87 FPU's legacy IRQ13, which nothing on x86-64 uses (virtio devices never take it).
+constexpr uint8_t kGedGsi = 13;
 constexpr uint16_t kDebugExitPort = 0xf4;       // QEMU isa-debug-exit compatible
 // ACPI hardware-reduced sleep control / status registers (FADT SLEEP_CONTROL_REG / STATUS_REG).
 constexpr uint16_t kAcpiSleepControlPort = 0x3c0;

@@ -189,4 +189,31 @@ void IoApic::set_redirection(unsigned pin, uint64_t entry)
     service_level(pin);
 }
 
+IoapicState IoApic::save() const
+{
+    std::lock_guard lock(m_mutex);
+    IoapicState state;
+    state.id = static_cast<uint32_t>(m_id) << 24;
+    state.ioregsel = m_regsel;
+    state.irr = m_lines;
+    for (unsigned pin = 0; pin < kPins; ++pin)
+        state.redirection[pin] = m_entries[pin];
+    return state;
+}
+
+void IoApic::restore(const IoapicState& state)
+{
+    static_assert(IoapicState::kPins == kPins);
+    std::lock_guard lock(m_mutex);
+    m_id = static_cast<uint8_t>((state.id >> 24) & 0x0f);
+    m_regsel = static_cast<uint8_t>(state.ioregsel);
+    m_lines = state.irr & ((1u << kPins) - 1);
+    for (unsigned pin = 0; pin < kPins; ++pin) {
+        uint64_t entry = state.redirection[pin] & (kRteWritable | kRteRemoteIrr);
+        if (!(entry & kRteLevel))
+            entry &= ~kRteRemoteIrr;
+        m_entries[pin] = entry;
+    }
+}
+
 } // namespace vessel

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <mutex>
 
+#include "arch/x86/machine_state.h"
 #include "bus/bus.h"
 #include "devices/irqchip/apic_bus.h"
 
@@ -68,6 +69,12 @@ public:
     // Direct access to a redirection entry (tests, state save/restore).
     uint64_t redirection(unsigned pin) const;
     void set_redirection(unsigned pin, uint64_t entry);
+
+    // Snapshots (arch/x86/machine_state.h): ID, IOREGSEL, the pin levels and the redirection
+    // entries with their remote IRR. restore() sends no message: in a saved state an asserted,
+    // unmasked level pin already holds remote IRR, and the LAPICs are restored after the chip.
+    IoapicState save() const;
+    void restore(const IoapicState& state);
 
 private:
     uint32_t read_register(uint8_t index) const;

@@ -265,6 +265,17 @@ bool Lapic::acknowledge_nmi()
     return was;
 }
 
+void Lapic::set_nmi_pending(bool pending)
+{
+    Effects fx;
+    {
+        std::lock_guard lock(m_mutex);
+        m_nmi_pending = pending;
+        fx.kick = update_pending();
+    }
+    flush(fx);
+}
+
 void Lapic::set_tpr(uint8_t cr8)
 {
     std::lock_guard lock(m_mutex);

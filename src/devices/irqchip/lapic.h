@@ -136,6 +136,8 @@ public:
     uint8_t acknowledge();
     // Takes the pending NMI; false when none was pending.
     bool acknowledge_nmi();
+    // Makes an NMI pending or drops one (snapshots: CpuState::events.nmi_pending).
+    void set_nmi_pending(bool pending);
     // CR8 (TPR[7:4]).
     void set_tpr(uint8_t cr8);
     uint8_t get_tpr() const;

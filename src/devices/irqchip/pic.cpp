@@ -312,4 +312,62 @@ void Pic::log_oddity(const char* what, uint8_t value)
         log_debug("pic: {} ({:#04x})", what, value);
 }
 
+PicChipState Pic::save_chip(const Chip& chip)
+{
+    PicChipState s;
+    s.last_irr = chip.lines;
+    s.irr = chip.irr;
+    s.imr = chip.imr;
+    s.isr = chip.isr;
+    s.priority_add = chip.priority_base;
+    s.irq_base = chip.vector_base;
+    s.read_reg_select = chip.read_isr;
+    s.poll = chip.poll;
+    s.special_mask = chip.special_mask;
+    s.init_state = static_cast<uint8_t>(chip.init_step);
+    s.auto_eoi = chip.auto_eoi;
+    s.rotate_on_auto_eoi = chip.rotate_on_auto_eoi;
+    s.special_fully_nested_mode = chip.special_fully_nested;
+    s.init4 = static_cast<uint8_t>((chip.icw4_needed ? kIcw1Ic4 : 0) | (chip.single ? kIcw1Single : 0));
+    s.elcr = chip.elcr;
+    s.elcr_mask = chip.elcr_mask;
+    return s;
+}
+
+void Pic::restore_chip(Chip& chip, const PicChipState& s, uint8_t default_elcr_mask)
+{
+    chip = Chip {};
+    chip.lines = s.last_irr;
+    chip.irr = s.irr;
+    chip.imr = s.imr;
+    chip.isr = s.isr;
+    chip.priority_base = s.priority_add & 7;
+    chip.vector_base = s.irq_base & 0xf8;
+    chip.read_isr = s.read_reg_select != 0;
+    chip.poll = s.poll != 0;
+    chip.special_mask = s.special_mask != 0;
+    chip.init_step = s.init_state <= 3 ? s.init_state : 0;
+    chip.auto_eoi = s.auto_eoi != 0;
+    chip.rotate_on_auto_eoi = s.rotate_on_auto_eoi != 0;
+    chip.special_fully_nested = s.special_fully_nested_mode != 0;
+    chip.icw4_needed = s.init4 & kIcw1Ic4;
+    chip.single = s.init4 & kIcw1Single;
+    chip.elcr_mask = s.elcr_mask ? s.elcr_mask : default_elcr_mask;
+    chip.elcr = s.elcr & chip.elcr_mask;
+}
+
+std::array<PicChipState, 2> Pic::save() const
+{
+    std::lock_guard lock(m_mutex);
+    return { save_chip(m_master), save_chip(m_slave) };
+}
+
+void Pic::restore(const std::array<PicChipState, 2>& state)
+{
+    std::lock_guard lock(m_mutex);
+    restore_chip(m_master, state[0], kElcrMasterMask);
+    restore_chip(m_slave, state[1], kElcrSlaveMask);
+    update();
+}
+
 } // namespace vessel

@@ -18,11 +18,13 @@
 // PIC's lock held and must not call back into the PIC (the LAPIC's set_lint does not).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <mutex>
 
+#include "arch/x86/machine_state.h"
 #include "bus/bus.h"
 
 namespace vessel {
@@ -64,6 +66,14 @@ public:
     // Called whenever the INT output changes. Set before the VM runs.
     void set_output_handler(OutputHandler handler);
 
+    // Snapshots (arch/x86/machine_state.h), master then slave, in KVM's meanings: last_irr holds
+    // the input levels, init_state the ICW expected next (0: operational, 1-3: ICW2-ICW4), init4
+    // whether ICW4 is expected, with ICW1's single-mode bit (SNGL) in bit 1 (KVM's PIC has no
+    // single mode; no guest uses it). ICW3 is not kept: nothing reads it back. restore()
+    // recomputes the INT output, which reaches the BSP's LINT0 through the output handler.
+    std::array<PicChipState, 2> save() const;
+    void restore(const std::array<PicChipState, 2>& state);
+
 private:
     struct Chip {
         uint8_t irr { 0 };
@@ -86,6 +96,8 @@ private:
         bool poll { false };
     };
 
+    static PicChipState save_chip(const Chip& chip);
+    static void restore_chip(Chip& chip, const PicChipState& state, uint8_t default_elcr_mask);
     static int priority_of(const Chip& chip, int irq) { return (irq - chip.priority_base) & 7; }
     // The highest-priority unmasked request the chip would pass to its INT output, or -1.
     static int granted_request(const Chip& chip, bool is_master);

@@ -1,5 +1,7 @@
 #include "devices/irqchip/pit.h"
 
+#include <algorithm>
+
 #include "base/log.h"
 #include "base/log_limit.h"
 
@@ -317,6 +319,118 @@ void Pit::run_timers(uint64_t now_ns)
     }
     if (fire)
         m_irq0.pulse();
+}
+
+// --- Snapshots ---
+
+namespace {
+
+// KVM's RW_STATE_* (the access sequence of a channel's count register).
+constexpr uint8_t kRwLsb = 1, kRwMsb = 2, kRwWord0 = 3, kRwWord1 = 4;
+constexpr uint8_t kStatusNullCount = 0x40;
+
+} // namespace
+
+PitChannelState Pit::save_channel(const Channel& ch, uint64_t now) const
+{
+    PitChannelState s;
+    s.count = ch.loaded ? ch.reload : 0;
+    if (ch.latched_count) {
+        s.latched_count = *ch.latched_count;
+        s.count_latched = ch.access == 3 ? (ch.latched_msb_next ? kRwMsb : kRwWord0) : ch.access;
+    }
+    if (ch.latched_status) {
+        s.status_latched = 1;
+        s.status = *ch.latched_status;
+    } else {
+        const bool null_count = !ch.loaded || (hardware_triggered(ch.mode) && !ch.triggered);
+        s.status = static_cast<uint8_t>((status(ch, now) & ~kStatusNullCount) | (null_count ? kStatusNullCount : 0));
+    }
+    s.read_state = ch.access == 3 ? (ch.read_msb_next ? kRwWord1 : kRwWord0) : ch.access;
+    s.write_state = ch.access == 3 ? (ch.write_msb_next ? kRwWord1 : kRwWord0) : ch.access;
+    s.write_latch = ch.write_lsb;
+    s.rw_mode = ch.access;
+    s.mode = ch.mode;
+    s.bcd = ch.bcd;
+    s.gate = ch.gate;
+    // Elapsed counting time is now - count_load_time_ns while the channel runs; a stopped
+    // channel keeps what it counted (counted_ns) as if it had been loaded that long before now.
+    const int64_t counted = static_cast<int64_t>(ch.counted_ns);
+    if (ch.running)
+        s.count_load_time_ns = static_cast<int64_t>(ch.start_ns) - counted;
+    else if (ch.loaded && !hardware_triggered(ch.mode))
+        s.count_load_time_ns = static_cast<int64_t>(now) - counted;
+    else
+        s.count_load_time_ns = static_cast<int64_t>(ch.start_ns);
+    return s;
+}
+
+void Pit::restore_channel(Channel& ch, const PitChannelState& s, uint64_t now)
+{
+    ch = Channel {};
+    uint8_t mode = s.mode;
+    if (mode == 6 || mode == 7)
+        mode -= 4;
+    ch.mode = mode <= 5 ? mode : 0; // KVM marks a never-programmed channel 0xff
+    ch.access = s.rw_mode >= 1 && s.rw_mode <= 3 ? s.rw_mode : 3;
+    ch.bcd = s.bcd != 0;
+    ch.gate = s.gate != 0;
+    const uint32_t modulus = ch.bcd ? 10000 : 0x10000;
+    ch.loaded = s.count != 0;
+    ch.reload = ch.loaded ? std::min(s.count, modulus) : modulus;
+    if (ch.reload == 1 && periodic(ch.mode))
+        ch.reload = 2;
+    ch.null_count = !ch.loaded;
+    if (s.count_latched) {
+        ch.latched_count = s.latched_count;
+        ch.latched_msb_next = ch.access == 3 && (s.count_latched == kRwMsb || s.count_latched == kRwWord1);
+    }
+    if (s.status_latched)
+        ch.latched_status = s.status;
+    ch.read_msb_next = ch.access == 3 && s.read_state == kRwWord1;
+    ch.write_msb_next = ch.access == 3 && s.write_state == kRwWord1;
+    ch.write_lsb = s.write_latch;
+    if (hardware_triggered(ch.mode) && ch.loaded) {
+        // A latched status hides the null-count bit: take a high gate as having triggered.
+        ch.triggered = s.status_latched ? ch.gate : !(s.status & kStatusNullCount);
+    }
+    ch.running = ch.loaded && (hardware_triggered(ch.mode) ? ch.triggered : ch.gate);
+    const int64_t load = s.count_load_time_ns;
+    if (ch.running) {
+        ch.start_ns = load >= 0 ? static_cast<uint64_t>(load) : 0;
+        ch.counted_ns = load >= 0 ? 0 : static_cast<uint64_t>(-load);
+    } else if (ch.loaded && !hardware_triggered(ch.mode)) {
+        ch.start_ns = now;
+        ch.counted_ns = static_cast<int64_t>(now) > load ? static_cast<uint64_t>(static_cast<int64_t>(now) - load) : 0;
+    } else {
+        ch.start_ns = load >= 0 ? static_cast<uint64_t>(load) : 0;
+    }
+    // Every edge due by now was delivered before the save (see save()).
+    if (ch.loaded && (ch.running || ch.counted_ns)) {
+        const uint64_t ticks = elapsed_ticks(ch, now);
+        ch.edges_done = periodic(ch.mode) ? ticks / ch.reload : (ticks >= ch.reload ? 1 : 0);
+    }
+}
+
+PitState Pit::save() const
+{
+    std::lock_guard lock(m_mutex);
+    const uint64_t now = m_clock.now_ns();
+    PitState state;
+    for (unsigned i = 0; i < 3; ++i)
+        state.channels[i] = save_channel(m_channels[i], now);
+    state.speaker_data_on = (m_speaker >> 1) & 1;
+    return state;
+}
+
+void Pit::restore(const PitState& state)
+{
+    std::lock_guard lock(m_mutex);
+    const uint64_t now = m_clock.now_ns();
+    for (unsigned i = 0; i < 3; ++i)
+        restore_channel(m_channels[i], state.channels[i], now);
+    m_speaker = static_cast<uint8_t>((m_channels[2].gate ? kSpeakerGate2 : 0) | (state.speaker_data_on ? 2 : 0));
+    publish_deadline();
 }
 
 } // namespace vessel

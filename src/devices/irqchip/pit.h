@@ -26,6 +26,7 @@
 #include <mutex>
 #include <optional>
 
+#include "arch/x86/machine_state.h"
 #include "bus/bus.h"
 #include "devices/irq.h"
 #include "devices/irqchip/clock.h"
@@ -56,6 +57,20 @@ public:
     // Raises IRQ0 if its edge is due by `now_ns` (at most one edge per call).
     void run_timers(uint64_t now_ns);
 
+    // Snapshots (arch/x86/machine_state.h), in KVM's field meanings with times on the guest
+    // clock, which must read the saved time when restore() runs. Per channel: `count` is the
+    // reload value in clocks (0: no count written since the control word); count_load_time_ns
+    // is when counting started, less any time a low gate held the count; count_latched,
+    // read_state and write_state use KVM's RW_STATE_* numbers (LSB 1, MSB 2, WORD0 3, WORD1 4);
+    // `status` is the read-back status byte, as latched or else as it reads at the save, where
+    // null count (bit 6) has the 8254's meaning: set until the count is in the counter, which in
+    // modes 1 and 5 is the gate's trigger. IRQ0 edges due by the saved time count as delivered
+    // (run_timers() first, as SoftEngine::save_machine does). Port 0x61 keeps bits 0 (channel 2's
+    // gate) and 1 (speaker data); bits 2-3 (parity / I/O check disable, which only Linux's NMI
+    // handler pulses) are not saved.
+    PitState save() const;
+    void restore(const PitState& state);
+
 private:
     struct Channel {
         uint8_t mode { 0 };
@@ -78,6 +93,8 @@ private:
         uint64_t edges_done { 0 }; // channel 0: IRQ edges delivered since the load
     };
 
+    PitChannelState save_channel(const Channel& ch, uint64_t now) const;
+    void restore_channel(Channel& ch, const PitChannelState& state, uint64_t now);
     uint64_t elapsed_ticks(const Channel& ch, uint64_t now) const;
     uint16_t counter_value(const Channel& ch, uint64_t now) const;
     bool output(const Channel& ch, uint64_t now) const;

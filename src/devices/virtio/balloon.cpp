@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "base/log.h"
+#include "devices/virtio/state_json.h"
 #include "memory/guest_memory.h"
 
 namespace vessel::virtio {
@@ -78,7 +79,8 @@ Result<void> BalloonDevice::activate(const ActivateContext& ctx)
     std::lock_guard lock(m_mutex);
     m_ctx = ctx;
     m_failed = false;
-    m_paused = m_config_due = m_stats_due = false;
+    m_config_due = m_stats_due = false;
+    m_paused = ctx.paused; // a snapshot restore: resume() does what follows
     // Buffers posted before DRIVER_OK (Linux primes statsq during probe) were not notified.
     process_pfns(kInflateQueue);
     process_pfns(kDeflateQueue);
@@ -118,6 +120,67 @@ void BalloonDevice::resume()
     process_stats();
 }
 
+nlohmann::json BalloonDevice::save_state() const
+{
+    std::lock_guard lock(m_mutex);
+    nlohmann::json values = nlohmann::json::array();
+    for (const auto& v : m_stats.values)
+        values.push_back(v ? nlohmann::json(*v) : nlohmann::json(nullptr));
+    return {
+        { "num_pages", m_num_pages },
+        { "actual", m_actual },
+        { "target_reported", m_target_reported },
+        { "config_due", m_config_due },
+        { "stats_due", m_stats_due },
+        { "stats", { { "updates", m_stats.updates }, { "values", std::move(values) } } },
+        { "stats_buffer", m_stats_held ? nlohmann::json(m_stats_chain.head) : nlohmann::json(nullptr) },
+    };
+}
+
+Result<void> BalloonDevice::restore_state(const nlohmann::json& state)
+{
+    constexpr std::string_view what = "virtio-balloon";
+    uint32_t num_pages = static_cast<uint32_t>(TRY(state::get_uint(state, "num_pages", what, UINT32_MAX)));
+    uint32_t actual = static_cast<uint32_t>(TRY(state::get_uint(state, "actual", what, UINT32_MAX)));
+    bool target_reported = TRY(state::get_bool(state, "target_reported", what));
+    bool config_due = TRY(state::get_bool(state, "config_due", what));
+    bool stats_due = TRY(state::get_bool(state, "stats_due", what));
+    const nlohmann::json* stats = TRY(state::get_object(state, "stats", what));
+    GuestStats restored;
+    restored.updates = TRY(state::get_uint(*stats, "updates", "virtio-balloon stats"));
+    // A newer device may know more tags: those are ignored.
+    const nlohmann::json* values = TRY(state::get_array(*stats, "values", "virtio-balloon stats", 0xffff));
+    for (size_t i = 0; i < values->size() && i < kStatTagCount; ++i) {
+        const nlohmann::json& v = (*values)[i];
+        if (v.is_null())
+            continue;
+        restored.values[i] = state::as_uint(v);
+        if (!restored.values[i])
+            return make_error("virtio-balloon stats: value {} is neither null nor an unsigned integer", i);
+    }
+    // The held statistics buffer's descriptor head, or null.
+    std::optional<uint16_t> held;
+    if (!TRY(state::field(state, "stats_buffer", what))->is_null())
+        held = static_cast<uint16_t>(TRY(state::get_uint(state, "stats_buffer", what, 0xffff)));
+
+    std::lock_guard lock(m_mutex);
+    m_num_pages = num_pages;
+    m_actual = actual;
+    m_target_reported = target_reported;
+    m_stats = restored;
+    if (!active())
+        return {}; // not activated (or failed): no queue, nothing held, nothing due
+    m_config_due = config_due;
+    if (held) {
+        if (!(m_ctx.features & kFStatsVq) || m_ctx.queues.size() <= kStatsQueue || !m_ctx.queues[kStatsQueue].active())
+            return make_error("{}: a statistics buffer is held without a statistics queue", what);
+        TRY_CTX(m_ctx.queues[kStatsQueue].take(*held, m_stats_chain), fmt::format("{}: the statistics buffer", what));
+        m_stats_held = true;
+        m_stats_due = stats_due;
+    }
+    return {};
+}
+
 void BalloonDevice::notify(uint16_t queue)
 {
     std::lock_guard lock(m_mutex);
@@ -140,24 +203,13 @@ void BalloonDevice::fail(std::string_view why)
 
 void BalloonDevice::release(uint64_t gpa, uint64_t len)
 {
-    GuestMemory& memory = *m_ctx.memory;
-    for (const MemoryRegion& r : memory.regions()) {
-        if (gpa < r.guest_base || gpa - r.guest_base >= r.size)
-            continue;
-        // The caller checked [gpa, gpa+len) lies in this one region, so the file range lies in
-        // guest RAM's memfd and nothing outside guest RAM is touched.
-        uint64_t offset = r.file_offset + (gpa - r.guest_base);
-        if (::fallocate(memory.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
-                static_cast<off_t>(len))
-            == 0) {
-            m_counters.released_bytes += len;
-            memory.note_written(gpa, len); // the pages read as zeros from now on
-            return;
-        }
-        if (m_counters.release_failures++ == 0)
-            log_warn("virtio-balloon: cannot release guest memory to the host ({}); inflated pages stay allocated",
-                std::strerror(errno));
+    // The caller checked [gpa, gpa+len) lies in one RAM region; discard() checks again.
+    if (auto r = m_ctx.memory->discard(gpa, len); r.ok()) {
+        m_counters.released_bytes += len;
         return;
+    } else if (m_counters.release_failures++ == 0) {
+        log_warn("virtio-balloon: cannot release guest memory to the host ({}); inflated pages stay allocated",
+            r.error().message());
     }
 }
 

@@ -118,6 +118,14 @@ public:
     void reset() override;
     void pause() override;
     void resume() override;
+    // Snapshots: the target (num_pages, which wins over the configuration's), actual as the
+    // driver wrote it, the last statistics and whether a target/statistics request waits for
+    // resume. The statistics buffer the device holds is recorded by its descriptor head and
+    // taken again (validated) by the restored device, which returns it when statistics are next
+    // requested, as the protocol wants (5.5.6.3); the statistics queue's position is not rewound.
+    // There is no polling interval here: whoever calls request_stats() keeps its own.
+    nlohmann::json save_state() const override;
+    Result<void> restore_state(const nlohmann::json& state) override;
     void report_metrics(MetricsReport& out) const override;
     const BalloonMetrics& metrics() const { return m_metrics; }
 

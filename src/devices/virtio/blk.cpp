@@ -19,6 +19,7 @@
 
 #include "base/log.h"
 #include "base/log_limit.h"
+#include "devices/virtio/state_json.h"
 #include "vmm/vm_config.h"
 
 namespace vessel::virtio {
@@ -170,7 +171,7 @@ Result<void> BlkDevice::activate(const ActivateContext& ctx)
         m_free.push_back(static_cast<uint32_t>(i));
     drain_eventfd(m_kick_fd);
     m_stop.store(false);
-    m_paused = false;
+    m_paused = ctx.paused; // a snapshot restore: resume() starts the thread
     if (m_mode == IoMode::Inline)
         return {};
 
@@ -190,6 +191,8 @@ Result<void> BlkDevice::activate(const ActivateContext& ctx)
         }
     }
     m_uring_active.store(uring, std::memory_order_relaxed);
+    if (m_paused)
+        return {};
     if (auto started = start_thread(); !started.ok()) {
         stop_io();
         return started;
@@ -276,6 +279,25 @@ void BlkDevice::resume()
         m_broken = true;
         m_ctx.interrupt->device_error("virtio-blk: cannot restart the I/O thread after a pause");
     }
+}
+
+nlohmann::json BlkDevice::save_state() const
+{
+    return { { "capacity_sectors", m_capacity }, { "read_only", m_read_only } };
+}
+
+Result<void> BlkDevice::restore_state(const nlohmann::json& state)
+{
+    constexpr std::string_view what = "virtio-blk";
+    uint64_t capacity = TRY(state::get_uint(state, "capacity_sectors", what));
+    bool read_only = TRY(state::get_bool(state, "read_only", what));
+    // A larger image is harmless (the guest keeps the capacity it read); a smaller one would fail
+    // the guest's I/O at the end of the disk.
+    if (m_capacity < capacity)
+        return make_error("disk image '{}' has {} sectors, the guest saw {}", m_path, m_capacity, capacity);
+    if (m_read_only && !read_only)
+        return make_error("disk image '{}' is read-only, the guest saw a writable disk", m_path);
+    return {};
 }
 
 void BlkDevice::stop_thread()

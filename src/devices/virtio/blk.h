@@ -157,6 +157,12 @@ public:
     void reset() override;
     void pause() override;
     void resume() override;
+    // Snapshots: nothing is in flight once paused (pause() waits for every submitted request;
+    // what was not popped stays in the ring) and the configuration space comes from the image,
+    // so the state only records what the guest saw of the disk: a restore onto an image that is
+    // now smaller, or read-only where the guest saw it writable, is refused.
+    nlohmann::json save_state() const override;
+    Result<void> restore_state(const nlohmann::json& state) override;
     void report_metrics(MetricsReport& out) const override;
 
     // PATCH /drives: Firecracker's update rules (RateLimiter::update); any thread.

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "devices/virtio/state_json.h"
 
 namespace vessel::virtio {
 
@@ -38,7 +39,7 @@ Result<void> ConsoleDevice::activate(const ActivateContext& ctx)
         std::lock_guard lock(m_mutex);
         m_ctx = ctx;
         m_failed = false;
-        m_paused = false;
+        m_paused = ctx.paused; // a snapshot restore: resume() does what follows
         m_tx_stalled = false;
         // The driver posts receive buffers and may transmit before DRIVER_OK; those
         // notifications were not delivered (the transport was not activated yet).
@@ -85,6 +86,22 @@ void ConsoleDevice::resume()
     }
     if (notify_space && m_input_space_notifier)
         m_input_space_notifier();
+}
+
+nlohmann::json ConsoleDevice::save_state() const
+{
+    std::lock_guard lock(m_mutex);
+    return { { "input", nlohmann::json::binary(std::vector<uint8_t>(m_input.begin(), m_input.end())) } };
+}
+
+Result<void> ConsoleDevice::restore_state(const nlohmann::json& state)
+{
+    auto input = TRY(state::get_binary(state, "input", "virtio-console", kInputQueueSize));
+    std::lock_guard lock(m_mutex);
+    m_input.assign(input.begin(), input.end());
+    // A full queue holds stdin back until the guest has taken half of it, as before the snapshot.
+    m_input_stalled = m_input.size() >= kInputQueueSize;
+    return {};
 }
 
 void ConsoleDevice::notify(uint16_t queue)

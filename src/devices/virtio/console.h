@@ -88,6 +88,11 @@ public:
     void shutdown() override;
     void pause() override;
     void resume() override;
+    // Snapshots: host input not yet delivered to the guest ("input"). Output already taken from
+    // transmitq is the host's: the writer thread hands it to the sink even while paused (and
+    // shutdown() flushes it), so the VMM that saved the state writes it, not the restored one.
+    nlohmann::json save_state() const override;
+    Result<void> restore_state(const nlohmann::json& state) override;
 
     // ConsoleInput (any thread). Bytes beyond the queue's room are dropped and counted.
     void enqueue_input(std::span<const uint8_t> bytes) override;

@@ -9,6 +9,8 @@
 // so a pulse that arrives while the previous one is being handled is never lost.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -83,6 +85,22 @@ public:
     void pause();
     void resume();
 
+    // Snapshots (mmio_state.cpp). save_state(): the transport's registers, every queue (addresses,
+    // size, ready, indices, event-idx state) and the device's own state (VirtioDevice::save_state)
+    // as JSON; call it while paused (or before the driver activated the device). pause() has
+    // completed the requests in flight; chains a device still holds by design (net's receive
+    // buffers, balloon's statistics buffer) are in its state by descriptor head and the restored
+    // device holds them again, so nothing is taken twice or lost. Saving changes nothing: the VM
+    // may resume afterwards.
+    // restore_state(): into a transport freshly built for the same device and configuration
+    // (guest RAM already restored), before any vCPU runs. A device the driver had activated is
+    // activated again on the restored queues, as at DRIVER_OK, but paused, as the VM that was
+    // saved: the transport is left paused and resume() starts the device (which then serves what
+    // the rings hold). Errors say what in the state is wrong (a hostile snapshot gets an error,
+    // never a host access outside guest RAM) and leave the transport as after a driver reset.
+    nlohmann::json save_state() const;
+    Result<void> restore_state(const nlohmann::json& state);
+
 private:
     void signal_queue(uint16_t queue) override;
     void signal_config() override;
@@ -93,6 +111,7 @@ private:
     void write_status(uint32_t value);
     void notify_locked(uint32_t queue);
     void reset_locked();
+    Result<void> restore_locked(const nlohmann::json& state);
     Queue* selected_queue();
 
     std::shared_ptr<VirtioDevice> m_device;
@@ -101,7 +120,7 @@ private:
     std::string m_name;
     uint64_t m_device_features { 0 };
 
-    std::mutex m_lock; // register accesses (vCPU threads); held across device calls
+    mutable std::mutex m_lock; // register accesses (vCPU threads); held across device calls
     std::vector<Queue> m_queues;
     uint64_t m_driver_features { 0 };
     uint32_t m_device_features_sel { 0 };

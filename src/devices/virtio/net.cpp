@@ -14,6 +14,7 @@
 
 #include "base/log.h"
 #include "base/log_limit.h"
+#include "devices/virtio/state_json.h"
 #include "mmds/stack.h"
 
 namespace vessel::virtio {
@@ -134,7 +135,7 @@ Result<void> NetDevice::activate(const ActivateContext& ctx)
     m_rx_deferred = 0;
     m_kicked.store(0);
     m_active = true;
-    m_paused = false;
+    m_paused = ctx.paused; // a snapshot restore: resume() starts the thread
 
     if (m_mode == Mode::Thread) {
         m_kick = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -150,6 +151,8 @@ Result<void> NetDevice::activate(const ActivateContext& ctx)
         ev.data.fd = m_kick;
         ::epoll_ctl(m_epoll, EPOLL_CTL_ADD, m_kick, &ev);
         m_backend_events = 0;
+        if (m_paused)
+            return {};
         if (auto started = start_thread(); !started.ok()) {
             stop_thread();
             m_active = false;
@@ -247,6 +250,58 @@ void NetDevice::resume()
         log_error("{}", started.error().message());
         fail("cannot restart the I/O thread after a pause");
     }
+}
+
+nlohmann::json NetDevice::save_state() const
+{
+    nlohmann::json heads = nlohmann::json::array();
+    for (size_t i = 0; i < m_rx_count; ++i)
+        heads.push_back(m_rx_chains[(m_rx_head + i) % m_rx_chains.size()].head);
+    nlohmann::json stack = nullptr;
+    if (m_mmds) {
+        mmds::Ipv4Address ip = m_mmds->save().ipv4;
+        stack = { { "ipv4", nlohmann::json::binary(std::vector<uint8_t>(ip.begin(), ip.end())) } };
+    }
+    return { { "rx_buffers", std::move(heads) }, { "rx_deferred_bytes", m_rx_deferred }, { "mmds", std::move(stack) } };
+}
+
+Result<void> NetDevice::restore_state(const nlohmann::json& state)
+{
+    constexpr std::string_view what = "virtio-net";
+    auto heads = TRY(state::get_uint_array(state, "rx_buffers", what, kQueueSize, 0xffff));
+    uint32_t deferred = static_cast<uint32_t>(TRY(state::get_uint(state, "rx_deferred_bytes", what, UINT32_MAX)));
+    // The MMDS stack keeps its address (the API may have changed it); a device built without a
+    // stack ignores it. No thread runs here (paused or not activated).
+    const nlohmann::json* stack = TRY(state::field(state, "mmds", what));
+    if (!stack->is_null()) {
+        auto ip = TRY(state::get_binary(*stack, "ipv4", "virtio-net mmds", 4));
+        if (ip.size() != 4)
+            return make_error("virtio-net mmds: \"ipv4\" holds {} bytes, not 4", ip.size());
+        if (m_mmds)
+            m_mmds->restore({ { ip[0], ip[1], ip[2], ip[3] } });
+    }
+    if (!m_active)
+        return {}; // not activated (or failed): the driver sets the queues up again
+    if (heads.size() > m_rx_chains.size())
+        return make_error("{}: {} receive buffers held on a queue of {}", what, heads.size(), m_rx_chains.size());
+    Queue& q = m_ctx.queues[kRxQueue];
+    m_rx_head = m_rx_count = 0;
+    m_rx_capacity = 0;
+    for (uint64_t head : heads) {
+        Chain& c = m_rx_chains[m_rx_count];
+        TRY_CTX(q.take(static_cast<uint16_t>(head), c), fmt::format("{}: receive buffer {}", what, head));
+        if (c.writable_bytes < kNetHeaderBytes)
+            return make_error("{}: receive buffer {} cannot hold a header ({} bytes)", what, head, c.writable_bytes);
+        ++m_rx_count;
+        m_rx_capacity += c.writable_bytes;
+    }
+    // A frame held back for the rx limiter is in those buffers already: it goes to the guest
+    // first (the restored limiter starts full).
+    if (deferred != 0 && (deferred < kNetHeaderBytes || deferred > m_rx_capacity))
+        return make_error("{}: a held frame of {} bytes in receive buffers of {}", what, deferred, m_rx_capacity);
+    m_rx_deferred = deferred;
+    m_rx_throttled = false;
+    return {};
 }
 
 void NetDevice::notify(uint16_t queue)

@@ -167,6 +167,14 @@ public:
     void shutdown() override { reset(); }
     void pause() override;
     void resume() override;
+    // Snapshots: the receive chains popped and not filled yet, by descriptor head in ring order
+    // (the restored device takes them again, validated), and a frame held in them for the rx
+    // limiter (delivered first after restore). The backend is reopened from the configuration by
+    // the VMM; both rate limiters restart with full buckets. Of the MMDS stack only its address is
+    // kept (mmds::Stack::State, as Firecracker's); its connections, ARP replies and resets not
+    // sent are dropped, and the guest's TCP recovers with a RST or a timeout.
+    nlohmann::json save_state() const override;
+    Result<void> restore_state(const nlohmann::json& state) override;
     void report_metrics(MetricsReport& out) const override;
 
     // PATCH /network-interfaces: an absent limiter stays as it is; otherwise Firecracker's

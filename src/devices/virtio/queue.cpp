@@ -144,6 +144,17 @@ Result<bool> Queue::pop(Chain& out)
     return true;
 }
 
+Result<void> Queue::take(uint16_t head, Chain& out)
+{
+    if (!active())
+        return make_error("queue used before activation");
+    if (head >= m_size)
+        return make_error("descriptor {} is outside a queue of {}", head, m_size);
+    out.clear();
+    out.head = head;
+    return walk(head, out);
+}
+
 Result<void> Queue::add_segment(Chain& out, uint64_t gpa, uint32_t len, uint16_t flags)
 {
     bool writable = flags & kDescWrite;
@@ -211,12 +222,16 @@ void Queue::add_used(const Chain& chain, uint32_t written)
     for (const Segment& s : chain.segments)
         if (s.writable)
             m_memory->note_written(s.gpa, s.len);
-    uint8_t* elem = m_used + 4 + 8ULL * (m_next_used % m_size);
+    uint64_t slot = 4 + 8ULL * (m_next_used % m_size);
+    uint8_t* elem = m_used + slot;
     uint32_t id = chain.head;
     std::memcpy(elem, &id, 4);
     std::memcpy(elem + 4, &written, 4);
     ++m_next_used;
     store_u16(m_used + 2, m_next_used, std::memory_order_release);
+    // The used ring is guest RAM the device writes too (dirty pages for snapshots, migration).
+    m_memory->note_written(m_used_gpa + slot, 8);
+    m_memory->note_written(m_used_gpa + 2, 2);
 }
 
 bool Queue::needs_interrupt()
@@ -243,8 +258,10 @@ void Queue::disable_notifications()
     if (!active() || m_suppressed)
         return;
     m_suppressed = true;
-    if (!m_event_idx)
+    if (!m_event_idx) {
         store_u16(m_used, kUsedNoNotify, std::memory_order_relaxed);
+        m_memory->note_written(m_used_gpa, 2);
+    }
     // With event idx, not advancing avail_event suppresses notifications by itself.
 }
 
@@ -253,10 +270,13 @@ bool Queue::enable_notifications()
     if (!active())
         return false;
     m_suppressed = false;
-    if (m_event_idx)
+    if (m_event_idx) {
         store_u16(m_used + 4 + 8ULL * m_size, m_next_avail, std::memory_order_relaxed); // avail_event
-    else
+        m_memory->note_written(m_used_gpa + 4 + 8ULL * m_size, 2);
+    } else {
         store_u16(m_used, 0, std::memory_order_relaxed);
+        m_memory->note_written(m_used_gpa, 2);
+    }
     // The driver may have added buffers before it could see the store above: look again.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     return avail_idx() != m_next_avail;

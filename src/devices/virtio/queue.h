@@ -157,6 +157,26 @@ public:
         m_signalled_used = next_used;
     }
 
+    // Snapshots: where the device is in the rings, beyond what the driver configured.
+    struct Position {
+        uint16_t next_avail { 0 };
+        uint16_t next_used { 0 };
+        uint16_t signalled_used { 0 }; // used index at the last needs_interrupt() (event idx)
+        bool suppressed { false }; // disable_notifications() in force
+    };
+    Position position() const { return { m_next_avail, m_next_used, m_signalled_used, m_suppressed }; }
+    void set_position(const Position& p)
+    {
+        m_next_avail = p.next_avail;
+        m_next_used = p.next_used;
+        m_signalled_used = p.signalled_used;
+        m_suppressed = p.suppressed;
+    }
+    // Takes the chain headed by descriptor `head` again, without the available ring: a chain the
+    // device held (popped, not used) when its state was saved. Validated as pop() does; `head`
+    // comes from a snapshot, so it is untrusted too.
+    Result<void> take(uint16_t head, Chain& out);
+
 private:
     Result<void> walk(uint16_t head, Chain& out);
     Result<void> add_segment(Chain& out, uint64_t gpa, uint32_t len, uint16_t flags);

@@ -34,7 +34,7 @@ Result<void> RngDevice::activate(const ActivateContext& ctx)
     {
         std::lock_guard lock(m_mutex);
         m_ctx = ctx;
-        m_paused = false;
+        m_paused = ctx.paused; // a snapshot restore: resume() serves the queue
         m_throttled = false;
         m_stop = false;
     }

@@ -9,6 +9,8 @@
 // touching the queues and guest memory.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <span>
 #include <string_view>
@@ -68,6 +70,9 @@ struct ActivateContext {
     VirtioInterrupt* interrupt { nullptr };
     uint64_t features { 0 }; // negotiated (driver-accepted) feature bits
     std::span<Queue> queues; // one per queue of the device; !ready() ones are unused
+    // A snapshot restore activates the device paused, as the VM it belongs to: it takes nothing
+    // from the queues and touches no guest memory (no thread runs) until resume().
+    bool paused { false };
 };
 
 class VirtioDevice {
@@ -102,6 +107,16 @@ public:
     // Devices that only work on the notifying vCPU's thread have nothing to do.
     virtual void pause() { }
     virtual void resume() { }
+    // Snapshots (the transport's part is MmioTransport::save_state/restore_state). save_state():
+    // what the device keeps beyond its queues' positions and guest RAM (host-side input not yet
+    // delivered, chains it holds, values the driver wrote), as JSON with every field named; only
+    // called while paused (or never activated). restore_state(): on a device freshly built from
+    // the same configuration, after activate() (ActivateContext::paused) if the driver had
+    // activated it, before anything else; the state is untrusted: unknown fields are ignored,
+    // a missing or malformed one is an error naming it, and nothing it says may make the device
+    // touch host memory outside guest RAM. Stateless devices keep the defaults.
+    virtual nlohmann::json save_state() const { return nlohmann::json::object(); }
+    virtual Result<void> restore_state(const nlohmann::json& /*state*/) { return {}; }
     // Counters under Firecracker's field names for this kind of device (any thread).
     virtual void report_metrics(MetricsReport& /*out*/) const { }
 };

@@ -6,10 +6,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "base/log.h"
+#include "devices/virtio/state_json.h"
 
 namespace vessel::virtio {
 
@@ -127,6 +129,8 @@ Result<void> VsockDevice::activate(const ActivateContext& ctx)
         muxer->queue_transport_reset_event();
     m_muxer = std::move(muxer);
     m_interrupt = ctx.interrupt;
+    if (ctx.paused)
+        return {}; // a snapshot restore: resume() starts the thread
     if (auto started = start_thread(); !started.ok()) {
         m_muxer.reset();
         return started;
@@ -204,6 +208,25 @@ void VsockDevice::resume()
         log_error("{}", started.error().message());
         m_interrupt->device_error("virtio-vsock: cannot restart the I/O thread after a pause");
     }
+}
+
+nlohmann::json VsockDevice::save_state() const
+{
+    return { { "guest_cid", m_guest_cid } };
+}
+
+Result<void> VsockDevice::restore_state(const nlohmann::json& state)
+{
+    uint64_t cid = TRY(state::get_uint(state, "guest_cid", "virtio-vsock"));
+    if (cid != m_guest_cid)
+        return make_error("virtio-vsock: the state is for guest CID {}, this device has CID {}", cid, m_guest_cid);
+    // The guest's sockets refer to connections whose host ends were not saved: the restored
+    // device's first round (at resume) tells it to drop them all. A driver that activates the
+    // device only later gets the same event then.
+    if (m_muxer)
+        m_muxer->queue_transport_reset_event();
+    m_activations = std::max(m_activations, 1u);
+    return {};
 }
 
 void VsockDevice::reset()

@@ -51,6 +51,12 @@ public:
     void shutdown() override;
     void pause() override;
     void resume() override;
+    // Snapshots, by Firecracker's rule: connections (host sockets, data read ahead or not yet
+    // written) are not saved. The state is the guest CID (a restore onto a device with another
+    // CID is refused); the restored device sends VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event
+    // queue when it resumes, so the guest drops its connections and can connect again.
+    nlohmann::json save_state() const override;
+    Result<void> restore_state(const nlohmann::json& state) override;
     void report_metrics(MetricsReport& out) const override;
 
     uint64_t guest_cid() const { return m_guest_cid; }

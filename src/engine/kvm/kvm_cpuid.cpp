@@ -4,8 +4,8 @@
 
 namespace vessel {
 
-std::vector<kvm_cpuid_entry2> build_guest_cpuid(const std::vector<kvm_cpuid_entry2>& supported, uint32_t apic_id,
-                                                uint32_t vcpus)
+std::vector<kvm_cpuid_entry2> build_guest_cpuid(
+    const std::vector<kvm_cpuid_entry2>& supported, uint32_t apic_id, uint32_t vcpus)
 {
     std::vector<kvm_cpuid_entry2> out = supported;
     // Bits needed to number `vcpus` cores in the x2APIC id.
@@ -45,7 +45,7 @@ std::vector<kvm_cpuid_entry2> build_guest_cpuid(const std::vector<kvm_cpuid_entr
         case 0x1f:
             e.edx = apic_id;
             if (e.index == 0) {
-                e.eax = 0;         // SMT level: no threads
+                e.eax = 0; // SMT level: no threads
                 e.ebx = 1;
                 e.ecx = (1u << 8); // level type SMT
             } else if (e.index == 1) {
@@ -57,9 +57,27 @@ std::vector<kvm_cpuid_entry2> build_guest_cpuid(const std::vector<kvm_cpuid_entr
                 e.ecx = e.index;
             }
             break;
-        default:
-            break;
+        default: break;
         }
+    }
+    return out;
+}
+
+CpuidTable cpuid_table_from_kvm(const kvm_cpuid_entry2* entries, size_t count)
+{
+    CpuidTable out;
+    out.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+        const auto& e = entries[i];
+        CpuidEntry c;
+        c.function = e.function;
+        c.index = e.index;
+        c.significant_index = (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) != 0;
+        c.eax = e.eax;
+        c.ebx = e.ebx;
+        c.ecx = e.ecx;
+        c.edx = e.edx;
+        out.push_back(c);
     }
     return out;
 }

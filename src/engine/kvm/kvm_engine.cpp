@@ -8,6 +8,7 @@
 #include "base/log.h"
 
 #include "arch/x86/layout.h"
+#include "engine/kvm/kvm_machine.h"
 #include "engine/kvm/kvm_sys.h"
 #include "engine/kvm/kvm_vcpu.h"
 #include "memory/guest_memory.h"
@@ -74,6 +75,7 @@ Result<std::unique_ptr<KvmEngine>> KvmEngine::create(const EngineConfig& config)
     int sync = TRY(check_extension(fd, KVM_CAP_SYNC_REGS));
     constexpr int kWantedSync = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
     engine->m_sync_regs = (sync & kWantedSync) == kWantedSync;
+    engine->m_tsc_control = TRY(check_extension(fd, KVM_CAP_TSC_CONTROL)) > 0;
     int xsave2 = TRY(check_extension(fd, KVM_CAP_XSAVE2));
     engine->m_xsave_size = xsave2 > 4096 ? static_cast<uint32_t>(xsave2) : 4096;
 
@@ -160,16 +162,17 @@ KvmEngine::~KvmEngine()
 
 Result<void> KvmEngine::map_memory(const GuestMemory& memory)
 {
-    uint32_t slot = 0;
     for (const auto& region : memory.regions()) {
         kvm_userspace_memory_region r {};
-        r.slot = slot++;
+        r.slot = static_cast<uint32_t>(m_slots.size());
+        r.flags = m_dirty_tracking ? KVM_MEM_LOG_DIRTY_PAGES : 0;
         r.guest_phys_addr = region.guest_base;
         r.memory_size = region.size;
         r.userspace_addr = reinterpret_cast<uint64_t>(region.host);
         if (::ioctl(m_vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
             return Error::from_errno(fmt::format(
                 "KVM_SET_USER_MEMORY_REGION (slot {}, {:#x}+{:#x})", r.slot, r.guest_phys_addr, r.memory_size));
+        m_slots.push_back(r);
     }
     return {};
 }
@@ -178,6 +181,27 @@ Result<std::unique_ptr<Vcpu>> KvmEngine::create_vcpu(uint32_t id, IoHandler& io)
 {
     auto vcpu = TRY(KvmVcpu::create(*this, id, io));
     return std::unique_ptr<Vcpu>(std::move(vcpu));
+}
+
+void KvmEngine::add_vcpu(KvmVcpu* vcpu)
+{
+    std::lock_guard lock(m_vcpus_mutex);
+    m_vcpus.push_back(vcpu);
+}
+
+void KvmEngine::remove_vcpu(KvmVcpu* vcpu)
+{
+    std::lock_guard lock(m_vcpus_mutex);
+    std::erase(m_vcpus, vcpu);
+}
+
+KvmVcpu* KvmEngine::find_vcpu(uint32_t id)
+{
+    std::lock_guard lock(m_vcpus_mutex);
+    for (KvmVcpu* vcpu : m_vcpus)
+        if (vcpu->id() == id)
+            return vcpu;
+    return nullptr;
 }
 
 Result<void> KvmEngine::set_irq_line(uint32_t gsi, bool level)
@@ -225,10 +249,12 @@ void KvmEngine::pause_clock(bool paused)
     if (paused) {
         kvm_clock_data clock {};
         m_clock_saved = ::ioctl(m_vm_fd, KVM_GET_CLOCK, &clock) == 0;
-        if (m_clock_saved)
+        if (m_clock_saved) {
             m_saved_clock = clock;
-        else
+            m_saved_clock_host_ns = host_monotonic_ns();
+        } else {
             log_warn("KVM_GET_CLOCK: {}; the guest's clock will count the pause", std::strerror(errno));
+        }
         return;
     }
     if (!m_clock_saved)

@@ -4,6 +4,7 @@
 #include <sys/ioctl.h>
 
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace vessel {
@@ -18,7 +19,10 @@ Result<void> vcpu_ioctl(int fd, unsigned long request, T* arg, const char* name)
     return {};
 }
 
-DescriptorTableReg from_kvm_dtable(const kvm_dtable& d) { return { d.base, d.limit }; }
+DescriptorTableReg from_kvm_dtable(const kvm_dtable& d)
+{
+    return { d.base, d.limit };
+}
 
 kvm_dtable to_kvm_dtable(const DescriptorTableReg& d)
 {
@@ -61,6 +65,51 @@ struct MsrBuffer {
     kvm_msr_entry& entry(size_t i) { return buffer.entries()[i]; }
     kvm_sys::FlexBuffer<kvm_sys::MsrsHeader, kvm_msr_entry> buffer;
 };
+
+// KVM_GET_MSRS stops at the first MSR KVM does not know (a host without SPEC_CTRL, say): the
+// read resumes after it, and that MSR alone is missing from the result.
+Result<std::vector<std::optional<uint64_t>>> read_msrs(int fd, const std::vector<uint32_t>& indices)
+{
+    std::vector<std::optional<uint64_t>> out(indices.size());
+    size_t next = 0;
+    while (next < indices.size()) {
+        size_t n = indices.size() - next;
+        MsrBuffer msrs(n);
+        for (size_t i = 0; i < n; ++i)
+            msrs.entry(i).index = indices[next + i];
+        int got = ::ioctl(fd, kvm_sys::kGetMsrs, msrs.header());
+        if (got < 0)
+            return Error::from_errno("KVM_GET_MSRS");
+        for (size_t i = 0; i < static_cast<size_t>(got); ++i)
+            out[next + i] = msrs.entry(i).data;
+        next += static_cast<size_t>(got) + 1;
+    }
+    return out;
+}
+
+// KVM_SET_MSRS likewise stops at the first MSR it refuses. A refused MSR that holds what a fresh
+// vCPU holds (`fresh`) loses nothing — a state saved on a host or engine that has the MSR, by a
+// guest that never used it — and is skipped; any other refusal fails the restore.
+Result<void> write_msrs(int fd, const std::vector<kvm_msr_entry>& entries, const std::vector<uint64_t>& fresh)
+{
+    size_t next = 0;
+    while (next < entries.size()) {
+        size_t n = entries.size() - next;
+        MsrBuffer msrs(n);
+        for (size_t i = 0; i < n; ++i)
+            msrs.entry(i) = entries[next + i];
+        int set = ::ioctl(fd, kvm_sys::kSetMsrs, msrs.header());
+        if (set < 0)
+            return Error::from_errno("KVM_SET_MSRS");
+        next += static_cast<size_t>(set);
+        if (next == entries.size())
+            break;
+        if (entries[next].data != fresh[next])
+            return make_error("KVM_SET_MSRS refused MSR {:#x} = {:#x}", entries[next].index, entries[next].data);
+        ++next;
+    }
+    return {};
+}
 
 void regs_from_kvm(CpuState& s, const kvm_regs& r)
 {
@@ -278,19 +327,16 @@ Result<CpuState> read_kvm_state(const KvmStateIo& io)
     TRY(vcpu_ioctl(fd, KVM_GET_LAPIC, &lapic, "KVM_GET_LAPIC"));
     std::memcpy(s.lapic.data(), lapic.regs, sizeof(lapic.regs));
 
-    constexpr size_t kCount = std::size(kMsrBindings) + 1;
-    MsrBuffer msrs(kCount);
+    // The TSC first, then the MSRs bound to MsrState fields.
+    std::vector<uint32_t> indices { msr::kTsc };
+    for (const auto& b : kMsrBindings)
+        indices.push_back(b.index);
+    auto values = TRY(read_msrs(fd, indices));
+    if (values[0])
+        s.tsc = *values[0];
     for (size_t i = 0; i < std::size(kMsrBindings); ++i)
-        msrs.entry(i).index = kMsrBindings[i].index;
-    msrs.entry(kCount - 1).index = msr::kTsc;
-    int got = ::ioctl(fd, kvm_sys::kGetMsrs, msrs.header());
-    if (got < 0)
-        return Error::from_errno("KVM_GET_MSRS");
-    // KVM stops at the first MSR it does not know; the ones after it keep their defaults.
-    for (size_t i = 0; i < static_cast<size_t>(got) && i < std::size(kMsrBindings); ++i)
-        s.msrs.*(kMsrBindings[i].field) = msrs.entry(i).data;
-    if (static_cast<size_t>(got) == kCount)
-        s.tsc = msrs.entry(kCount - 1).data;
+        if (values[i + 1])
+            s.msrs.*(kMsrBindings[i].field) = *values[i + 1];
 
     return s;
 }
@@ -332,21 +378,19 @@ Result<void> write_kvm_state(const KvmStateIo& io, const CpuState& s)
     std::memcpy(lapic.regs, s.lapic.data(), sizeof(lapic.regs));
     TRY(vcpu_ioctl(fd, KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC"));
 
-    // TSC first, so the TSC deadline is interpreted against the restored counter.
-    constexpr size_t kCount = std::size(kMsrBindings) + 1;
-    MsrBuffer msrs(kCount);
-    msrs.entry(0).index = msr::kTsc;
-    msrs.entry(0).data = s.tsc;
-    for (size_t i = 0; i < std::size(kMsrBindings); ++i) {
-        msrs.entry(i + 1).index = kMsrBindings[i].index;
-        msrs.entry(i + 1).data = s.msrs.*(kMsrBindings[i].field);
+    // TSC first, so the TSC deadline is interpreted against the restored counter; after the
+    // LAPIC, whose LVT timer mode decides whether KVM takes a TSC deadline at all. A host-side
+    // TSC write sets KVM's TSC offset so that the guest's TSC continues from `s.tsc` (and
+    // KVM's TSC synchronisation keeps the vCPUs of one restore in step).
+    const MsrState defaults;
+    std::vector<kvm_msr_entry> entries;
+    entries.push_back(kvm_msr_entry { msr::kTsc, 0, s.tsc });
+    std::vector<uint64_t> fresh { 0 }; // a fresh vCPU's TSC
+    for (const auto& b : kMsrBindings) {
+        entries.push_back(kvm_msr_entry { b.index, 0, s.msrs.*(b.field) });
+        fresh.push_back(defaults.*(b.field));
     }
-    int set = ::ioctl(fd, kvm_sys::kSetMsrs, msrs.header());
-    if (set < 0)
-        return Error::from_errno("KVM_SET_MSRS");
-    if (static_cast<size_t>(set) != kCount)
-        return make_error("KVM_SET_MSRS refused MSR {:#x} (set {} of {})", msrs.entry(static_cast<size_t>(set)).index,
-                          set, kCount);
+    TRY(write_msrs(fd, entries, fresh));
 
     kvm_vcpu_events events = events_to_kvm(s);
     TRY(vcpu_ioctl(fd, KVM_SET_VCPU_EVENTS, &events, "KVM_SET_VCPU_EVENTS"));

@@ -13,6 +13,7 @@
 
 #include "engine/kvm/kvm_cpuid.h"
 #include "engine/kvm/kvm_engine.h"
+#include "engine/kvm/kvm_machine.h"
 #include "engine/kvm/kvm_state.h"
 #include "engine/kvm/kvm_sys.h"
 
@@ -86,6 +87,8 @@ Result<std::unique_ptr<KvmVcpu>> KvmVcpu::create(KvmEngine& engine, uint32_t id,
     if (run == MAP_FAILED)
         return Error::from_errno(fmt::format("mmap of vCPU {} run area", id));
     vcpu->m_run = static_cast<kvm_run*>(run);
+    engine.add_vcpu(vcpu.get());
+    TRY_CTX(vcpu->set_tsc_khz(engine.wanted_tsc_khz(), KeepTsc::No), fmt::format("vCPU {}", id));
     TRY_CTX(vcpu->setup_cpuid(), fmt::format("vCPU {}", id));
     TRY_CTX(vcpu->setup_lapic_lints(), fmt::format("vCPU {}", id));
     if (engine.has_sync_regs())
@@ -95,6 +98,7 @@ Result<std::unique_ptr<KvmVcpu>> KvmVcpu::create(KvmEngine& engine, uint32_t id,
 
 KvmVcpu::~KvmVcpu()
 {
+    m_engine.remove_vcpu(this);
     if (m_run)
         ::munmap(m_run, m_engine.run_mmap_size());
     if (m_fd >= 0)
@@ -108,6 +112,109 @@ Result<void> KvmVcpu::setup_cpuid()
     std::copy(entries.begin(), entries.end(), cpuid.entries());
     if (::ioctl(m_fd, kvm_sys::kSetCpuid2, cpuid.data()) < 0)
         return Error::from_errno("KVM_SET_CPUID2");
+    m_cpuid = std::move(entries);
+    return {};
+}
+
+Result<void> KvmVcpu::set_cpuid_table(const CpuidTable& table)
+{
+    if (m_ran_once)
+        return make_error("vCPU {}: KVM takes a new CPUID table only before the vCPU first runs", m_id);
+    std::vector<kvm_cpuid_entry2> entries;
+    for (const CpuidEntry& e : table) {
+        kvm_cpuid_entry2 k {};
+        k.function = e.function;
+        k.index = e.index;
+        k.flags = e.significant_index ? KVM_CPUID_FLAG_SIGNIFCANT_INDEX : 0;
+        k.eax = e.eax;
+        k.ebx = e.ebx;
+        k.ecx = e.ecx;
+        k.edx = e.edx;
+        entries.push_back(k);
+    }
+    kvm_sys::FlexBuffer<kvm_sys::CpuidHeader, kvm_cpuid_entry2> cpuid(entries.size());
+    std::copy(entries.begin(), entries.end(), cpuid.entries());
+    if (::ioctl(m_fd, kvm_sys::kSetCpuid2, cpuid.data()) < 0)
+        return Error::from_errno(fmt::format("KVM_SET_CPUID2 with the snapshot's {} CPUID entries", entries.size()));
+    m_cpuid = std::move(entries);
+    return {};
+}
+
+Result<CpuidTable> KvmVcpu::cpuid_table()
+{
+    // KVM's own copy also carries the bits it updates at run time (OSXSAVE, the APIC bit, the
+    // XSAVE area size), i.e. exactly what the guest's CPUID returns now.
+    for (size_t n = std::max<size_t>(m_cpuid.size(), 64); n <= 4096; n *= 2) {
+        kvm_sys::FlexBuffer<kvm_sys::CpuidHeader, kvm_cpuid_entry2> cpuid(n);
+        if (::ioctl(m_fd, kvm_sys::kGetCpuid2, cpuid.data()) == 0)
+            return cpuid_table_from_kvm(cpuid.entries(), cpuid.count());
+        if (errno != E2BIG)
+            break;
+    }
+    return cpuid_table_from_kvm(m_cpuid.data(), m_cpuid.size());
+}
+
+uint64_t KvmVcpu::tsc_khz() const
+{
+    int khz = ::ioctl(m_fd, KVM_GET_TSC_KHZ, 0);
+    return khz > 0 ? static_cast<uint64_t>(khz) : 0;
+}
+
+Result<void> KvmVcpu::set_tsc_khz(uint64_t khz, KeepTsc keep)
+{
+    if (khz == 0)
+        return {};
+    uint64_t current = tsc_khz();
+    if (khz == current)
+        return {};
+    if (!m_engine.has_tsc_control()) {
+        // Without TSC scaling KVM presents the host's rate; a request within KVM's own tolerance
+        // of it is that rate (KVM_SET_TSC_KHZ would accept it and scale nothing).
+        if (current != 0 && tsc_khz_compatible(khz, current))
+            return {};
+        if (current == 0)
+            return make_error("KVM cannot present a {} kHz TSC: it reports no TSC frequency here "
+                              "(no KVM_CAP_GET_TSC_KHZ) and cannot scale the TSC (no KVM_CAP_TSC_CONTROL)",
+                khz);
+        return make_error("KVM cannot present a {} kHz TSC: this host's TSC runs at {} kHz and KVM cannot scale "
+                          "it here (no KVM_CAP_TSC_CONTROL)",
+            khz, current);
+    }
+    if (khz > UINT32_MAX)
+        return make_error("a TSC of {} kHz is out of KVM's range (the host's runs at {} kHz)", khz, current);
+    uint64_t tsc = 0;
+    if (keep == KeepTsc::Yes)
+        tsc = TRY(read_msr(msr::kTsc));
+    if (::ioctl(m_fd, KVM_SET_TSC_KHZ, static_cast<unsigned long>(khz)) < 0)
+        return make_error("KVM cannot present a {} kHz TSC (the host's runs at {} kHz): KVM_SET_TSC_KHZ: {}", khz,
+            current, std::strerror(errno));
+    if (keep == KeepTsc::Yes)
+        TRY(write_msr(msr::kTsc, tsc));
+    return {};
+}
+
+Result<uint64_t> KvmVcpu::read_msr(uint32_t index)
+{
+    kvm_sys::FlexBuffer<kvm_sys::MsrsHeader, kvm_msr_entry> msrs(1);
+    msrs.entries()[0].index = index;
+    int r = ::ioctl(m_fd, kvm_sys::kGetMsrs, msrs.data());
+    if (r < 0)
+        return Error::from_errno(fmt::format("KVM_GET_MSRS({:#x}) on vCPU {}", index, m_id));
+    if (r != 1)
+        return make_error("KVM_GET_MSRS: vCPU {} has no MSR {:#x}", m_id, index);
+    return msrs.entries()[0].data;
+}
+
+Result<void> KvmVcpu::write_msr(uint32_t index, uint64_t value)
+{
+    kvm_sys::FlexBuffer<kvm_sys::MsrsHeader, kvm_msr_entry> msrs(1);
+    msrs.entries()[0].index = index;
+    msrs.entries()[0].data = value;
+    int r = ::ioctl(m_fd, kvm_sys::kSetMsrs, msrs.data());
+    if (r < 0)
+        return Error::from_errno(fmt::format("KVM_SET_MSRS({:#x}) on vCPU {}", index, m_id));
+    if (r != 1)
+        return make_error("KVM_SET_MSRS: vCPU {} refused MSR {:#x} = {:#x}", m_id, index, value);
     return {};
 }
 

@@ -88,9 +88,8 @@ void cache_leaf(uint32_t subleaf, uint32_t cores, uint32_t out[4])
 
 } // namespace
 
-TscRatio cpuid_tsc_ratio()
+TscRatio cpuid_tsc_ratio(uint64_t tsc_khz)
 {
-    uint64_t tsc_khz = guest_tsc_khz();
     uint64_t bus_khz = Lapic::kBusFrequencyHz / 1000;
     uint64_t g = std::gcd(tsc_khz, bus_khz);
     if (g) {
@@ -109,7 +108,7 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
 {
     out[0] = out[1] = out[2] = out[3] = 0;
     uint32_t cores = vcpu_count(c);
-    uint64_t tsc_khz = guest_tsc_khz();
+    uint64_t tsc_khz = guest_tsc_khz(c);
 
     // Leaves past the maximum return the highest basic leaf (Intel behaviour); the hypervisor
     // range reads as zeros past its maximum.
@@ -190,7 +189,7 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
         }
         break;
     case 0x15: {
-        TscRatio r = cpuid_tsc_ratio();
+        TscRatio r = cpuid_tsc_ratio(tsc_khz);
         out[0] = r.denominator;
         out[1] = r.numerator;
         out[2] = r.crystal_hz;
@@ -236,6 +235,54 @@ void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4])
     case 0x80000008: out[0] = kPhysAddrBits | (kVirtAddrBits << 8); break;
     default: break;
     }
+}
+
+CpuidTable cpuid_entries(Cpu& c)
+{
+    CpuidTable table;
+    auto add = [&](uint32_t leaf, uint32_t subleaf, bool indexed) -> const CpuidEntry& {
+        uint32_t r[4];
+        cpuid(c, leaf, subleaf, r);
+        table.push_back(CpuidEntry { leaf, indexed ? subleaf : 0, indexed, r[0], r[1], r[2], r[3] });
+        return table.back();
+    };
+    auto range = [&](uint32_t first) {
+        uint32_t r[4];
+        cpuid(c, first, 0, r);
+        const uint32_t last = r[0];
+        for (uint32_t leaf = first; leaf <= last && leaf - first < 0x100; ++leaf) {
+            switch (leaf) {
+            case 4:
+                // Subleaves until the first with cache type 0, which is listed too.
+                for (uint32_t sub = 0; sub < 64 && (add(leaf, sub, true).eax & 0x1f); ++sub) { }
+                break;
+            case 7: {
+                const uint32_t max_sub = add(leaf, 0, true).eax;
+                for (uint32_t sub = 1; sub <= max_sub && sub < 64; ++sub)
+                    add(leaf, sub, true);
+                break;
+            }
+            case 0xb:
+                // Levels until the first invalid one (level type 0), which is listed too.
+                for (uint32_t sub = 0; sub < 64 && (add(leaf, sub, true).ecx & 0xff00); ++sub) { }
+                break;
+            case 0xd: {
+                const CpuidEntry& e0 = add(leaf, 0, true);
+                const uint64_t components = e0.eax | (static_cast<uint64_t>(e0.edx) << 32);
+                add(leaf, 1, true);
+                for (uint32_t sub = 2; sub < 64; ++sub)
+                    if (components & (1ULL << sub))
+                        add(leaf, sub, true);
+                break;
+            }
+            default: add(leaf, 0, false); break;
+            }
+        }
+    };
+    range(0);
+    range(0x40000000);
+    range(0x80000000);
+    return table;
 }
 
 } // namespace vessel::soft

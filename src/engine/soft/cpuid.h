@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "arch/x86/cpuid_entry.h"
 #include "engine/soft/cpu.h"
 
 namespace vessel::soft {
@@ -85,9 +86,14 @@ constexpr unsigned kPhysAddrBits = 40, kVirtAddrBits = 48;
 struct TscRatio {
     uint32_t denominator, numerator, crystal_hz;
 };
-TscRatio cpuid_tsc_ratio();
+TscRatio cpuid_tsc_ratio(uint64_t tsc_khz);
 
 // CPUID for vCPU `c` (c.id is its APIC ID; the vCPU count comes from c.machine).
 void cpuid(Cpu& c, uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
+
+// Every leaf cpuid() answers for `c`: the basic, hypervisor (0x40000000..) and extended ranges
+// up to their maxima, and each subleaf of the indexed leaves (4 and 0xB up to and including the
+// first invalid one, as KVM lists them; 7 up to its EAX; 0xD for the XCR0 components).
+CpuidTable cpuid_entries(Cpu& c);
 
 } // namespace vessel::soft

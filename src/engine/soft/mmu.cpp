@@ -4,6 +4,7 @@
 
 #include "bus/bus.h"
 #include "engine/engine.h"
+#include "memory/dirty_bitmap.h"
 #include "memory/guest_memory.h"
 
 namespace vessel::soft {
@@ -48,24 +49,40 @@ uint64_t* pte_ptr(Cpu& c, uint64_t gpa)
     return reinterpret_cast<uint64_t*>(c.machine->ram(gpa, 8));
 }
 
-void set_bits(uint64_t* pte, uint64_t bits)
+// Sets accessed/dirty bits in the paging-structure entry at guest-physical `pte_gpa`.
+void set_bits(Cpu& c, uint64_t* pte, uint64_t pte_gpa, uint64_t bits)
 {
     // SAFETY: pte points into guest RAM (pte_ptr checked it); other vCPUs may update the same
     // entry concurrently, as hardware page walkers do with locked operations.
-    if ((__atomic_load_n(pte, __ATOMIC_RELAXED) & bits) != bits)
+    if ((__atomic_load_n(pte, __ATOMIC_RELAXED) & bits) != bits) {
         __atomic_fetch_or(pte, bits, __ATOMIC_SEQ_CST);
+        if (DirtyBitmap* log = c.machine->dirty_log()) [[unlikely]]
+            log->mark(pte_gpa, 8);
+    }
 }
 
-void fill_tlb(Cpu& c, uint64_t linear, uint64_t gpa, bool user, bool can_write, bool can_exec, bool global = false)
+// `writing`: the fill is for a write (with dirty tracking on, only that makes the entry
+// writable for a page not yet marked; see mmu.h).
+void fill_tlb(
+    Cpu& c, uint64_t linear, uint64_t gpa, bool user, bool can_write, bool can_exec, bool writing, bool global = false)
 {
     uint64_t gpa_page = gpa & ~0xfffULL;
     uint8_t* host = c.machine->ram(gpa_page, 4096);
     if (!host)
         return;
+    bool write_ok = can_write && !c.machine->is_code_page(gpa_page);
+    if (write_ok) {
+        if (DirtyBitmap* log = c.machine->dirty_log()) [[unlikely]] {
+            if (writing)
+                log->mark_page(gpa_page >> DirtyBitmap::kPageShift);
+            else if (!log->test(gpa_page >> DirtyBitmap::kPageShift))
+                write_ok = false;
+        }
+    }
     uint64_t page = linear & ~0xfffULL;
     TlbEntry& e = tlb_entry(c, linear, user);
     e.tag_read = page;
-    e.tag_write = (can_write && !c.machine->is_code_page(gpa_page)) ? page : kTlbInvalid;
+    e.tag_write = write_ok ? page : kTlbInvalid;
     e.tag_exec = can_exec ? page : kTlbInvalid;
     e.addend = reinterpret_cast<uint64_t>(host) - page;
     e.gpa_page = gpa_page;
@@ -152,12 +169,21 @@ void SoftMachine::mark_code_page(uint64_t gpa)
     uint64_t pfn = gpa >> 12;
     if (pfn >= m_pages)
         return;
-    if (!m_code_page[pfn].exchange(1, std::memory_order_acq_rel)) {
-        m_code_epoch.fetch_add(1, std::memory_order_acq_rel);
-        uint32_t n = m_watchers_count.load(std::memory_order_acquire);
-        for (uint32_t i = 0; i < n; ++i)
-            m_watchers[i]->store(true, std::memory_order_release);
-    }
+    if (!m_code_page[pfn].exchange(1, std::memory_order_acq_rel))
+        drop_write_entries();
+}
+
+void SoftMachine::drop_write_entries()
+{
+    m_code_epoch.fetch_add(1, std::memory_order_acq_rel);
+    uint32_t n = m_watchers_count.load(std::memory_order_acquire);
+    for (uint32_t i = 0; i < n; ++i)
+        m_watchers[i]->store(true, std::memory_order_release);
+}
+
+void SoftMachine::set_dirty_log(DirtyBitmap* log)
+{
+    m_dirty_log.store(log, std::memory_order_release);
 }
 
 void SoftMachine::code_page_written(uint64_t gpa)
@@ -174,7 +200,7 @@ uint64_t translate(Cpu& c, uint64_t linear, Access access, bool user)
 {
     if (!(c.cr0 & x86::kCr0Pg)) {
         uint64_t gpa = c.mode == CpuMode::Long64 ? linear : (linear & 0xffffffffULL);
-        fill_tlb(c, linear, gpa, user, true, true);
+        fill_tlb(c, linear, gpa, user, true, true, access == Access::Write);
         return gpa;
     }
     bool nx_on = (c.efer & x86::kEferNxe) != 0;
@@ -202,7 +228,8 @@ uint64_t translate(Cpu& c, uint64_t linear, Access access, bool user)
     uint64_t gpa = 0;
     for (;; --level) {
         unsigned shift = 12 + 9 * (level - 1);
-        uint64_t* pte = pte_ptr(c, table + ((linear >> shift) & 511) * 8);
+        uint64_t pte_gpa = table + ((linear >> shift) & 511) * 8;
+        uint64_t* pte = pte_ptr(c, pte_gpa);
         uint64_t e = pte ? __atomic_load_n(pte, __ATOMIC_RELAXED) : ~0ULL;
         if (!(e & kPteP))
             page_fault(linear, 0, access, user, nx_on);
@@ -227,7 +254,7 @@ uint64_t translate(Cpu& c, uint64_t linear, Access access, bool user)
                 allowed = false;
             if (!allowed)
                 page_fault(linear, kPfPresent, access, user, nx_on);
-            set_bits(pte, access == Access::Write ? (kPteA | kPteD) : kPteA);
+            set_bits(c, pte, pte_gpa, access == Access::Write ? (kPteA | kPteD) : kPteA);
             bool dirty = access == Access::Write || (e & kPteD);
             uint64_t frame = e & kAddrMask & ~((1ULL << shift) - 1);
             gpa = frame | (linear & ((1ULL << shift) - 1));
@@ -235,7 +262,7 @@ uint64_t translate(Cpu& c, uint64_t linear, Access access, bool user)
             bool exec_ok = can_exec && (!user || can_user);
             bool global = (c.cr4 & x86::kCr4Pge) && (e & kPteG);
             if (!user || can_user)
-                fill_tlb(c, linear, gpa, user, write_ok, exec_ok, global);
+                fill_tlb(c, linear, gpa, user, write_ok, exec_ok, access == Access::Write, global);
             if (large) {
                 c.tlb_has_large = true;
                 if (shift == 30)
@@ -243,7 +270,7 @@ uint64_t translate(Cpu& c, uint64_t linear, Access access, bool user)
             }
             return gpa;
         }
-        set_bits(pte, kPteA);
+        set_bits(c, pte, pte_gpa, kPteA);
         table = e & kAddrMask;
     }
 }
@@ -265,6 +292,8 @@ void phys_read(Cpu& c, uint64_t gpa, void* out, unsigned size)
 void phys_write(Cpu& c, uint64_t gpa, const void* in, unsigned size)
 {
     if (uint8_t* host = c.machine->ram(gpa, size)) {
+        if (DirtyBitmap* log = c.machine->dirty_log()) [[unlikely]]
+            log->mark(gpa, size);
         if (c.machine->is_code_page(gpa) || c.machine->is_code_page(gpa + size - 1)) {
             c.machine->code_page_written(gpa);
             c.machine->code_page_written(gpa + size - 1);
@@ -321,9 +350,13 @@ uint8_t* host_ptr(Cpu& c, uint64_t linear, unsigned len, Access access)
         return reinterpret_cast<uint8_t*>(linear + e.addend);
     uint64_t gpa = translate(c, linear, access, user);
     uint8_t* host = c.machine->ram(gpa, len);
-    if (host && access == Access::Write && c.machine->is_code_page(gpa)) {
-        c.machine->code_page_written(gpa);
-        c.stop_block = true;
+    if (host && access == Access::Write) {
+        if (DirtyBitmap* log = c.machine->dirty_log()) [[unlikely]]
+            log->mark(gpa, len);
+        if (c.machine->is_code_page(gpa)) {
+            c.machine->code_page_written(gpa);
+            c.stop_block = true;
+        }
     }
     return host;
 }

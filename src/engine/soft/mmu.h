@@ -4,6 +4,14 @@
 // guest page tables. A TLB hit is a shift, a mask, a compare and a load. Non-RAM physical
 // addresses never enter the TLB: they go to the vCPU's LAPIC page or the MMIO bus every time.
 //
+// Dirty-page tracking (SoftEngine::start_dirty_tracking, QEMU's design): while a DirtyBitmap is
+// set, a TLB entry gets write permission only for a page already marked dirty, so every write
+// either goes through the slow path, which marks the page, or hits an entry of a page marked in
+// this round; translated code's inline stores need no check of their own. collect_dirty() makes
+// every vCPU drop its write entries (drop_write_entries), so the next write to each page marks it
+// again. The page walker marks the paging-structure pages whose accessed/dirty bits it sets.
+// Tracking off costs one load of the bitmap pointer on TLB fills and slow-path writes.
+//
 // Self-modifying code: a page holding decoded blocks is a "code page"; no TLB keeps a write
 // entry for it (a new code page bumps the machine's code epoch, and every vCPU drops its write
 // entries at its next block boundary), so every write to it takes the slow path, which bumps the
@@ -18,6 +26,10 @@
 #include <memory>
 
 #include "engine/soft/cpu.h"
+
+namespace vessel {
+class DirtyBitmap;
+} // namespace vessel
 
 namespace vessel::soft {
 
@@ -66,6 +78,14 @@ public:
         }
     }
 
+    // The bitmap guest writes are recorded in, or nullptr (see the file comment). Set and cleared
+    // with every vCPU stopped; vCPU threads mark it concurrently (its marks are atomic).
+    DirtyBitmap* dirty_log() const { return m_dirty_log.load(std::memory_order_acquire); }
+    void set_dirty_log(DirtyBitmap* log);
+    // Every vCPU drops its TLB write entries before it runs guest code again (the code epoch
+    // moves and their attention is raised, as for a new code page).
+    void drop_write_entries();
+
     // Number of vCPUs of the VM (the topology CPUID reports); set before the vCPUs run.
     uint32_t vcpu_count() const { return m_vcpu_count; }
     void set_vcpu_count(uint32_t count) { m_vcpu_count = count ? count : 1; }
@@ -79,6 +99,7 @@ private:
     std::atomic<uint64_t> m_code_write_epoch { 0 };
     std::array<std::atomic<bool>*, 256> m_watchers {};
     std::atomic<uint32_t> m_watchers_count { 0 };
+    std::atomic<DirtyBitmap*> m_dirty_log { nullptr };
     uint32_t m_vcpu_count { 1 };
 };
 

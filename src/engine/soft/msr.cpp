@@ -80,7 +80,7 @@ uint64_t read_msr(Cpu& c, uint32_t index)
     case msr::kBiosSignId: return 0; // microcode revision 0
     case msr::kPlatformInfo: {
         // Maximum non-turbo ratio (bits 15:8) against the 100 MHz bus clock; no CPUID faulting.
-        uint64_t ratio = guest_tsc_khz() / 100000;
+        uint64_t ratio = guest_tsc_khz(c) / 100000;
         return (ratio & 0xff) << 8;
     }
     case msr::kMtrrCap: return 0;

@@ -29,9 +29,20 @@ GuestTime clock_time(const Cpu& c)
 
 } // namespace
 
-uint64_t guest_tsc_khz() { return VirtualClock::kDefaultTscKhz; }
+uint64_t guest_tsc_khz()
+{
+    return VirtualClock::kDefaultTscKhz;
+}
 
-uint64_t guest_tsc(Cpu& c) { return clock_time(c).tsc + static_cast<uint64_t>(c.tsc_offset); }
+uint64_t guest_tsc_khz(const Cpu& c)
+{
+    return c.clock ? c.clock->tsc_khz() : guest_tsc_khz();
+}
+
+uint64_t guest_tsc(Cpu& c)
+{
+    return clock_time(c).tsc + static_cast<uint64_t>(c.tsc_offset);
+}
 
 GuestTime guest_time(Cpu& c)
 {
@@ -87,7 +98,10 @@ bool lapic_write_msr(Cpu& c, uint32_t msr, uint64_t value)
     return false;
 }
 
-uint8_t get_cr8(Cpu& c) { return c.lapic ? c.lapic->get_tpr() : c.cr8_no_lapic; }
+uint8_t get_cr8(Cpu& c)
+{
+    return c.lapic ? c.lapic->get_tpr() : c.cr8_no_lapic;
+}
 
 void set_cr8(Cpu& c, uint8_t value)
 {

@@ -8,9 +8,10 @@
 
 namespace vessel::soft {
 
-uint64_t guest_tsc(Cpu& c);                 // RDTSC/RDTSCP/RDMSR(TSC)
+uint64_t guest_tsc(Cpu& c); // RDTSC/RDTSCP/RDMSR(TSC)
 void set_guest_tsc(Cpu& c, uint64_t value); // WRMSR(TSC); updates the pvclock
-uint64_t guest_tsc_khz();                   // the TSC frequency CPUID/pvclock report
+uint64_t guest_tsc_khz(); // the default TSC frequency (no VM clock: unit tests)
+uint64_t guest_tsc_khz(const Cpu& c); // the TSC frequency CPUID/pvclock report (the VM clock's)
 
 // One reading of guest time: nanoseconds on the VM clock and this vCPU's TSC at that instant.
 struct GuestTime {

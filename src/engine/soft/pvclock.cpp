@@ -7,6 +7,7 @@
 
 #include "engine/soft/mmu.h"
 #include "engine/soft/platform.h"
+#include "memory/dirty_bitmap.h"
 #include "memory/guest_memory.h"
 
 namespace vessel::soft {
@@ -58,7 +59,9 @@ void publish(Cpu& c, uint64_t gpa, T value)
     ++version;
     std::memcpy(p, &version, 4);
     // A write the guest did not make: decoded code on the page (unlikely) must go, and a dirty
-    // log must see it.
+    // log must see it (the engine's own, and whatever the VMM observes).
+    if (DirtyBitmap* log = c.machine->dirty_log())
+        log->mark(gpa, sizeof(T));
     c.machine->memory().note_written(gpa, sizeof(T));
 }
 
@@ -116,7 +119,7 @@ void pvclock_update(Cpu& c)
         return;
     // One clock reading gives both ends of the pair, so the guest's extrapolation is exact.
     GuestTime t = guest_time(c);
-    PvclockScale scale = pvclock_scale(guest_tsc_khz());
+    PvclockScale scale = pvclock_scale(guest_tsc_khz(c));
     PvclockVcpuTimeInfo info {};
     info.tsc_timestamp = t.tsc;
     info.system_time = t.ns;

@@ -234,6 +234,8 @@ Result<VcpuExit> SoftVcpu::run()
     if (std::exchange(m_pvclock_stale, false))
         pvclock_update(c);
     try {
+        if (m_restored_events)
+            deliver_restored_events();
         for (;;) {
             if (m_kick.exchange(false, std::memory_order_acq_rel))
                 return VcpuExit { VcpuExitKind::Kicked, {} };
@@ -279,29 +281,83 @@ VcpuStats SoftVcpu::stats() const
 
 Result<CpuState> SoftVcpu::get_state()
 {
+    handle_init_sipi();
+    const uint64_t now = m_engine.irqchip().clock().now_ns();
+    m_engine.irqchip().run_timers(now); // before any vCPU's LAPIC page is read (IRQ0 may go there)
+    m_lapic->run_timers(now);
     CpuState s = state_from_cpu(m_cpu);
     m_lapic->save_regs(s.lapic);
+    // IA32_TSC_DEADLINE lives in the LAPIC: it reads 0 once the deadline fired.
+    uint64_t deadline = 0;
+    m_lapic->read_msr(Lapic::kMsrTscDeadline, deadline);
+    s.msrs.tsc_deadline = deadline;
+    s.events.nmi_pending = m_lapic->has_pending_nmi();
+    if (m_restored_events) {
+        const PendingEvents& e = *m_restored_events;
+        s.events.exception_pending = e.exception_pending;
+        s.events.exception_injected = e.exception_injected;
+        s.events.exception_nr = e.exception_nr;
+        s.events.exception_has_error_code = e.exception_has_error_code;
+        s.events.exception_error_code = e.exception_error_code;
+        s.events.nmi_injected = e.nmi_injected;
+        s.events.interrupt_injected = e.interrupt_injected;
+        s.events.interrupt_nr = e.interrupt_nr;
+    }
     return s;
 }
 
 Result<void> SoftVcpu::set_state(const CpuState& state)
 {
-    // Like KVM's TSC matching: a TSC value within a second of this vCPU's current one (a boot
-    // state, or vCPUs restored one after the other) keeps the shared offset, so vCPUs never
-    // drift apart by the microseconds between their set_state calls.
-    uint64_t current_tsc = guest_tsc(m_cpu);
-    uint64_t diff = state.tsc > current_tsc ? state.tsc - current_tsc : current_tsc - state.tsc;
+    TRY_CTX(check_state(state), fmt::format("vCPU {} state", m_id));
     cpu_from_state(m_cpu, state);
-    if (diff >= guest_tsc_khz() * 1000)
-        set_guest_tsc(m_cpu, state.tsc);
+    // INIT / SIPI sent to the vCPU before this state are void.
+    m_init_pending.store(false, std::memory_order_release);
+    m_sipi_pending.store(-1, std::memory_order_release);
+    // The TSC first: the LAPIC's TSC-deadline timer counts against it. No kvm-clock update here
+    // (guest RAM may not be restored yet): run() rewrites the structure (m_pvclock_stale).
+    m_cpu.tsc_offset = m_engine.tsc_offset_for(state.tsc, m_cpu.tsc_offset);
+    m_lapic->set_tsc_offset(m_cpu.tsc_offset);
     m_lapic->write_msr(Lapic::kMsrApicBase, state.apic_base);
     m_lapic->restore_regs(state.lapic);
     m_cpu.apic_base = m_lapic->apic_base_msr();
-    set_cr8(m_cpu, static_cast<uint8_t>(state.cr8));
+    // CR8 is TPR[7:4]: a CR8 that agrees with the page's TPR keeps TPR[3:0].
+    if ((state.cr8 & 0xf) != m_lapic->get_tpr())
+        set_cr8(m_cpu, static_cast<uint8_t>(state.cr8));
+    m_lapic->write_msr(Lapic::kMsrTscDeadline, state.msrs.tsc_deadline);
+    m_lapic->set_nmi_pending(state.events.nmi_pending);
+    const PendingEvents& e = state.events;
+    if (e.exception_pending || e.exception_injected || e.nmi_injected || e.interrupt_injected)
+        m_restored_events = e;
+    else
+        m_restored_events.reset();
     // A restored kvm-clock MSR: the structure is rewritten before the vCPU next runs, when guest
     // RAM holds the restored page whatever order a restore writes RAM and vCPU state in.
     m_pvclock_stale = true;
     return {};
+}
+
+// An event a KVM snapshot caught half-delivered (KVM_GET_VCPU_EVENTS): the soft engine delivers
+// events whole, so it delivers it now, before the first instruction.
+void SoftVcpu::deliver_restored_events()
+{
+    Cpu& c = m_cpu;
+    const PendingEvents e = *m_restored_events;
+    m_restored_events.reset();
+    try {
+        if (e.exception_pending || e.exception_injected) {
+            // CR2 of a #PF is in the state already.
+            deliver_fault(
+                c, GuestFault { e.exception_nr, e.exception_has_error_code != 0, e.exception_error_code, c.cr2 });
+        } else if (e.nmi_injected) {
+            c.nmi_masked = true;
+            deliver_event(c, kExcNMI, EventKind::Nmi, false, 0);
+        } else if (e.interrupt_injected) {
+            deliver_event(c, e.interrupt_nr, EventKind::External, false, 0);
+        }
+        c.halted = false;
+    } catch (const GuestFault& fault) {
+        deliver_fault(c, fault);
+    }
 }
 
 } // namespace vessel

@@ -2,7 +2,9 @@
 
 #include <cstring>
 
+#include "engine/soft/cpuid.h"
 #include "engine/soft/flags.h"
+#include "engine/soft/fpu_state.h"
 #include "engine/soft/platform.h"
 
 namespace vessel::soft {
@@ -23,6 +25,14 @@ void for_each_segment(State& s, CpuT& c, auto&& fn)
 
 // XSAVE header: XSTATE_BV at byte 512 of the XSAVE area.
 constexpr size_t kXstateBv = 512;
+constexpr uint64_t kXstateX87 = 1, kXstateSse = 2;
+
+uint64_t xstate_bv(const CpuState& s)
+{
+    uint64_t bv;
+    std::memcpy(&bv, s.xsave.data() + kXstateBv, sizeof(bv));
+    return bv;
+}
 
 } // namespace
 
@@ -59,6 +69,14 @@ CpuState state_from_cpu(Cpu& c)
     return s;
 }
 
+Result<void> check_state(const CpuState& s)
+{
+    if (s.xcr0 & ~kXcr0Supported)
+        return make_error(
+            "XCR0 {:#x} enables state the soft engine's CPU does not have (it supports {:#x})", s.xcr0, kXcr0Supported);
+    return {};
+}
+
 void cpu_from_state(Cpu& c, const CpuState& s)
 {
     c.gpr = s.gpr;
@@ -82,7 +100,16 @@ void cpu_from_state(Cpu& c, const CpuState& s)
     c.dr7 = s.dr7;
     c.msrs = s.msrs;
     std::memcpy(c.fx.data(), s.xsave.data(), c.fx.size());
-    c.interrupt_shadow = s.events.interrupt_shadow;
+    const uint64_t bv = xstate_bv(s);
+    if (!(bv & kXstateX87)) {
+        // x87 initial state (FNINIT): FCW 0x37F, everything else zero (all registers empty).
+        std::memset(c.fx.data(), 0, fpu::kMxcsr);
+        std::memset(c.fx.data() + fpu::kSt, 0, fpu::kXmm - fpu::kSt);
+        fpu::fx_set<uint16_t>(c, fpu::kFcw, fpu::kFcwInit);
+    }
+    if (!(bv & kXstateSse))
+        std::memset(c.fx.data() + fpu::kXmm, 0, 16 * 16); // MXCSR is loaded either way
+    c.interrupt_shadow = s.events.interrupt_shadow ? 1 : 0;
     c.nmi_masked = s.events.nmi_masked;
     c.halted = s.mp_state == MpState::Halted;
     c.mp_state = s.mp_state == MpState::Halted ? MpState::Runnable : s.mp_state;
