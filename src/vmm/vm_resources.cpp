@@ -254,6 +254,7 @@ Result<VmConfig> VmResources::build() const
     if (!m_boot_source)
         return make_error("Start microvm error: Cannot start microvm without kernel configuration.");
     VmConfig config = m_config;
+    config.track_dirty_pages = m_track_dirty_pages;
     for (auto& d : config.disks) {
         if (!d.root)
             continue;

@@ -210,6 +210,8 @@ try:
     va.check(wait_for(lambda: last_link(a) >= 5, 600), "the guest's chain reaches link 5")
     va.check(wait_for(lambda: len(listener.lines_after(0)) >= 3, 60), "vsock lines arrive from the guest")
     pause(a, "Paused")
+    # track_dirty_pages from /machine-config: a Diff works on the VM booted through the API.
+    snapshot(a, "Diff", "boot-diff")
     full = snapshot(a, "Full", "full")
     before = a.stdout()
     n_before = last_link(a)
