@@ -406,6 +406,27 @@ TEST(UffdHandler, RecordsTheFaultOrderAndPrefetchesItNextTime)
     std::filesystem::remove(trace);
 }
 
+TEST(UffdHandler, RecordsOnlyTheFirstSecondsWhenAsked)
+{
+    SKIP_WITHOUT_USERFAULTFD();
+    MemFile file(kMinRam, { 1, 2 });
+    auto trace = file.path + ".trace";
+    snapshot::UffdHandlerOptions o;
+    o.record_path = trace;
+    o.record_seconds = 1e-9; // over before the first fault
+    Served s(file, o);
+    ASSERT_EQ(s.error(), "");
+    EXPECT_EQ(guest_byte(s.memory(), 1), MemFile::pattern(1));
+    auto stats = s.finish();
+    ASSERT_TRUE(stats.ok()) << stats.error().message();
+    EXPECT_EQ(stats->lazy_pages, 1u);
+    EXPECT_EQ(stats->recorded_pages, 0u);
+    auto recorded = snapshot::read_trace(trace);
+    ASSERT_TRUE(recorded.ok()) << recorded.error().message();
+    EXPECT_TRUE(recorded->empty());
+    std::filesystem::remove(trace);
+}
+
 TEST(UffdHandler, EagerModeCopiesEveryDataPageAndLeavesHolesToFault)
 {
     SKIP_WITHOUT_USERFAULTFD();
