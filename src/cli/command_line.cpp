@@ -28,6 +28,7 @@ struct RunFlags {
     std::string restore;
     std::vector<std::string> net_overrides;
     std::string vsock_override;
+    std::string uffd_socket;
     bool paused = false, track_dirty_pages = false;
 };
 
@@ -78,6 +79,9 @@ void add_run_flags(CLI::App* run, RunFlags& f)
         "With --restore: give interface IFACE a new tap: IFACE=TAP (repeatable; a clone's own network)");
     run->add_option("--vsock-override", f.vsock_override, "With --restore: the vsock device's new host socket path");
     run->add_flag("--paused", f.paused, "With --restore: leave the VM paused (`vessel resume ID` starts it)");
+    run->add_option("--uffd-socket", f.uffd_socket,
+        "With --restore: take guest memory from the page-fault handler listening here (`vessel uffd-handler`, or "
+        "Firecracker's) instead of mapping vm.mem");
     run->add_flag("--track-dirty-pages", f.track_dirty_pages,
         "Record the pages the guest writes, for diff snapshots (`vessel snapshot --diff`)");
     run->footer("Exit status: 0 after a clean power-off, (v << 1) | 1 after the guest writes v to the debug-exit "
@@ -105,6 +109,8 @@ Result<RestoreSpec> restore_spec(const RunFlags& f, CLI::App* run)
     }
     if (!f.vsock_override.empty())
         spec.vsock_uds_path = std::filesystem::absolute(f.vsock_override).string();
+    if (!f.uffd_socket.empty())
+        spec.uffd_socket = std::filesystem::absolute(f.uffd_socket).string();
     if (run->count("--engine"))
         spec.engine = TRY(parse_engine(f.engine));
     return spec;
@@ -277,24 +283,30 @@ Result<CliOptions> parse_command_line(int argc, const char* const* argv)
     snap->add_flag("--diff", out.diff,
         "Only the pages written since the previous snapshot (the VM must track dirty pages); "
         "`vessel snapshot-merge` folds diffs into their base");
-    CLI::App* suspend = verb("suspend", "Save a VM to a directory, then stop it (`vessel restore DIR` resumes it)", true);
+    CLI::App* suspend
+        = verb("suspend", "Save a VM to a directory, then stop it (`vessel restore DIR` resumes it)", true);
     suspend->add_option("DIR", out.snapshot_dir, "The snapshot directory (created if needed)")->required();
-    CLI::App* restore = app.add_subcommand("restore",
-        "Resume a saved VM in the background (as `vessel run --restore DIR --detach`); prints its id");
+    CLI::App* restore = app.add_subcommand(
+        "restore", "Resume a saved VM in the background (as `vessel run --restore DIR --detach`); prints its id");
     restore->fallthrough();
     RunFlags restore_flags;
     restore->add_option("DIR", restore_flags.restore, "The snapshot directory")->required();
     restore->add_option("--id", restore_flags.id, "The restored VM's name (default vm-<pid>)");
     restore->add_option("--api-sock", restore_flags.api_sock, "Its API socket (default: <run dir>/<id>.sock)");
-    restore->add_option("--engine", restore_flags.engine, "CPU engine to resume on: kvm, soft (default: the snapshot's)");
+    restore->add_option(
+        "--engine", restore_flags.engine, "CPU engine to resume on: kvm, soft (default: the snapshot's)");
     restore->add_option("--net-override", restore_flags.net_overrides, "IFACE=TAP: a new tap for an interface");
     restore->add_option("--vsock-override", restore_flags.vsock_override, "The vsock device's new host socket");
     restore->add_flag("--paused", restore_flags.paused, "Leave the VM paused");
+    restore->add_option(
+        "--uffd-socket", restore_flags.uffd_socket, "Guest memory from this page-fault handler's socket");
     restore->add_flag("--track-dirty-pages", restore_flags.track_dirty_pages, "Record written pages (diff snapshots)");
     CLI::App* merge = app.add_subcommand("snapshot-merge",
         "Fold diff snapshots into their base, oldest first: BASE then each DIFF (directories or vm.mem files); "
         "BASE becomes the latest state");
-    merge->add_option("BASE DIFF", out.merge_inputs, "The base snapshot, then its diffs in order")->required()->expected(2, -1);
+    merge->add_option("BASE DIFF", out.merge_inputs, "The base snapshot, then its diffs in order")
+        ->required()
+        ->expected(2, -1);
     CLI::App* uffd = app.add_subcommand("uffd-handler",
         "Serve the guest memory of ONE VMM restoring a snapshot with the Uffd backend (Firecracker's "
         "page-fault-handler protocol), then exit when it does");

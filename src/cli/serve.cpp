@@ -14,12 +14,12 @@
 
 #include "api/api_server.h"
 #include "api/config_file.h"
-#include "snapshot/format.h"
 #include "api/router.h"
 #include "base/file.h"
 #include "cli/run_dir.h"
 #include "mmds/data_store.h"
 #include "mmds/token_authority.h"
+#include "snapshot/format.h"
 #include "vmm/console_mux.h"
 #include "vmm/event_loop.h"
 #include "vmm/metrics.h"
@@ -185,6 +185,10 @@ int serve_here(const ServeOptions& o, int ready_fd)
         Vm::RestoreOptions restore;
         restore.state_path = (std::filesystem::path(o.restore->dir) / snapshot::kStateFileName).string();
         restore.mem_path = (std::filesystem::path(o.restore->dir) / snapshot::kMemFileName).string();
+        if (!o.restore->uffd_socket.empty()) {
+            restore.mem_path = o.restore->uffd_socket;
+            restore.mem_backend = Vm::MemBackend::Uffd;
+        }
         restore.track_dirty_pages = o.restore->track_dirty_pages;
         restore.net_overrides = o.restore->net_overrides;
         restore.vsock_uds_path = o.restore->vsock_uds_path;

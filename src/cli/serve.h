@@ -21,6 +21,7 @@ struct RestoreSpec {
     std::vector<std::pair<std::string, std::string>> net_overrides; // iface id → tap
     std::optional<std::string> vsock_uds_path;
     std::optional<EngineKind> engine; // default: the snapshot's
+    std::string uffd_socket; // non-empty: guest memory from this page-fault handler (Uffd backend)
 };
 
 struct ServeOptions {
