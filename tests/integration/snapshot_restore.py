@@ -17,7 +17,6 @@ exit 0 pass, 1 fail, 77 skip
 """
 import argparse
 import filecmp
-import hashlib
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ import threading
 import time
 
 import vessel_api as va
+from snapshot_chain import chain_of, check_chain, wait_for
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--cpus", type=int, default=1)
@@ -40,7 +40,6 @@ work = tempfile.mkdtemp(prefix="vessel-snap-")
 disk = os.path.join(work, "disk.img")
 vsock_path = os.path.join(work, "v.sock")
 PORT = 5000
-CHAIN = re.compile(r"^vessel-guest: chain (\d+) ([0-9a-f]{16}) rand=([0-9a-f]+)$", re.M)
 
 
 def make_disk():
@@ -52,32 +51,6 @@ def make_disk():
         f.truncate(64 << 20)
     mke2fs = shutil.which("mke2fs") or "/sbin/mke2fs"
     subprocess.run([mke2fs, "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-d", src, disk], check=True)
-
-
-def expected_chain(n):
-    h, out = "seed", []
-    for i in range(n):
-        h = hashlib.sha256(f"{h} {i}\n".encode()).hexdigest()[:16]
-        out.append(h)
-    return out
-
-
-def chain_of(text):
-    return [(int(m.group(1)), m.group(2)) for m in CHAIN.finditer(text)]
-
-
-def check_chain(links, what):
-    """Links must be 0, 1, 2... with the right hashes."""
-    if not links:
-        return va.check(False, f"{what}: no links")
-    want = expected_chain(links[-1][0] + 1)
-    idx = [i for i, _ in links]
-    ok_order = idx == list(range(len(links)))
-    bad = [(i, h) for i, h in links if i < len(want) and want[i] != h]
-    return va.check(ok_order and not bad,
-                    f"{what}: links 0..{links[-1][0]} consecutive with correct hashes"
-                    + ("" if ok_order else f" (indices {idx[:3]}...{idx[-3:]}, {len(idx)} links)")
-                    + ("" if not bad else f" (wrong hash at {bad[:3]})"))
 
 
 class VsockListener:
@@ -121,15 +94,6 @@ class VsockListener:
     def lines_after(self, t):
         with self.lock:
             return [l for (when, l) in self.lines if when >= t]
-
-
-def wait_for(pred, timeout, step=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 def new_vmm(name):

@@ -15,7 +15,6 @@ back echoed by the guest's tty.
 exit 0 pass, 1 fail, 77 skip
 """
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ import tempfile
 import time
 
 import vessel_api as va
+from snapshot_chain import chain_of, check_chain, wait_for
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--cpus", type=int, default=1)
@@ -34,36 +34,12 @@ args = ap.parse_args()
 
 kernel, initrd, base_cmdline, mem = va.guest_files("amd64")
 work = tempfile.mkdtemp(prefix="vessel-uffd-")
-CHAIN = re.compile(r"^vessel-guest: chain (\d+) ([0-9a-f]{16}) rand=([0-9a-f]+)$", re.M)
 SUMMARY = re.compile(r"faults=(\d+) lazy=(\d+) zero=(\d+) prefetched=(\d+) eager=(\d+) raced=(\d+) removed=(\d+) "
                      r"recorded=(\d+)")
 
 
-def chain_of(text):
-    # "Q": the byte typed to time the restore, echoed at the start of a line.
-    return [(int(m.group(1)), m.group(2)) for m in CHAIN.finditer(text.replace("Q", ""))]
-
-
-def check_chain(links, what):
-    h, want = "seed", []
-    for i in range(links[-1][0] + 1 if links else 0):
-        h = hashlib.sha256(f"{h} {i}\n".encode()).hexdigest()[:16]
-        want.append(h)
-    ok = bool(links) and [i for i, _ in links] == list(range(len(links))) and all(want[i] == h for i, h in links)
-    return va.check(ok, f"{what}: links 0..{links[-1][0] if links else None} consecutive with correct hashes")
-
-
-def wait_for(pred, timeout, step=0.02):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
-
-
 def last_link(vmm):
-    links = chain_of(vmm.stdout())
+    links = chain_of(vmm.stdout(), ignore="Q")
     return links[-1][0] if links else -1
 
 
@@ -96,7 +72,7 @@ def restore(name, backend, path, before, n_before):
     echo_ms = (time.perf_counter() - t0) * 1000
     va.check(echoed, f"{name}: the guest's tty echoes a typed byte")
     va.check(wait_for(lambda: last_link(vmm) >= n_before + 3, 120), f"{name}: the chain reaches link {n_before + 3}")
-    check_chain(chain_of(before + vmm.stdout()), f"{name}: console chain across the restore")
+    check_chain(chain_of(before + vmm.stdout(), ignore="Q"), f"{name}: console chain across the restore")
     print(f"     {name}: load answered in {load_ms:.1f} ms, restore → running (echo) {echo_ms:.1f} ms")
     os.kill(vmm.proc.pid, signal.SIGKILL)
     vmm.proc.wait()
